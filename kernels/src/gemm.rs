@@ -1,0 +1,251 @@
+//! The tile driver shared by every kernel: splits the output into (row block x 64-column block)
+//! tiles, hands tiles to threads, and runs the fused epilogue on each tile while it is in L1.
+
+use crate::activation::{Activation, gelu_erf, gelu_tanh, silu};
+use crate::dispatch::KernelKind;
+use crate::pack::{BLOCK_COLS, PackedWeights};
+use crate::quant::ActEncoding;
+
+/// Most rows any kernel's tile has.
+pub(crate) const MR_MAX: usize = 6;
+
+/// Exact i32 dot products of one tile: up to [`MR_MAX`] rows x one 64-column block.
+pub(crate) type Tile = [[i32; BLOCK_COLS]; MR_MAX];
+
+/// Below this many operations (2 M N K) a call runs on the calling thread: waking a second
+/// thread costs a few microseconds, more than the ~1.2 MOP of 1x384x1536 takes on one core.
+pub(crate) const PAR_MIN_OPS: usize = 4_000_000;
+
+/// Rows per tile of `kind`.
+pub(crate) fn rows_per_tile(kind: KernelKind) -> usize {
+    match kind {
+        #[cfg(target_arch = "x86_64")]
+        KernelKind::Avx512Vnni => crate::avx512::MR,
+        #[cfg(target_arch = "x86_64")]
+        KernelKind::AvxVnni => crate::avxvnni::MR,
+        #[cfg(target_arch = "x86_64")]
+        KernelKind::Avx2 => crate::avx2::MR,
+        _ => crate::scalar::MR,
+    }
+}
+
+/// How `kind` wants its activations encoded.
+pub(crate) fn encoding(kind: KernelKind) -> ActEncoding {
+    match kind {
+        KernelKind::Avx512Vnni | KernelKind::AvxVnni => ActEncoding::Offset,
+        _ => ActEncoding::Signed,
+    }
+}
+
+#[inline]
+fn compute_tile(
+    kind: KernelKind,
+    packed: &PackedWeights,
+    a: &[u8],
+    rows: usize,
+    cb: usize,
+    tile: &mut Tile,
+) {
+    let kp = packed.k_padded();
+    let blocks = packed.col_block(cb);
+    let col_sums = &packed.col_sums()[cb * BLOCK_COLS..(cb + 1) * BLOCK_COLS];
+    let a = &a[..rows * kp];
+    match kind {
+        // SAFETY (all three): `kind` was checked against the detected CPU features when the
+        // QuantizedLinear was built (or by accumulate_i32), and the slices have the lengths the
+        // kernels document (rows * kp activations, one column block, 64 column sums).
+        #[cfg(target_arch = "x86_64")]
+        KernelKind::Avx512Vnni => unsafe { crate::avx512::tile(a, kp, rows, blocks, col_sums, tile) },
+        #[cfg(target_arch = "x86_64")]
+        KernelKind::AvxVnni => unsafe { crate::avxvnni::tile(a, kp, rows, blocks, col_sums, tile) },
+        #[cfg(target_arch = "x86_64")]
+        KernelKind::Avx2 => unsafe { crate::avx2::tile(a, kp, rows, blocks, tile) },
+        _ => crate::scalar::tile(a, kp, rows, blocks, tile),
+    }
+}
+
+/// Runs every tile of `m` rows of quantized activations `a` (stride `k_padded`) against
+/// `packed`, on up to `threads` tasks, calling `sink(row0, rows, col_block, &tile)` per tile.
+/// Tiles are disjoint, so a sink may write its part of a shared output.
+pub(crate) fn run_tiles<S>(
+    kind: KernelKind,
+    packed: &PackedWeights,
+    a: &[u8],
+    m: usize,
+    threads: usize,
+    sink: &S,
+) where
+    S: Fn(usize, usize, usize, &Tile) + Sync,
+{
+    let mr = rows_per_tile(kind);
+    let kp = packed.k_padded();
+    let col_blocks = packed.col_blocks();
+    let ops = 2usize
+        .saturating_mul(m)
+        .saturating_mul(packed.n())
+        .saturating_mul(packed.k());
+    let tasks = if ops < PAR_MIN_OPS { 1 } else { threads.max(1) };
+    let row_blocks = m.div_ceil(mr);
+    // Split columns first (each thread streams its own share of the weights once); split rows
+    // too only when there are fewer column blocks than tasks.
+    let n_parts = tasks.min(col_blocks);
+    let m_parts = (tasks / n_parts).min(row_blocks).max(1);
+    let run_part = |part: usize| {
+        let (np, mp) = (part % n_parts, part / n_parts);
+        let (c0, c1) = (col_blocks * np / n_parts, col_blocks * (np + 1) / n_parts);
+        let (rb0, rb1) = (row_blocks * mp / m_parts, row_blocks * (mp + 1) / m_parts);
+        let mut tile: Tile = [[0; BLOCK_COLS]; MR_MAX];
+        for cb in c0..c1 {
+            for rb in rb0..rb1 {
+                let row0 = rb * mr;
+                let rows = mr.min(m - row0);
+                compute_tile(kind, packed, &a[row0 * kp..], rows, cb, &mut tile);
+                sink(row0, rows, cb, &tile);
+            }
+        }
+    };
+    let parts = n_parts * m_parts;
+    if parts == 1 {
+        run_part(0);
+    } else {
+        use rayon::prelude::*;
+        (0..parts).into_par_iter().with_max_len(1).for_each(run_part);
+    }
+}
+
+/// Everything the f32 epilogue needs besides the tile.
+pub(crate) struct EpilogueArgs<'a> {
+    pub(crate) x_scales: &'a [f32],
+    pub(crate) w_scales: &'a [f32],
+    pub(crate) bias: &'a [f32],
+    pub(crate) activation: Activation,
+}
+
+/// `out[j] = act(acc[j] * xs * ws[j] + bias[j]) (+ res[j])` over `out.len()` columns.
+#[inline(always)]
+fn epilogue_row_generic(
+    acc: &[i32],
+    xs: f32,
+    ws: &[f32],
+    bias: &[f32],
+    act: Activation,
+    res: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let n = out.len();
+    let (acc, ws, bias) = (&acc[..n], &ws[..n], &bias[..n]);
+    macro_rules! body {
+        ($f:expr) => {
+            match res {
+                Some(res) => {
+                    let res = &res[..n];
+                    for j in 0..n {
+                        out[j] = $f(acc[j] as f32 * xs * ws[j] + bias[j]) + res[j];
+                    }
+                }
+                None => {
+                    for j in 0..n {
+                        out[j] = $f(acc[j] as f32 * xs * ws[j] + bias[j]);
+                    }
+                }
+            }
+        };
+    }
+    match act {
+        Activation::None => body!(|v: f32| v),
+        Activation::Relu => body!(|v: f32| v.max(0.0)),
+        Activation::GeluErf => body!(gelu_erf),
+        Activation::GeluTanh => body!(gelu_tanh),
+        Activation::Silu => body!(silu),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+fn epilogue_row_avx512(
+    acc: &[i32],
+    xs: f32,
+    ws: &[f32],
+    bias: &[f32],
+    act: Activation,
+    res: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    epilogue_row_generic(acc, xs, ws, bias, act, res, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn epilogue_row_avx2(
+    acc: &[i32],
+    xs: f32,
+    ws: &[f32],
+    bias: &[f32],
+    act: Activation,
+    res: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    epilogue_row_generic(acc, xs, ws, bias, act, res, out)
+}
+
+/// The fused epilogue of one output row segment, vectorized for `kind`'s instruction set.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn epilogue_row(
+    kind: KernelKind,
+    acc: &[i32],
+    xs: f32,
+    ws: &[f32],
+    bias: &[f32],
+    act: Activation,
+    res: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    match kind {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx512Vnni is only chosen when avx512f/bw/vl, avx2 and fma were detected.
+        KernelKind::Avx512Vnni => unsafe { epilogue_row_avx512(acc, xs, ws, bias, act, res, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: these kinds are only chosen when avx2 and fma were detected.
+        KernelKind::Avx2 | KernelKind::AvxVnni => unsafe {
+            epilogue_row_avx2(acc, xs, ws, bias, act, res, out)
+        },
+        _ => epilogue_row_generic(acc, xs, ws, bias, act, res, out),
+    }
+}
+
+impl EpilogueArgs<'_> {
+    /// Applies the epilogue to one tile, writing rows `row0..row0 + rows`, columns of block `cb`
+    /// below `n`, of the row-major `out` (stride `n`); `residual` has the same layout as `out`.
+    ///
+    /// # Safety
+    /// `out` (and `residual`, if any) point to `m * n` floats with `row0 + rows <= m`, and no
+    /// other thread writes the same tile concurrently.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn apply(
+        &self,
+        kind: KernelKind,
+        tile: &Tile,
+        row0: usize,
+        rows: usize,
+        cb: usize,
+        n: usize,
+        out: *mut f32,
+        residual: Option<*const f32>,
+    ) {
+        let c0 = cb * BLOCK_COLS;
+        let cols = BLOCK_COLS.min(n - c0);
+        let ws = &self.w_scales[c0..c0 + cols];
+        let bias = &self.bias[c0..c0 + cols];
+        for (r, acc) in tile.iter().enumerate().take(rows) {
+            let off = (row0 + r) * n + c0;
+            // SAFETY: `off + cols <= m * n` by the caller's contract; this tile's row segment is
+            // written by this call only.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.add(off), cols) };
+            // SAFETY: same bounds as `dst`, read only.
+            let res = residual.map(|p| unsafe { std::slice::from_raw_parts(p.add(off), cols) });
+            let xs = self.x_scales[row0 + r];
+            epilogue_row(kind, acc, xs, ws, bias, self.activation, res, dst);
+        }
+    }
+}

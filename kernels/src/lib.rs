@@ -1,0 +1,40 @@
+//! qtier-kernels: fused int8 Linear layers for x86-64 CPUs.
+//!
+//! [`QuantizedLinear`] holds symmetric per-channel int8 weights packed once ([`pack`]) and runs
+//! `y = act(x_q W_q^T * x_scale * w_scale + bias) + residual` in one pass over each output tile:
+//! activations are quantized per row (per token) on the fly ([`quant`]), the int8 GEMM
+//! accumulates exactly in i32, and the epilogue (scales, bias, [`Activation`], residual) runs on
+//! each tile while it is in L1.
+//!
+//! Kernels ([`KernelKind`]): a scalar reference, AVX2 (`vpmaddubsw`, exact, no saturation),
+//! AVX-VNNI (256-bit `vpdpbusd`) and AVX-512 VNNI (512-bit `vpdpbusd`, 6x64 tiles). The CPU is
+//! probed once; [`selected_kernel`] says which kernel runs (callers log and report it) and
+//! `QTIER_KERNEL=scalar|avx2|avxvnni|avx512vnni` forces one. Every kernel's i32 accumulators equal
+//! the scalar reference's exactly ([`QuantizedLinear::accumulate_i32`] exposes them to tests).
+//!
+//! Work is split over output column blocks (and rows, when there are few columns) on the current
+//! rayon pool; calls smaller than a few MOP stay on the calling thread. [`limits`] measures this
+//! machine's int8 peak and read bandwidth so benchmarks can report a fraction of the limit.
+
+#![warn(missing_docs)]
+
+pub mod activation;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avxvnni;
+pub mod dispatch;
+pub mod error;
+mod gemm;
+pub mod limits;
+mod linear;
+pub mod pack;
+pub mod quant;
+mod scalar;
+
+pub use activation::Activation;
+pub use dispatch::{KERNEL_ENV_VAR, KernelKind, resolve_kernel, selected_kernel};
+pub use error::KernelError;
+pub use linear::QuantizedLinear;

@@ -1,0 +1,316 @@
+//! [`QuantizedLinear`]: an int8 Linear layer with dynamic per-token activation quantization and a
+//! fused epilogue (scales, bias, activation, residual).
+
+use std::cell::Cell;
+use std::num::NonZeroUsize;
+
+use crate::activation::Activation;
+use crate::dispatch::{KernelKind, selected_kernel};
+use crate::error::KernelError;
+use crate::gemm::{self, EpilogueArgs};
+use crate::pack::{BLOCK_COLS, PackedWeights};
+use crate::quant::{self, ActEncoding};
+
+thread_local! {
+    // Per-thread scratch for quantized activations and row scales, so `forward` does not
+    // allocate once warmed up. Taken out of the cell while in use: a re-entrant call (rayon may
+    // run another task on this thread while it waits) gets fresh buffers instead of a panic.
+    static ACT_SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    static SCALE_SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Restores a taken scratch buffer into its thread-local cell when dropped.
+struct Scratch<T: 'static> {
+    buf: Vec<T>,
+    cell: &'static std::thread::LocalKey<Cell<Vec<T>>>,
+}
+
+impl<T: 'static> Scratch<T> {
+    fn take(cell: &'static std::thread::LocalKey<Cell<Vec<T>>>) -> Self {
+        Scratch {
+            buf: cell.with(Cell::take),
+            cell,
+        }
+    }
+}
+
+impl<T: 'static> Drop for Scratch<T> {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        self.cell.with(|c| c.set(buf));
+    }
+}
+
+fn resize<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
+    if v.len() < len {
+        v.resize(len, T::default());
+    }
+}
+
+/// An int8 Linear layer `y = act(dequant(x_q W_q^T) + bias) (+ residual)`, built once from
+/// symmetric per-channel int8 weights and run many times.
+///
+/// `forward` quantizes each row of `x` to int8 with its own scale (`max|row| / 127`), computes
+/// exact i32 dot products with the packed weights on the selected kernel, and applies
+/// `acc * x_scale[m] * w_scale[n] + bias[n]`, the activation and the residual per output tile.
+#[derive(Debug, Clone)]
+pub struct QuantizedLinear {
+    packed: PackedWeights,
+    w_scales: Vec<f32>,
+    bias: Vec<f32>,
+    has_bias: bool,
+    activation: Activation,
+    kernel: KernelKind,
+    threads: Option<NonZeroUsize>,
+}
+
+impl QuantizedLinear {
+    /// Builds the layer from row-major `[n, k]` int8 weights in [-127, 127], `n` per-channel
+    /// scales and an optional bias of `n` values. Uses [`selected_kernel`] (the best kernel the
+    /// CPU supports, or `QTIER_KERNEL`), no activation and the current rayon pool's threads.
+    pub fn new(
+        weights: &[i8],
+        scales: &[f32],
+        bias: Option<&[f32]>,
+        n: usize,
+        k: usize,
+    ) -> Result<Self, KernelError> {
+        let kernel = selected_kernel()?;
+        let packed = PackedWeights::new(weights, n, k)?;
+        let check = |what: &'static str, v: &[f32]| -> Result<(), KernelError> {
+            if v.len() != n {
+                return Err(KernelError::ShapeMismatch {
+                    what,
+                    expected: n,
+                    found: v.len(),
+                });
+            }
+            match v.iter().position(|s| !s.is_finite()) {
+                Some(index) => Err(KernelError::NonFinite { what, index }),
+                None => Ok(()),
+            }
+        };
+        check("scales", scales)?;
+        if let Some(b) = bias {
+            check("bias", b)?;
+        }
+        let padded = packed.col_blocks() * BLOCK_COLS;
+        let mut w_scales = scales.to_vec();
+        w_scales.resize(padded, 0.0);
+        let mut bias_v = bias.map(<[f32]>::to_vec).unwrap_or_default();
+        bias_v.resize(padded, 0.0);
+        Ok(QuantizedLinear {
+            packed,
+            w_scales,
+            bias: bias_v,
+            has_bias: bias.is_some(),
+            activation: Activation::None,
+            kernel,
+            threads: None,
+        })
+    }
+
+    /// Sets the activation applied after bias.
+    pub fn with_activation(mut self, activation: Activation) -> Self {
+        self.activation = activation;
+        self
+    }
+
+    /// Caps the number of parallel tasks per call (default: the current rayon pool's size).
+    /// `0` is rejected. Tasks run on the current rayon pool; install a pool of that size to pin
+    /// the thread count exactly.
+    pub fn with_threads(mut self, threads: usize) -> Result<Self, KernelError> {
+        self.threads = Some(NonZeroUsize::new(threads).ok_or(KernelError::InvalidDimension {
+            what: "threads",
+            value: 0,
+            reason: "must be at least 1",
+        })?);
+        Ok(self)
+    }
+
+    /// Forces a kernel; fails if this CPU cannot run it.
+    pub fn with_kernel(mut self, kind: KernelKind) -> Result<Self, KernelError> {
+        self.kernel = kind.check_supported()?;
+        Ok(self)
+    }
+
+    /// Output features.
+    pub fn n(&self) -> usize {
+        self.packed.n()
+    }
+
+    /// Input features.
+    pub fn k(&self) -> usize {
+        self.packed.k()
+    }
+
+    /// The kernel `forward` runs.
+    pub fn kernel(&self) -> KernelKind {
+        self.kernel
+    }
+
+    /// The activation of the epilogue.
+    pub fn activation(&self) -> Activation {
+        self.activation
+    }
+
+    /// Whether the layer adds a bias.
+    pub fn has_bias(&self) -> bool {
+        self.has_bias
+    }
+
+    /// Parallel tasks per call (the configured cap, else the current rayon pool's size).
+    pub fn threads(&self) -> usize {
+        self.threads
+            .map_or_else(rayon::current_num_threads, NonZeroUsize::get)
+    }
+
+    /// The packed weights (layout documented in [`crate::pack`]).
+    pub fn packed(&self) -> &PackedWeights {
+        &self.packed
+    }
+
+    /// `y = layer(x)` for `m` rows of `x` (row-major `m x k`); returns `m x n` row-major.
+    pub fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>, KernelError> {
+        let mut out = vec![0.0; m.saturating_mul(self.n())];
+        self.forward_into(x, m, &mut out, None)?;
+        Ok(out)
+    }
+
+    /// Like [`forward`](Self::forward), writing into `out[..m * n]` and adding `residual`
+    /// (`m x n`, row-major) after the activation when given. Allocation-free once the calling
+    /// thread has run a call of this size.
+    pub fn forward_into(
+        &self,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+        residual: Option<&[f32]>,
+    ) -> Result<(), KernelError> {
+        let (n, k, kp) = (self.n(), self.k(), self.packed.k_padded());
+        let mk = self.checked_len(m, k, "x", x.len())?;
+        let mn = m.checked_mul(n).ok_or(KernelError::InvalidDimension {
+            what: "m",
+            value: m,
+            reason: "m * n overflows usize",
+        })?;
+        if out.len() < mn {
+            return Err(KernelError::OutputTooSmall {
+                needed: mn,
+                found: out.len(),
+            });
+        }
+        if let Some(r) = residual
+            && r.len() != mn
+        {
+            return Err(KernelError::ShapeMismatch {
+                what: "residual",
+                expected: mn,
+                found: r.len(),
+            });
+        }
+        if m == 0 {
+            return Ok(());
+        }
+        let mut act = Scratch::take(&ACT_SCRATCH);
+        let mut scales = Scratch::take(&SCALE_SCRATCH);
+        resize(&mut act.buf, m * kp);
+        resize(&mut scales.buf, m);
+        let (a, xs) = (&mut act.buf[..m * kp], &mut scales.buf[..m]);
+        let enc = gemm::encoding(self.kernel);
+        quant::quantize_rows(self.kernel, &x[..mk], k, kp, enc, a, xs);
+        let args = EpilogueArgs {
+            x_scales: xs,
+            w_scales: &self.w_scales,
+            bias: &self.bias,
+            activation: self.activation,
+        };
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        let res_ptr = residual.map(|r| SendConstPtr(r.as_ptr()));
+        let kind = self.kernel;
+        let sink = |row0: usize, rows: usize, cb: usize, tile: &gemm::Tile| {
+            let (o, r) = (&out_ptr, &res_ptr);
+            // SAFETY: `out` holds at least m * n floats and `residual` exactly m * n (checked
+            // above); run_tiles hands each (row block, column block) tile to one call only.
+            unsafe { args.apply(kind, tile, row0, rows, cb, n, o.0, r.as_ref().map(|p| p.0)) };
+        };
+        gemm::run_tiles(kind, &self.packed, a, m, self.threads(), &sink);
+        Ok(())
+    }
+
+    /// Test and benchmark hook: the exact i32 accumulators `sum_k x_q[m][k] * W[n][k]` (`m x n`
+    /// row-major) computed by kernel `kind` from already-quantized activations `x_q` (`m x k`).
+    /// Every kernel must return the same values as [`KernelKind::Scalar`].
+    pub fn accumulate_i32(
+        &self,
+        kind: KernelKind,
+        x_q: &[i8],
+        m: usize,
+    ) -> Result<Vec<i32>, KernelError> {
+        let kind = kind.check_supported()?;
+        let (n, k, kp) = (self.n(), self.k(), self.packed.k_padded());
+        self.checked_len(m, k, "x_q", x_q.len())?;
+        let enc = gemm::encoding(kind);
+        let mut a = vec![0u8; m * kp];
+        for (dst, src) in a.chunks_exact_mut(kp).zip(x_q.chunks_exact(k)) {
+            for (d, &q) in dst.iter_mut().zip(src) {
+                *d = match enc {
+                    ActEncoding::Signed => q as u8,
+                    ActEncoding::Offset => (q as u8) ^ 0x80,
+                };
+            }
+            let zero = if enc == ActEncoding::Offset { 0x80 } else { 0 };
+            dst[k..].fill(zero);
+        }
+        let mut out = vec![0i32; m * n];
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        let sink = |row0: usize, rows: usize, cb: usize, tile: &gemm::Tile| {
+            let o = &out_ptr;
+            let c0 = cb * BLOCK_COLS;
+            let cols = BLOCK_COLS.min(n - c0);
+            for (r, acc) in tile.iter().enumerate().take(rows) {
+                // SAFETY: (row0 + r) < m and c0 + cols <= n, so the segment lies inside `out`
+                // (m * n); each tile is handed to one call only.
+                let dst = unsafe { std::slice::from_raw_parts_mut(o.0.add((row0 + r) * n + c0), cols) };
+                dst.copy_from_slice(&acc[..cols]);
+            }
+        };
+        gemm::run_tiles(kind, &self.packed, &a, m, self.threads(), &sink);
+        Ok(out)
+    }
+
+    fn checked_len(
+        &self,
+        m: usize,
+        k: usize,
+        what: &'static str,
+        found: usize,
+    ) -> Result<usize, KernelError> {
+        let expected = m.checked_mul(k).ok_or(KernelError::InvalidDimension {
+            what: "m",
+            value: m,
+            reason: "m * k overflows usize",
+        })?;
+        if found != expected {
+            return Err(KernelError::ShapeMismatch {
+                what,
+                expected,
+                found,
+            });
+        }
+        Ok(expected)
+    }
+}
+
+/// A raw output pointer shared by the tasks of one call, which write disjoint tiles.
+struct SendPtr<T>(*mut T);
+// SAFETY: only used to write disjoint tiles of a buffer that outlives the parallel section.
+unsafe impl<T> Send for SendPtr<T> {}
+// SAFETY: as above; no two tasks touch the same element.
+unsafe impl<T> Sync for SendPtr<T> {}
+
+struct SendConstPtr(*const f32);
+// SAFETY: read-only view of a residual buffer that outlives the parallel section.
+unsafe impl Send for SendConstPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendConstPtr {}

@@ -1,0 +1,95 @@
+//! Command-line types. Nothing outside `main` and `commands` sees them.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Take a model checkpoint to production: int8 quantization, fused kernels, honest benchmarks,
+/// instance recommendation and verified publishing.
+#[derive(Debug, Parser)]
+#[command(name = "qtier", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Worker threads for parallel work (default: one per core).
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<NonZeroUsize>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Quantize the Linear layers of a safetensors checkpoint to int8 (compressed-tensors
+    /// int-quantized, W8A8) and write a per-layer quality report.
+    Quantize(QuantizeArgs),
+    /// Print the format, quantization config, layers and sizes of a checkpoint or artifact.
+    Inspect(InspectArgs),
+    /// Run the flow on the bundled test model (all-MiniLM-L6-v2) with local defaults.
+    Demo(DemoArgs),
+    /// Fetch and verify the test model (all-MiniLM-L6-v2) into the cache and print its directory.
+    TestModel(TestModelArgs),
+}
+
+/// `qtier quantize`.
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// A model directory (model.safetensors, or shards with an index) or one .safetensors file.
+    pub input: PathBuf,
+    /// The artifact directory to create.
+    #[arg(short, long, value_name = "DIR")]
+    pub output: PathBuf,
+    /// Quantize only these modules: `Linear` (all, the default), an exact module name, a glob
+    /// (`encoder.layer.*.attention.*`) or `re:<regex>`. Repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    pub targets: Vec<String>,
+    /// Keep these modules in float (same pattern forms as --targets). Repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    pub ignore: Vec<String>,
+    /// Keep layers whose weights hold NaN or infinity in float instead of failing.
+    #[arg(long)]
+    pub allow_nonfinite: bool,
+    /// Replace the output directory if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the report as JSON on stdout (and no progress bar).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `qtier inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A model or artifact directory, or one .safetensors file.
+    pub path: PathBuf,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// List every quantized layer (default: the first few).
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// `qtier demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the demo writes its artifacts. A previous demo artifact there is replaced; anything
+    /// else is refused unless --force.
+    #[arg(long, value_name = "DIR", default_value = "qtier-artifacts")]
+    pub out: PathBuf,
+    /// Replace whatever is at the output path.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `qtier test-model`.
+#[derive(Debug, Args)]
+pub struct TestModelArgs {
+    /// Print `{"path": ...}` as JSON.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,7 @@
+//! One module per subcommand: each turns its clap arguments into a library call and prints the
+//! result.
+
+pub mod demo;
+pub mod inspect;
+pub mod quantize;
+pub mod test_model;

@@ -1,0 +1,7 @@
+//! End-to-end tests of the `qtier` binary on real files: the test model (all-MiniLM-L6-v2,
+//! fetched into the cache by `qtier test-model`) and small checkpoints the tests write themselves.
+
+mod common;
+
+mod bad_input;
+mod quantize;

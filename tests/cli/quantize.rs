@@ -1,0 +1,1 @@
+//! `qtier quantize` on the test model and on synthetic checkpoints.
