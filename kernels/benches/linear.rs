@@ -47,10 +47,7 @@ fn selected_shapes() -> Vec<(usize, usize, usize)> {
 }
 
 fn bench_linear(c: &mut Criterion) {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(THREADS)
-        .build()
-        .expect("rayon pool");
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(THREADS).build().expect("rayon pool");
     let peers = std::env::var("QTIER_BENCH_PEERS").map_or(true, |v| v != "0");
     let kernel = qtier_kernels::selected_kernel().expect("QTIER_KERNEL");
     println!(
@@ -76,13 +73,7 @@ fn bench_linear(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("linear_{m}x{k}x{n}"));
         group.throughput(Throughput::Elements((2 * m * n * k) as u64));
         group.bench_function(BenchmarkId::new("qtier", kernel), |b| {
-            pool.install(|| {
-                b.iter(|| {
-                    layer
-                        .forward_into(black_box(&x), m, &mut out, None)
-                        .expect("forward")
-                })
-            })
+            pool.install(|| b.iter(|| layer.forward_into(black_box(&x), m, &mut out, None).expect("forward")))
         });
         if peers {
             let dev = Device::Cpu;

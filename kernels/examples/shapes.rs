@@ -47,7 +47,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let gops = ops / med / 1e3;
         let extra = if m == 1 {
             let bw = limits::read_bandwidth(n * k, threads)?;
-            format!("{:.1} GB/s = {:.0}% of read bw {:.1} GB/s", (n * k) as f64 / med / 1e3, (n * k) as f64 / med / 1e3 / bw.gb_per_s * 100.0, bw.gb_per_s)
+            format!(
+                "{:.1} GB/s = {:.0}% of read bw {:.1} GB/s",
+                (n * k) as f64 / med / 1e3,
+                (n * k) as f64 / med / 1e3 / bw.gb_per_s * 100.0,
+                bw.gb_per_s
+            )
         } else {
             format!("{:.0}% of int8 peak", gops / peak.gops * 100.0)
         };

@@ -73,10 +73,7 @@ pub fn exp_approx(x: f32) -> f32 {
     let n = (x * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
     let r = x - n * LN2_HI - n * LN2_LO;
     // Taylor coefficients 1/k!; |r| <= ln2/2 so degree 6 leaves < 1e-7 relative error.
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     let bits = ((n as i32 + 127) as u32) << 23;
     p * f32::from_bits(bits)
 }

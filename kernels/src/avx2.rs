@@ -12,26 +12,28 @@
 
 use std::arch::x86_64::*;
 
-use crate::gemm::Tile;
-use crate::pack::{BLOCK_PANELS, KGROUP, KGroupBlock, PANEL_COLS};
+use crate::gemm::{Tile, TileJob};
+use crate::pack::{BLOCK_PANELS, KGROUP, PANEL_COLS};
 
 /// Rows per tile.
 pub(crate) const MR: usize = 4;
 
 #[target_feature(enable = "avx2")]
-unsafe fn tile_mr<const R: usize>(
-    a: *const u8,
-    kp: usize,
-    blocks: *const KGroupBlock,
-    tile: &mut Tile,
-) {
-    let k_groups = kp / KGROUP;
+unsafe fn tile_mr<const R: usize>(job: &TileJob<'_>, tile: &mut Tile) {
+    let kp = job.a_stride;
     let ones = _mm256_set1_epi16(1);
     for p in 0..BLOCK_PANELS {
         let mut acc = [[_mm256_setzero_si256(); 2]; R];
-        let mut w = blocks.add(p).cast::<__m256i>();
-        let mut x = a;
-        for _ in 0..k_groups {
+        if !job.first {
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                for (h, v) in acc_r.iter_mut().enumerate() {
+                    *v = _mm256_loadu_si256(tile[r].as_ptr().add(p * PANEL_COLS + h * 8).cast());
+                }
+            }
+        }
+        let mut w = job.blocks.as_ptr().add(p).cast::<__m256i>();
+        let mut x = job.a.as_ptr();
+        for _ in 0..job.k_groups {
             let w0 = _mm256_load_si256(w);
             let w1 = _mm256_load_si256(w.add(1));
             for (r, acc_r) in acc.iter_mut().enumerate() {
@@ -54,17 +56,16 @@ unsafe fn tile_mr<const R: usize>(
     }
 }
 
-/// Tile kernel: `rows` (1..=4) signed-encoded activation rows x one 64-column block.
+/// Tile kernel: `job.rows` (1..=4) signed-encoded activation rows x one 64-column block.
 ///
 /// # Safety
-/// The CPU must support avx2; `a` holds `rows * kp` bytes, `blocks` the column block.
-pub(crate) unsafe fn tile(a: &[u8], kp: usize, rows: usize, blocks: &[KGroupBlock], tile: &mut Tile) {
-    debug_assert!(a.len() >= rows * kp && blocks.len() >= kp / KGROUP * BLOCK_PANELS);
-    let (a, b) = (a.as_ptr(), blocks.as_ptr());
-    match rows {
-        1 => tile_mr::<1>(a, kp, b, tile),
-        2 => tile_mr::<2>(a, kp, b, tile),
-        3 => tile_mr::<3>(a, kp, b, tile),
-        _ => tile_mr::<4>(a, kp, b, tile),
+/// The CPU must support avx2; `job` satisfies [`TileJob::check`].
+pub(crate) unsafe fn tile(job: &TileJob<'_>, tile: &mut Tile) {
+    debug_assert!(job.check());
+    match job.rows {
+        1 => tile_mr::<1>(job, tile),
+        2 => tile_mr::<2>(job, tile),
+        3 => tile_mr::<3>(job, tile),
+        _ => tile_mr::<4>(job, tile),
     }
 }

@@ -12,8 +12,8 @@
 
 use std::arch::x86_64::*;
 
-use crate::gemm::Tile;
-use crate::pack::{BLOCK_PANELS, KGROUP, KGroupBlock, PANEL_COLS};
+use crate::gemm::{Tile, TileJob};
+use crate::pack::{BLOCK_PANELS, KGROUP, PANEL_COLS};
 
 /// Rows per tile.
 pub(crate) const MR: usize = 6;
@@ -24,25 +24,35 @@ unsafe fn bcast(p: *const u8) -> __m512i {
 }
 
 #[inline(always)]
-unsafe fn finish(acc: __m512i, col_sums: *const i32, out: *mut i32) {
-    // acc holds sum (x + 128) * w; subtract 128 * colsum to get sum x * w exactly (mod 2^32).
-    let cs = _mm512_slli_epi32::<7>(_mm512_loadu_si512(col_sums.cast()));
-    _mm512_storeu_si512(out.cast(), _mm512_sub_epi32(acc, cs));
+unsafe fn start(job: &TileJob<'_>, r: usize, p: usize, tile: &Tile) -> __m512i {
+    if job.first { _mm512_setzero_si512() } else { _mm512_loadu_si512(tile[r].as_ptr().add(p * PANEL_COLS).cast()) }
+}
+
+#[inline(always)]
+unsafe fn finish(job: &TileJob<'_>, acc: __m512i, r: usize, p: usize, tile: &mut Tile) {
+    let out = tile[r].as_mut_ptr().add(p * PANEL_COLS);
+    if job.last {
+        // acc holds sum (x + 128) * w; subtract 128 * colsum to get sum x * w exactly
+        // (mod 2^32, and the true value fits in i32: see pack::MAX_K).
+        let cs = _mm512_loadu_si512(job.col_sums.as_ptr().add(p * PANEL_COLS).cast());
+        _mm512_storeu_si512(out.cast(), _mm512_sub_epi32(acc, _mm512_slli_epi32::<7>(cs)));
+    } else {
+        _mm512_storeu_si512(out.cast(), acc);
+    }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile_mr<const R: usize>(
-    a: *const u8,
-    kp: usize,
-    blocks: *const KGroupBlock,
-    col_sums: *const i32,
-    tile: &mut Tile,
-) {
-    let k_groups = kp / KGROUP;
+unsafe fn tile_mr<const R: usize>(job: &TileJob<'_>, tile: &mut Tile) {
     let mut acc = [[_mm512_setzero_si512(); BLOCK_PANELS]; R];
-    let mut w = blocks.cast::<__m512i>();
-    let mut x = a;
-    for _ in 0..k_groups {
+    for (r, acc_r) in acc.iter_mut().enumerate() {
+        for (p, v) in acc_r.iter_mut().enumerate() {
+            *v = start(job, r, p, tile);
+        }
+    }
+    let kp = job.a_stride;
+    let mut w = job.blocks.as_ptr().cast::<__m512i>();
+    let mut x = job.a.as_ptr();
+    for _ in 0..job.k_groups {
         let w0 = _mm512_load_si512(w);
         let w1 = _mm512_load_si512(w.add(1));
         let w2 = _mm512_load_si512(w.add(2));
@@ -59,56 +69,38 @@ unsafe fn tile_mr<const R: usize>(
     }
     for (r, acc_r) in acc.iter().enumerate() {
         for (p, &v) in acc_r.iter().enumerate() {
-            finish(
-                v,
-                col_sums.add(p * PANEL_COLS),
-                tile[r].as_mut_ptr().add(p * PANEL_COLS),
-            );
+            finish(job, v, r, p, tile);
         }
     }
 }
 
-/// Tile kernel: `rows` (1..=6) offset-encoded activation rows x one 64-column block.
+/// Tile kernel: `job.rows` (1..=6) offset-encoded activation rows x one 64-column block.
 ///
 /// # Safety
-/// The CPU must support avx512f, avx512bw and avx512vnni; `a` holds `rows * kp` bytes,
-/// `blocks` the column block (`kp / 4 * 4` blocks), `col_sums` 64 values.
-pub(crate) unsafe fn tile(
-    a: &[u8],
-    kp: usize,
-    rows: usize,
-    blocks: &[KGroupBlock],
-    col_sums: &[i32],
-    tile: &mut Tile,
-) {
-    debug_assert!(a.len() >= rows * kp && blocks.len() >= kp / KGROUP * BLOCK_PANELS);
-    debug_assert!(col_sums.len() >= BLOCK_PANELS * PANEL_COLS);
-    let (a, b, c) = (a.as_ptr(), blocks.as_ptr(), col_sums.as_ptr());
-    match rows {
-        1 => gemv_block(a, kp, b, c, tile),
-        2 => tile_mr::<2>(a, kp, b, c, tile),
-        3 => tile_mr::<3>(a, kp, b, c, tile),
-        4 => tile_mr::<4>(a, kp, b, c, tile),
-        5 => tile_mr::<5>(a, kp, b, c, tile),
-        _ => tile_mr::<6>(a, kp, b, c, tile),
+/// The CPU must support avx512f, avx512bw and avx512vnni; `job` satisfies [`TileJob::check`].
+pub(crate) unsafe fn tile(job: &TileJob<'_>, tile: &mut Tile) {
+    debug_assert!(job.check());
+    match job.rows {
+        1 => gemv_block(job, tile),
+        2 => tile_mr::<2>(job, tile),
+        3 => tile_mr::<3>(job, tile),
+        4 => tile_mr::<4>(job, tile),
+        5 => tile_mr::<5>(job, tile),
+        _ => tile_mr::<6>(job, tile),
     }
 }
 
 /// One activation row x one column block, 8 accumulators (two k groups in flight per panel).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn gemv_block(
-    a: *const u8,
-    kp: usize,
-    blocks: *const KGroupBlock,
-    col_sums: *const i32,
-    tile: &mut Tile,
-) {
-    let k_groups = kp / KGROUP;
+unsafe fn gemv_block(job: &TileJob<'_>, tile: &mut Tile) {
     let mut acc0 = [_mm512_setzero_si512(); BLOCK_PANELS];
     let mut acc1 = [_mm512_setzero_si512(); BLOCK_PANELS];
-    let mut w = blocks.cast::<__m512i>();
-    let mut x = a;
-    for _ in 0..k_groups / 2 {
+    for (p, v) in acc0.iter_mut().enumerate() {
+        *v = start(job, 0, p, tile);
+    }
+    let mut w = job.blocks.as_ptr().cast::<__m512i>();
+    let mut x = job.a.as_ptr();
+    for _ in 0..job.k_groups / 2 {
         let x0 = bcast(x);
         let x1 = bcast(x.add(KGROUP));
         for p in 0..BLOCK_PANELS {
@@ -118,17 +110,13 @@ unsafe fn gemv_block(
         w = w.add(2 * BLOCK_PANELS);
         x = x.add(2 * KGROUP);
     }
-    if k_groups % 2 == 1 {
+    if job.k_groups % 2 == 1 {
         let x0 = bcast(x);
         for p in 0..BLOCK_PANELS {
             acc0[p] = _mm512_dpbusd_epi32(acc0[p], x0, _mm512_load_si512(w.add(p)));
         }
     }
     for p in 0..BLOCK_PANELS {
-        finish(
-            _mm512_add_epi32(acc0[p], acc1[p]),
-            col_sums.add(p * PANEL_COLS),
-            tile[0].as_mut_ptr().add(p * PANEL_COLS),
-        );
+        finish(job, _mm512_add_epi32(acc0[p], acc1[p]), 0, p, tile);
     }
 }

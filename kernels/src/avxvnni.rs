@@ -8,26 +8,27 @@
 
 use std::arch::x86_64::*;
 
-use crate::gemm::Tile;
-use crate::pack::{BLOCK_PANELS, KGROUP, KGroupBlock, PANEL_COLS};
+use crate::gemm::{Tile, TileJob};
+use crate::pack::{BLOCK_PANELS, KGROUP, PANEL_COLS};
 
 /// Rows per tile.
 pub(crate) const MR: usize = 6;
 
 #[target_feature(enable = "avx2,avxvnni")]
-unsafe fn tile_mr<const R: usize>(
-    a: *const u8,
-    kp: usize,
-    blocks: *const KGroupBlock,
-    col_sums: *const i32,
-    tile: &mut Tile,
-) {
-    let k_groups = kp / KGROUP;
+unsafe fn tile_mr<const R: usize>(job: &TileJob<'_>, tile: &mut Tile) {
+    let kp = job.a_stride;
     for p in 0..BLOCK_PANELS {
         let mut acc = [[_mm256_setzero_si256(); 2]; R];
-        let mut w = blocks.add(p).cast::<__m256i>();
-        let mut x = a;
-        for _ in 0..k_groups {
+        if !job.first {
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                for (h, v) in acc_r.iter_mut().enumerate() {
+                    *v = _mm256_loadu_si256(tile[r].as_ptr().add(p * PANEL_COLS + h * 8).cast());
+                }
+            }
+        }
+        let mut w = job.blocks.as_ptr().add(p).cast::<__m256i>();
+        let mut x = job.a.as_ptr();
+        for _ in 0..job.k_groups {
             let w0 = _mm256_load_si256(w);
             let w1 = _mm256_load_si256(w.add(1));
             for (r, acc_r) in acc.iter_mut().enumerate() {
@@ -41,7 +42,11 @@ unsafe fn tile_mr<const R: usize>(
         }
         for h in 0..2 {
             let off = p * PANEL_COLS + h * 8;
-            let cs = _mm256_slli_epi32::<7>(_mm256_loadu_si256(col_sums.add(off).cast()));
+            let cs = if job.last {
+                _mm256_slli_epi32::<7>(_mm256_loadu_si256(job.col_sums.as_ptr().add(off).cast()))
+            } else {
+                _mm256_setzero_si256()
+            };
             for (r, acc_r) in acc.iter().enumerate() {
                 let v = _mm256_sub_epi32(acc_r[h], cs);
                 _mm256_storeu_si256(tile[r].as_mut_ptr().add(off).cast(), v);
@@ -50,27 +55,18 @@ unsafe fn tile_mr<const R: usize>(
     }
 }
 
-/// Tile kernel: `rows` (1..=6) offset-encoded activation rows x one 64-column block.
+/// Tile kernel: `job.rows` (1..=6) offset-encoded activation rows x one 64-column block.
 ///
 /// # Safety
-/// The CPU must support avx2 and avxvnni; buffers as for [`crate::avx512`]'s tile.
-pub(crate) unsafe fn tile(
-    a: &[u8],
-    kp: usize,
-    rows: usize,
-    blocks: &[KGroupBlock],
-    col_sums: &[i32],
-    tile: &mut Tile,
-) {
-    debug_assert!(a.len() >= rows * kp && blocks.len() >= kp / KGROUP * BLOCK_PANELS);
-    debug_assert!(col_sums.len() >= BLOCK_PANELS * PANEL_COLS);
-    let (a, b, c) = (a.as_ptr(), blocks.as_ptr(), col_sums.as_ptr());
-    match rows {
-        1 => tile_mr::<1>(a, kp, b, c, tile),
-        2 => tile_mr::<2>(a, kp, b, c, tile),
-        3 => tile_mr::<3>(a, kp, b, c, tile),
-        4 => tile_mr::<4>(a, kp, b, c, tile),
-        5 => tile_mr::<5>(a, kp, b, c, tile),
-        _ => tile_mr::<6>(a, kp, b, c, tile),
+/// The CPU must support avx2 and avxvnni; `job` satisfies [`TileJob::check`].
+pub(crate) unsafe fn tile(job: &TileJob<'_>, tile: &mut Tile) {
+    debug_assert!(job.check());
+    match job.rows {
+        1 => tile_mr::<1>(job, tile),
+        2 => tile_mr::<2>(job, tile),
+        3 => tile_mr::<3>(job, tile),
+        4 => tile_mr::<4>(job, tile),
+        5 => tile_mr::<5>(job, tile),
+        _ => tile_mr::<6>(job, tile),
     }
 }

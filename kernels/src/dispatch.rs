@@ -25,12 +25,8 @@ pub enum KernelKind {
 
 impl KernelKind {
     /// Every kernel, in order of preference from last to first.
-    pub const ALL: [KernelKind; 4] = [
-        KernelKind::Scalar,
-        KernelKind::Avx2,
-        KernelKind::AvxVnni,
-        KernelKind::Avx512Vnni,
-    ];
+    pub const ALL: [KernelKind; 4] =
+        [KernelKind::Scalar, KernelKind::Avx2, KernelKind::AvxVnni, KernelKind::Avx512Vnni];
 
     /// The name used by `QTIER_KERNEL` and in reports.
     pub fn name(self) -> &'static str {
@@ -55,11 +51,7 @@ impl KernelKind {
 
     /// The fastest kernel this CPU supports, ignoring `QTIER_KERNEL`.
     pub fn best_supported() -> KernelKind {
-        KernelKind::ALL
-            .into_iter()
-            .rev()
-            .find(|k| k.is_supported())
-            .unwrap_or(KernelKind::Scalar)
+        KernelKind::ALL.into_iter().rev().find(|k| k.is_supported()).unwrap_or(KernelKind::Scalar)
     }
 
     /// Returns `self` if this CPU supports it, else [`KernelError::UnsupportedKernel`].
@@ -67,10 +59,7 @@ impl KernelKind {
         if self.is_supported() {
             Ok(self)
         } else {
-            Err(KernelError::UnsupportedKernel {
-                kind: self,
-                detected: KernelKind::best_supported(),
-            })
+            Err(KernelError::UnsupportedKernel { kind: self, detected: KernelKind::best_supported() })
         }
     }
 }
@@ -89,9 +78,7 @@ impl FromStr for KernelKind {
         KernelKind::ALL
             .into_iter()
             .find(|k| k.name() == t)
-            .ok_or_else(|| KernelError::UnknownKernel {
-                value: s.to_string(),
-            })
+            .ok_or_else(|| KernelError::UnknownKernel { value: s.to_string() })
     }
 }
 
@@ -123,11 +110,7 @@ fn detect() -> CpuFeatures {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn detect() -> CpuFeatures {
-    CpuFeatures {
-        avx2: false,
-        avxvnni: false,
-        avx512vnni: false,
-    }
+    CpuFeatures { avx2: false, avxvnni: false, avx512vnni: false }
 }
 
 /// Parses a `QTIER_KERNEL` value (`None` = unset) into the kernel to run.

@@ -42,10 +42,7 @@ pub struct ReadBandwidth {
 
 fn check_threads(threads: usize) -> Result<(), KernelError> {
     if threads == 0 {
-        return Err(KernelError::InvalidLimitsParameter {
-            what: "threads",
-            reason: "must be at least 1",
-        });
+        return Err(KernelError::InvalidLimitsParameter { what: "threads", reason: "must be at least 1" });
     }
     Ok(())
 }
@@ -141,11 +138,7 @@ pub fn int8_peak(kind: KernelKind, threads: usize) -> Result<Int8Peak, KernelErr
         .min()
         .unwrap_or(Duration::MAX);
     let ops = ops_per_iter(kind) * iters as f64 * threads as f64;
-    Ok(Int8Peak {
-        kernel: kind,
-        threads,
-        gops: ops / best.as_secs_f64() / 1e9,
-    })
+    Ok(Int8Peak { kernel: kind, threads, gops: ops / best.as_secs_f64() / 1e9 })
 }
 
 /// Measures the read bandwidth of a `bytes`-byte buffer (e.g. a weight matrix's size) split
@@ -155,10 +148,7 @@ pub fn read_bandwidth(bytes: usize, threads: usize) -> Result<ReadBandwidth, Ker
     check_threads(threads)?;
     const MIN_BYTES_PER_THREAD: usize = 4096;
     if bytes < MIN_BYTES_PER_THREAD * threads {
-        return Err(KernelError::InvalidLimitsParameter {
-            what: "bytes",
-            reason: "need at least 4 KiB per thread",
-        });
+        return Err(KernelError::InvalidLimitsParameter { what: "bytes", reason: "need at least 4 KiB per thread" });
     }
     // u64 words, a whole number of 256-byte chunks per thread.
     let words_per_thread = (bytes / threads / 256) * 32;
@@ -179,16 +169,9 @@ pub fn read_bandwidth(bytes: usize, threads: usize) -> Result<ReadBandwidth, Ker
         }
         passes = (passes * 2).max((passes as f64 * MIN_REPEAT.as_secs_f64() / d.as_secs_f64().max(1e-9)) as usize);
     }
-    let best = (0..REPEATS)
-        .map(|_| timed_parallel(threads, |t| read_all(t, passes)))
-        .min()
-        .unwrap_or(Duration::MAX);
+    let best = (0..REPEATS).map(|_| timed_parallel(threads, |t| read_all(t, passes))).min().unwrap_or(Duration::MAX);
     let read = (words_per_thread * threads * 8 * passes) as f64;
-    Ok(ReadBandwidth {
-        bytes: words_per_thread * threads * 8,
-        threads,
-        gb_per_s: read / best.as_secs_f64() / 1e9,
-    })
+    Ok(ReadBandwidth { bytes: words_per_thread * threads * 8, threads, gb_per_s: read / best.as_secs_f64() / 1e9 })
 }
 
 fn sum_words(words: &[u64]) -> u64 {

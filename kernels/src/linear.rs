@@ -27,10 +27,7 @@ struct Scratch<T: 'static> {
 
 impl<T: 'static> Scratch<T> {
     fn take(cell: &'static std::thread::LocalKey<Cell<Vec<T>>>) -> Self {
-        Scratch {
-            buf: cell.with(Cell::take),
-            cell,
-        }
+        Scratch { buf: cell.with(Cell::take), cell }
     }
 }
 
@@ -68,22 +65,12 @@ impl QuantizedLinear {
     /// Builds the layer from row-major `[n, k]` int8 weights in [-127, 127], `n` per-channel
     /// scales and an optional bias of `n` values. Uses [`selected_kernel`] (the best kernel the
     /// CPU supports, or `QTIER_KERNEL`), no activation and the current rayon pool's threads.
-    pub fn new(
-        weights: &[i8],
-        scales: &[f32],
-        bias: Option<&[f32]>,
-        n: usize,
-        k: usize,
-    ) -> Result<Self, KernelError> {
+    pub fn new(weights: &[i8], scales: &[f32], bias: Option<&[f32]>, n: usize, k: usize) -> Result<Self, KernelError> {
         let kernel = selected_kernel()?;
         let packed = PackedWeights::new(weights, n, k)?;
         let check = |what: &'static str, v: &[f32]| -> Result<(), KernelError> {
             if v.len() != n {
-                return Err(KernelError::ShapeMismatch {
-                    what,
-                    expected: n,
-                    found: v.len(),
-                });
+                return Err(KernelError::ShapeMismatch { what, expected: n, found: v.len() });
             }
             match v.iter().position(|s| !s.is_finite()) {
                 Some(index) => Err(KernelError::NonFinite { what, index }),
@@ -161,8 +148,7 @@ impl QuantizedLinear {
 
     /// Parallel tasks per call (the configured cap, else the current rayon pool's size).
     pub fn threads(&self) -> usize {
-        self.threads
-            .map_or_else(rayon::current_num_threads, NonZeroUsize::get)
+        self.threads.map_or_else(rayon::current_num_threads, NonZeroUsize::get)
     }
 
     /// The packed weights (layout documented in [`crate::pack`]).
@@ -195,19 +181,12 @@ impl QuantizedLinear {
             reason: "m * n overflows usize",
         })?;
         if out.len() < mn {
-            return Err(KernelError::OutputTooSmall {
-                needed: mn,
-                found: out.len(),
-            });
+            return Err(KernelError::OutputTooSmall { needed: mn, found: out.len() });
         }
         if let Some(r) = residual
             && r.len() != mn
         {
-            return Err(KernelError::ShapeMismatch {
-                what: "residual",
-                expected: mn,
-                found: r.len(),
-            });
+            return Err(KernelError::ShapeMismatch { what: "residual", expected: mn, found: r.len() });
         }
         if m == 0 {
             return Ok(());
@@ -219,12 +198,8 @@ impl QuantizedLinear {
         let (a, xs) = (&mut act.buf[..m * kp], &mut scales.buf[..m]);
         let enc = gemm::encoding(self.kernel);
         quant::quantize_rows(self.kernel, &x[..mk], k, kp, enc, a, xs);
-        let args = EpilogueArgs {
-            x_scales: xs,
-            w_scales: &self.w_scales,
-            bias: &self.bias,
-            activation: self.activation,
-        };
+        let args =
+            EpilogueArgs { x_scales: xs, w_scales: &self.w_scales, bias: &self.bias, activation: self.activation };
         let out_ptr = SendPtr(out.as_mut_ptr());
         let res_ptr = residual.map(|r| SendConstPtr(r.as_ptr()));
         let kind = self.kernel;
@@ -241,12 +216,7 @@ impl QuantizedLinear {
     /// Test and benchmark hook: the exact i32 accumulators `sum_k x_q[m][k] * W[n][k]` (`m x n`
     /// row-major) computed by kernel `kind` from already-quantized activations `x_q` (`m x k`).
     /// Every kernel must return the same values as [`KernelKind::Scalar`].
-    pub fn accumulate_i32(
-        &self,
-        kind: KernelKind,
-        x_q: &[i8],
-        m: usize,
-    ) -> Result<Vec<i32>, KernelError> {
+    pub fn accumulate_i32(&self, kind: KernelKind, x_q: &[i8], m: usize) -> Result<Vec<i32>, KernelError> {
         let kind = kind.check_supported()?;
         let (n, k, kp) = (self.n(), self.k(), self.packed.k_padded());
         self.checked_len(m, k, "x_q", x_q.len())?;
@@ -279,24 +249,14 @@ impl QuantizedLinear {
         Ok(out)
     }
 
-    fn checked_len(
-        &self,
-        m: usize,
-        k: usize,
-        what: &'static str,
-        found: usize,
-    ) -> Result<usize, KernelError> {
+    fn checked_len(&self, m: usize, k: usize, what: &'static str, found: usize) -> Result<usize, KernelError> {
         let expected = m.checked_mul(k).ok_or(KernelError::InvalidDimension {
             what: "m",
             value: m,
             reason: "m * k overflows usize",
         })?;
         if found != expected {
-            return Err(KernelError::ShapeMismatch {
-                what,
-                expected,
-                found,
-            });
+            return Err(KernelError::ShapeMismatch { what, expected, found });
         }
         Ok(expected)
     }

@@ -37,9 +37,7 @@ const _: () = assert!(std::mem::size_of::<KGroupBlock>() == 64);
 const _: () = assert!(std::mem::align_of::<KGroupBlock>() == 64);
 
 impl KGroupBlock {
-    const ZERO: KGroupBlock = KGroupBlock {
-        bytes: [0; PANEL_COLS * KGROUP],
-    };
+    const ZERO: KGroupBlock = KGroupBlock { bytes: [0; PANEL_COLS * KGROUP] };
 }
 
 /// Weights packed for the kernels, with per-column sums for the `u8 x s8` trick.
@@ -57,11 +55,7 @@ impl PackedWeights {
     /// Packs row-major `[n, k]` weights in [-127, 127].
     pub fn new(weights: &[i8], n: usize, k: usize) -> Result<Self, KernelError> {
         if n == 0 {
-            return Err(KernelError::InvalidDimension {
-                what: "n",
-                value: n,
-                reason: "must be at least 1",
-            });
+            return Err(KernelError::InvalidDimension { what: "n", value: n, reason: "must be at least 1" });
         }
         if k == 0 || k > MAX_K {
             return Err(KernelError::InvalidDimension {
@@ -76,17 +70,10 @@ impl PackedWeights {
             reason: "n * k overflows usize",
         })?;
         if weights.len() != expected {
-            return Err(KernelError::ShapeMismatch {
-                what: "weights",
-                expected,
-                found: weights.len(),
-            });
+            return Err(KernelError::ShapeMismatch { what: "weights", expected, found: weights.len() });
         }
         if let Some(pos) = weights.iter().position(|&w| w == i8::MIN) {
-            return Err(KernelError::WeightOutOfRange {
-                row: pos / k,
-                col: pos % k,
-            });
+            return Err(KernelError::WeightOutOfRange { row: pos / k, col: pos % k });
         }
         let k_groups = k.div_ceil(KGROUP);
         let col_blocks = n.div_ceil(BLOCK_COLS);
@@ -101,14 +88,7 @@ impl PackedWeights {
             }
             col_sums[col] = row.iter().map(|&w| i32::from(w)).sum();
         }
-        Ok(PackedWeights {
-            n,
-            k,
-            k_groups,
-            col_blocks,
-            blocks,
-            col_sums,
-        })
+        Ok(PackedWeights { n, k, k_groups, col_blocks, blocks, col_sums })
     }
 
     /// Output features (rows of the original weight matrix).
@@ -183,14 +163,8 @@ mod tests {
 
     #[test]
     fn pack_rejects_minus_128_and_bad_shapes() {
-        assert!(matches!(
-            PackedWeights::new(&[0, -128], 1, 2),
-            Err(KernelError::WeightOutOfRange { row: 0, col: 1 })
-        ));
-        assert!(matches!(
-            PackedWeights::new(&[0; 5], 2, 3),
-            Err(KernelError::ShapeMismatch { .. })
-        ));
+        assert!(matches!(PackedWeights::new(&[0, -128], 1, 2), Err(KernelError::WeightOutOfRange { row: 0, col: 1 })));
+        assert!(matches!(PackedWeights::new(&[0; 5], 2, 3), Err(KernelError::ShapeMismatch { .. })));
         assert!(PackedWeights::new(&[], 0, 3).is_err());
         assert!(PackedWeights::new(&[], 3, 0).is_err());
     }

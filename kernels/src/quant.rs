@@ -56,14 +56,7 @@ pub fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
 }
 
 #[inline(always)]
-fn quantize_rows_generic(
-    x: &[f32],
-    k: usize,
-    kp: usize,
-    enc: ActEncoding,
-    out: &mut [u8],
-    scales: &mut [f32],
-) {
+fn quantize_rows_generic(x: &[f32], k: usize, kp: usize, enc: ActEncoding, out: &mut [u8], scales: &mut [f32]) {
     for ((row, dst), s) in x.chunks_exact(k).zip(out.chunks_exact_mut(kp)).zip(scales) {
         let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let inv = QMAX / max;
@@ -108,27 +101,13 @@ fn quantize_row_with_max(x: &[f32], max: f32, q: &mut [i8]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-fn quantize_rows_avx512(
-    x: &[f32],
-    k: usize,
-    kp: usize,
-    enc: ActEncoding,
-    out: &mut [u8],
-    scales: &mut [f32],
-) {
+fn quantize_rows_avx512(x: &[f32], k: usize, kp: usize, enc: ActEncoding, out: &mut [u8], scales: &mut [f32]) {
     quantize_rows_generic(x, k, kp, enc, out, scales)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn quantize_rows_avx2(
-    x: &[f32],
-    k: usize,
-    kp: usize,
-    enc: ActEncoding,
-    out: &mut [u8],
-    scales: &mut [f32],
-) {
+fn quantize_rows_avx2(x: &[f32], k: usize, kp: usize, enc: ActEncoding, out: &mut [u8], scales: &mut [f32]) {
     quantize_rows_generic(x, k, kp, enc, out, scales)
 }
 
@@ -185,15 +164,7 @@ mod tests {
         let x: Vec<f32> = (0..3 * k).map(|i| ((i * 7919) % 1000) as f32 - 500.25).collect();
         let mut out = vec![0u8; 3 * 40];
         let mut scales = vec![0f32; 3];
-        quantize_rows(
-            crate::KernelKind::best_supported(),
-            &x,
-            k,
-            40,
-            ActEncoding::Offset,
-            &mut out,
-            &mut scales,
-        );
+        quantize_rows(crate::KernelKind::best_supported(), &x, k, 40, ActEncoding::Offset, &mut out, &mut scales);
         for r in 0..3 {
             let mut q = vec![0i8; k];
             let s = quantize_row(&x[r * k..(r + 1) * k], &mut q);

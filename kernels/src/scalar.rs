@@ -2,23 +2,24 @@
 //!
 //! Every SIMD kernel's accumulators must equal this one's bit for bit (see the tests).
 
-use crate::gemm::Tile;
-use crate::pack::{BLOCK_PANELS, KGROUP, KGroupBlock, PANEL_COLS};
+use crate::gemm::{Tile, TileJob};
+use crate::pack::{BLOCK_PANELS, KGROUP, PANEL_COLS};
 
 /// Rows per tile of the scalar kernel.
 pub(crate) const MR: usize = 4;
 
-/// Fills `tile[..rows]` with the dot products of `rows` activation rows (signed encoding, stride
-/// `kp`) with the 64 columns of one column block.
-pub(crate) fn tile(a: &[u8], kp: usize, rows: usize, blocks: &[KGroupBlock], tile: &mut Tile) {
-    let k_groups = kp / KGROUP;
-    for (r, acc) in tile.iter_mut().enumerate().take(rows) {
-        acc.fill(0);
-        let row = &a[r * kp..(r + 1) * kp];
-        for g in 0..k_groups {
+/// Adds (or, for the first K chunk, writes) the dot products of `job.rows` signed-encoded
+/// activation rows with the 64 columns of one column block into `tile`.
+pub(crate) fn tile(job: &TileJob<'_>, tile: &mut Tile) {
+    for (r, acc) in tile.iter_mut().enumerate().take(job.rows) {
+        if job.first {
+            acc.fill(0);
+        }
+        let row = &job.a[r * job.a_stride..];
+        for g in 0..job.k_groups {
             let x = &row[g * KGROUP..(g + 1) * KGROUP];
             for p in 0..BLOCK_PANELS {
-                let blk = &blocks[g * BLOCK_PANELS + p].bytes;
+                let blk = &job.blocks[g * BLOCK_PANELS + p].bytes;
                 for c in 0..PANEL_COLS {
                     let mut s = 0i32;
                     for b in 0..KGROUP {

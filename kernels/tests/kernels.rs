@@ -25,17 +25,11 @@ fn skip_unless_supported(kind: KernelKind) -> bool {
     }
 }
 
-fn run<S: Strategy>(
-    strategy: S,
-    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) where
+fn run<S: Strategy>(strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
+where
     S::Value: std::fmt::Debug,
 {
-    let mut runner = TestRunner::new(Config {
-        cases: CASES,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = TestRunner::new(Config { cases: CASES, failure_persistence: None, ..Config::default() });
     if let Err(e) = runner.run(&strategy, test) {
         panic!("{e}");
     }
@@ -72,13 +66,8 @@ fn int_case() -> impl Strategy<Value = Case> {
     shapes().prop_flat_map(|(m, k, n)| {
         let zero_row = prop::option::of(0..m);
         let zero_col = prop::option::of(0..n);
-        (
-            prop::collection::vec(q8(), n * k),
-            prop::collection::vec(q8(), m * k),
-            zero_row,
-            zero_col,
-        )
-            .prop_map(move |(mut w, mut x, zr, zc)| {
+        (prop::collection::vec(q8(), n * k), prop::collection::vec(q8(), m * k), zero_row, zero_col).prop_map(
+            move |(mut w, mut x, zr, zc)| {
                 if let Some(r) = zr {
                     x[r * k..(r + 1) * k].fill(0);
                 }
@@ -86,7 +75,8 @@ fn int_case() -> impl Strategy<Value = Case> {
                     w[c * k..(c + 1) * k].fill(0);
                 }
                 Case { m, k, n, w, x }
-            })
+            },
+        )
     })
 }
 
@@ -106,10 +96,7 @@ fn reference_acc(c: &Case) -> Vec<i32> {
 
 fn layer(c: &Case, kind: KernelKind) -> QuantizedLinear {
     let scales = vec![1.0f32; c.n];
-    QuantizedLinear::new(&c.w, &scales, None, c.n, c.k)
-        .unwrap()
-        .with_kernel(kind)
-        .unwrap()
+    QuantizedLinear::new(&c.w, &scales, None, c.n, c.k).unwrap().with_kernel(kind).unwrap()
 }
 
 fn check_accumulators(kind: KernelKind) {
@@ -201,17 +188,7 @@ fn float_case() -> impl Strategy<Value = FloatCase> {
                 if let Some(r) = zr {
                     x[r * k..(r + 1) * k].fill(0.0);
                 }
-                FloatCase {
-                    m,
-                    k,
-                    n,
-                    w,
-                    scales,
-                    bias,
-                    x,
-                    residual,
-                    act,
-                }
+                FloatCase { m, k, n, w, scales, bias, x, residual, act }
             })
     })
 }
@@ -227,15 +204,12 @@ fn check_forward(kind: KernelKind) {
             .unwrap()
             .with_activation(c.act);
         let mut out = vec![f32::NAN; c.m * c.n];
-        l.forward_into(&c.x, c.m, &mut out, c.residual.as_deref())
-            .unwrap();
+        l.forward_into(&c.x, c.m, &mut out, c.residual.as_deref()).unwrap();
         for i in 0..c.m {
             let mut q = vec![0i8; c.k];
             let xs = f64::from(quantize_row(&c.x[i * c.k..(i + 1) * c.k], &mut q));
             for j in 0..c.n {
-                let acc: i64 = (0..c.k)
-                    .map(|kk| i64::from(q[kk]) * i64::from(c.w[j * c.k + kk]))
-                    .sum();
+                let acc: i64 = (0..c.k).map(|kk| i64::from(q[kk]) * i64::from(c.w[j * c.k + kk])).sum();
                 let lin = acc as f64 * xs * f64::from(c.scales[j]);
                 let b = c.bias.as_ref().map_or(0.0, |b| f64::from(b[j]));
                 let r = c.residual.as_ref().map_or(0.0, |r| f64::from(r[i * c.n + j]));
@@ -247,7 +221,13 @@ fn check_forward(kind: KernelKind) {
                 prop_assert!(
                     (got - want).abs() <= tol,
                     "kernel {} act {} at ({}, {}): got {} want {} tol {}",
-                    kind, c.act, i, j, got, want, tol
+                    kind,
+                    c.act,
+                    i,
+                    j,
+                    got,
+                    want,
+                    tol
                 );
             }
         }
@@ -387,10 +367,7 @@ fn bad_shapes_are_errors_not_panics() {
     ));
     assert!(l.forward(&[], 0).unwrap().is_empty());
     assert!(matches!(l.clone().with_threads(0), Err(KernelError::InvalidDimension { .. })));
-    assert!(matches!(
-        l.accumulate_i32(KernelKind::Scalar, &[0; 5], 2),
-        Err(KernelError::ShapeMismatch { .. })
-    ));
+    assert!(matches!(l.accumulate_i32(KernelKind::Scalar, &[0; 5], 2), Err(KernelError::ShapeMismatch { .. })));
 }
 
 #[test]

@@ -158,10 +158,7 @@ fn quantized_pair(
     if weight.entry.dtype != Dtype::I8 || weight.entry.shape.len() != 2 {
         return Err(bad(
             &weight.entry.name,
-            format!(
-                "a quantized weight must be I8 [out, in], found {} {:?}",
-                weight.entry.dtype, weight.entry.shape
-            ),
+            format!("a quantized weight must be I8 [out, in], found {} {:?}", weight.entry.dtype, weight.entry.shape),
         ));
     }
     let out_features = weight.entry.shape[0];

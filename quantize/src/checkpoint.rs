@@ -124,9 +124,7 @@ impl Checkpoint {
 
     /// Every tensor, shard by shard, in data order.
     pub fn tensors(&self) -> impl Iterator<Item = TensorRef<'_>> {
-        self.shards
-            .iter()
-            .flat_map(|shard| shard.tensors().iter().map(move |entry| TensorRef { shard, entry }))
+        self.shards.iter().flat_map(|shard| shard.tensors().iter().map(move |entry| TensorRef { shard, entry }))
     }
 
     /// Total bytes of tensor data over all shards.
@@ -202,10 +200,7 @@ fn find_shards(dir: &Path) -> Result<(Vec<PathBuf>, Option<IndexContents>)> {
         (0, 1) => Ok((files, None)),
         (0, _) => Err(QuantizeError::NoCheckpoint {
             path: dir.to_path_buf(),
-            problem: format!(
-                "{} .safetensors files but no *{INDEX_SUFFIX} saying how they fit together",
-                files.len()
-            ),
+            problem: format!("{} .safetensors files but no *{INDEX_SUFFIX} saying how they fit together", files.len()),
         }),
         (1, _) => {
             let index_path = indexes.remove(0);

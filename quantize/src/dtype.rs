@@ -1,7 +1,7 @@
 //! Safetensors element types and conversions between the float ones and `f32`.
 
-use half::{bf16, f16};
 use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
 
 /// An element type as the safetensors format names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -236,7 +236,8 @@ mod tests {
     #[test]
     fn nonfinite_bits_are_detected_for_each_dtype() {
         for dtype in [WeightDtype::F32, WeightDtype::F16, WeightDtype::BF16] {
-            for (value, nonfinite) in [(1.0f32, false), (f32::NAN, true), (f32::INFINITY, true), (-f32::INFINITY, true)] {
+            for (value, nonfinite) in [(1.0f32, false), (f32::NAN, true), (f32::INFINITY, true), (-f32::INFINITY, true)]
+            {
                 let mut bytes = Vec::new();
                 dtype.encode(value, &mut bytes);
                 assert_eq!(dtype.is_nonfinite_bits(&bytes), nonfinite, "{dtype:?} {value}");

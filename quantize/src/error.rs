@@ -9,14 +9,15 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum QuantizeError {
     /// An operating-system error on a file or directory.
-    #[error("{path}: {action}: {source}")]
+    #[error("{path}: {action}: {cause}")]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// What qtier was doing ("open", "read", "write", ...).
         action: &'static str,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error, already part of the message (so not also a `source`, which
+        /// would print it twice in an error chain).
+        cause: std::io::Error,
     },
     /// A safetensors file whose header or layout is invalid.
     #[error("{path}: invalid safetensors file: {problem}")]
@@ -99,7 +100,7 @@ pub enum QuantizeError {
 impl QuantizeError {
     /// Wraps an I/O error with the path and action it concerns.
     pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str, source: std::io::Error) -> Self {
-        QuantizeError::Io { path: path.into(), action, source }
+        QuantizeError::Io { path: path.into(), action, cause: source }
     }
 }
 

@@ -11,20 +11,28 @@ use crate::checkpoint::{CONFIG_FILE, Checkpoint, INDEX_SUFFIX, SAFETENSORS_SUFFI
 use crate::compressed_tensors::{WEIGHT_SCALE_SUFFIX, quantization_config};
 use crate::dtype::{Dtype, WeightDtype};
 use crate::error::{QuantizeError, Result};
-use crate::report::{KeptTensor, LayerReport, QuantReport, REPORT_JSON, REPORT_MARKDOWN, REPORT_SCHEMA_VERSION, SchemeSummary, SkippedFile, Totals};
+use crate::report::{
+    KeptTensor, LayerReport, QuantReport, REPORT_JSON, REPORT_MARKDOWN, REPORT_SCHEMA_VERSION, SchemeSummary,
+    SkippedFile, Totals,
+};
 use crate::safetensors_file::{SafetensorsFile, TensorEntry};
 use crate::scheme::{ErrorSums, quantize_row};
 use crate::select::{Decision, KeepReason, LayerSelection};
 use crate::shard_writer::{PlannedTensor, ShardWriter};
 use crate::staging::StagedDir;
 
-/// Input bytes handled per step of a tensor: enough rows to keep both cores busy, few enough that
-/// the rows' quantized output and their input pages stay a small, bounded part of memory.
-const BLOCK_BYTES: usize = 8 << 20;
+/// Input bytes handled by one parallel task of a tensor: large enough that a task's write and page
+/// release amortize their system calls, small enough that a 4096-wide layer still splits into
+/// dozens of tasks for the cores to share.
+const TASK_BYTES: usize = 1 << 20;
+
+/// Bytes copied per write for tensors kept unchanged (their input pages are released after each).
+const COPY_BYTES: usize = 8 << 20;
 
 /// Extensions of weight files in other formats, which an int8 artifact must not carry along (a
 /// loader could pick the float weights instead of the quantized ones).
-const OTHER_WEIGHT_EXTENSIONS: [&str; 10] = ["bin", "pt", "pth", "ckpt", "h5", "msgpack", "onnx", "gguf", "ot", "safetensors"];
+const OTHER_WEIGHT_EXTENSIONS: [&str; 10] =
+    ["bin", "pt", "pth", "ckpt", "h5", "msgpack", "onnx", "gguf", "ot", "safetensors"];
 
 /// Deepest directory level copied from the input (guards against symlink loops).
 const MAX_COPY_DEPTH: usize = 8;
@@ -42,6 +50,10 @@ pub struct QuantizeOptions {
     pub allow_nonfinite: bool,
     /// Replace an existing output directory.
     pub force: bool,
+    /// Flush every file to disk before renaming the artifact into place. Without it the rename is
+    /// still atomic for every process, but a power loss soon after a run may lose data the page
+    /// cache had not written back; `qtier publish` verifies checksums either way.
+    pub durable: bool,
 }
 
 /// Progress of a run, for a progress bar.
@@ -70,20 +82,21 @@ struct TensorPlan<'a> {
 ///
 /// The artifact is built in a staging directory beside the output and renamed into place only when
 /// complete; on any error nothing is left at the output path.
-pub fn quantize_checkpoint(options: &QuantizeOptions, progress: &(dyn Fn(QuantizeProgress) + Sync)) -> Result<QuantReport> {
+pub fn quantize_checkpoint(
+    options: &QuantizeOptions,
+    progress: &(dyn Fn(QuantizeProgress) + Sync),
+) -> Result<QuantReport> {
     let started = Instant::now();
     check_paths(options)?;
-    let staged = StagedDir::create(&options.output, options.force)?;
     let checkpoint = Checkpoint::open(&options.input)?;
-    if let Some(config) = checkpoint.config() {
-        if config.contains_key("quantization_config") {
-            return Err(QuantizeError::InvalidConfig {
-                path: options.input.join(CONFIG_FILE),
-                problem: "the model is already quantized (config.json has a quantization_config)".into(),
-            });
-        }
+    if checkpoint.config().is_some_and(|config| config.contains_key("quantization_config")) {
+        return Err(QuantizeError::InvalidConfig {
+            path: options.input.join(CONFIG_FILE),
+            problem: "the model is already quantized (config.json has a quantization_config)".into(),
+        });
     }
     let plans = plan(&checkpoint, options)?;
+    let staged = StagedDir::create(&options.output, options.force)?;
     progress(QuantizeProgress::Started { total_bytes: checkpoint.tensor_bytes() });
 
     let mut layers = Vec::new();
@@ -103,7 +116,6 @@ pub fn quantize_checkpoint(options: &QuantizeOptions, progress: &(dyn Fn(Quantiz
             }
         }
         bytes_after += writer.tensor_bytes();
-        writer.finish()?;
     }
 
     let ignore = linear_modules_kept(&plans);
@@ -116,11 +128,14 @@ pub fn quantize_checkpoint(options: &QuantizeOptions, progress: &(dyn Fn(Quantiz
 
     let report = build_report(options, &checkpoint, &plans, layers, files_not_copied, bytes_after, started);
     write_report(&report, staged.path())?;
-    staged.commit()?;
+    staged.commit(options.durable)?;
     Ok(report)
 }
 
 fn check_paths(options: &QuantizeOptions) -> Result<()> {
+    if options.output.exists() && !options.force {
+        return Err(QuantizeError::OutputExists { path: options.output.clone() });
+    }
     let input = std::fs::canonicalize(&options.input).map_err(|e| QuantizeError::io(&options.input, "open", e))?;
     let output_parent = options.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if let (Ok(parent), Some(name)) = (std::fs::canonicalize(output_parent), options.output.file_name()) {
@@ -145,24 +160,17 @@ fn plan<'a>(checkpoint: &'a Checkpoint, options: &QuantizeOptions) -> Result<Vec
             TensorPlan { source, decision }
         })
         .collect();
-    for plan in &plans {
-        if let Decision::Quantize { module } = &plan.decision {
-            let scale_name = format!("{module}{WEIGHT_SCALE_SUFFIX}");
-            if checkpoint.tensor(&scale_name).is_some() {
-                return Err(QuantizeError::InvalidTensor {
-                    path: plan.source.shard.path().to_path_buf(),
-                    tensor: scale_name,
-                    problem: "already present: the checkpoint looks quantized already".into(),
-                });
-            }
-        }
+    if let Some(scale) = checkpoint.tensors().find(|t| t.entry.name.ends_with(WEIGHT_SCALE_SUFFIX)) {
+        return Err(QuantizeError::InvalidTensor {
+            path: scale.shard.path().to_path_buf(),
+            tensor: scale.entry.name.clone(),
+            problem: "a quantization scale: the checkpoint is already quantized".into(),
+        });
     }
     if options.allow_nonfinite {
-        plans.par_iter_mut().for_each(|plan| {
-            if matches!(plan.decision, Decision::Quantize { .. }) {
-                if let Some(detail) = first_nonfinite(plan.source.shard, plan.source.entry) {
-                    plan.decision = Decision::Keep { reason: KeepReason::NonFinite, detail: Some(detail) };
-                }
+        plans.par_iter_mut().filter(|plan| matches!(plan.decision, Decision::Quantize { .. })).for_each(|plan| {
+            if let Some(detail) = first_nonfinite(plan.source.shard, plan.source.entry) {
+                plan.decision = Decision::Keep { reason: KeepReason::NonFinite, detail: Some(detail) };
             }
         });
     }
@@ -192,7 +200,11 @@ fn output_tensors(plans: &[&TensorPlan]) -> Vec<PlannedTensor> {
                 });
             }
             Decision::Keep { .. } => {
-                tensors.push(PlannedTensor { name: entry.name.clone(), dtype: entry.dtype, shape: entry.shape.clone() });
+                tensors.push(PlannedTensor {
+                    name: entry.name.clone(),
+                    dtype: entry.dtype,
+                    shape: entry.shape.clone(),
+                });
             }
         }
     }
@@ -206,8 +218,8 @@ fn copy_tensor(
     progress: &(dyn Fn(QuantizeProgress) + Sync),
 ) -> Result<()> {
     let bytes = shard.bytes(entry);
-    for (block_number, block) in bytes.chunks(BLOCK_BYTES).enumerate() {
-        let offset = block_number * BLOCK_BYTES;
+    for (block_number, block) in bytes.chunks(COPY_BYTES).enumerate() {
+        let offset = block_number * COPY_BYTES;
         writer.write(&entry.name, offset, block)?;
         let start = entry.file_range.start + offset;
         shard.release(start..start + block.len());
@@ -225,46 +237,56 @@ fn quantize_tensor(
 ) -> Result<LayerReport> {
     let dtype: WeightDtype = entry.dtype.as_weight_dtype().expect("plan() only quantizes float weights");
     let (rows, columns) = (entry.shape[0], entry.shape[1]);
-    let element_size = entry.dtype.size_in_bytes();
-    let row_bytes = columns * element_size;
-    let rows_per_block = (BLOCK_BYTES / row_bytes.max(1)).clamp(1, rows.max(1));
+    let row_bytes = columns * entry.dtype.size_in_bytes();
+    let rows_per_task = (TASK_BYTES / row_bytes.max(1)).clamp(1, rows.max(1));
     let bytes = shard.bytes(entry);
-    let mut scales = Vec::with_capacity(rows * element_size);
-    let mut sums = ErrorSums::default();
-    let mut quantized = vec![0i8; rows_per_block * columns];
 
-    for first_row in (0..rows).step_by(rows_per_block) {
-        let block_rows = rows_per_block.min(rows - first_row);
-        let input = &bytes[first_row * row_bytes..(first_row + block_rows) * row_bytes];
-        let output = &mut quantized[..block_rows * columns];
-        let results: Vec<_> = output
-            .par_chunks_mut(columns.max(1))
-            .zip(input.par_chunks(row_bytes.max(1)))
-            .map_init(
-                || vec![0.0f32; columns],
-                |row, (q, raw)| {
-                    dtype.decode_into(raw, row);
-                    quantize_row(row, dtype, q)
-                },
-            )
-            .collect();
-        for (row_in_block, result) in results.into_iter().enumerate() {
-            let (scale, row_sums) = result.map_err(|bad| QuantizeError::NonFiniteWeight {
-                path: shard.path().to_path_buf(),
-                tensor: entry.name.clone(),
-                value: bad.value.to_string(),
-                row: first_row + row_in_block,
-                column: bad.column,
-            })?;
-            dtype.encode(scale, &mut scales);
-            sums = sums.merge(row_sums);
+    // Each task quantizes a run of rows, writes them to their final place and releases their
+    // input pages, so the cores never wait on each other's writes and memory stays at one run
+    // of rows per core.
+    let tasks: Vec<RowsQuantized> = (0..rows.div_ceil(rows_per_task))
+        .into_par_iter()
+        .map_init(
+            || (vec![0.0f32; columns], vec![0i8; rows_per_task * columns]),
+            |(row_values, quantized), task| {
+                let first_row = task * rows_per_task;
+                let task_rows = rows_per_task.min(rows - first_row);
+                let input = &bytes[first_row * row_bytes..(first_row + task_rows) * row_bytes];
+                let output = &mut quantized[..task_rows * columns];
+                let mut scales = Vec::with_capacity(task_rows);
+                let mut sums = ErrorSums::default();
+                for (row, (raw, q)) in input.chunks(row_bytes.max(1)).zip(output.chunks_mut(columns.max(1))).enumerate()
+                {
+                    dtype.decode_into(raw, row_values);
+                    let (scale, row_sums) =
+                        quantize_row(row_values, dtype, q).map_err(|bad| QuantizeError::NonFiniteWeight {
+                            path: shard.path().to_path_buf(),
+                            tensor: entry.name.clone(),
+                            value: bad.value.to_string(),
+                            row: first_row + row,
+                            column: bad.column,
+                        })?;
+                    scales.push(scale);
+                    sums = sums.merge(row_sums);
+                }
+                writer.write(&entry.name, first_row * columns, bytemuck::cast_slice(output))?;
+                let start = entry.file_range.start + first_row * row_bytes;
+                shard.release(start..start + input.len());
+                progress(QuantizeProgress::Advanced { bytes: input.len() as u64 });
+                Ok(RowsQuantized { scales, sums })
+            },
+        )
+        .collect::<Result<_>>()?;
+
+    let mut scale_bytes = Vec::with_capacity(rows * entry.dtype.size_in_bytes());
+    let mut sums = ErrorSums::default();
+    for task in tasks {
+        for scale in task.scales {
+            dtype.encode(scale, &mut scale_bytes);
         }
-        writer.write(&entry.name, first_row * columns, bytemuck::cast_slice(output))?;
-        let start = entry.file_range.start + first_row * row_bytes;
-        shard.release(start..start + input.len());
-        progress(QuantizeProgress::Advanced { bytes: input.len() as u64 });
+        sums = sums.merge(task.sums);
     }
-    writer.write(&format!("{module}{WEIGHT_SCALE_SUFFIX}"), 0, &scales)?;
+    writer.write(&format!("{module}{WEIGHT_SCALE_SUFFIX}"), 0, &scale_bytes)?;
     Ok(LayerReport {
         name: module.to_string(),
         shape: entry.shape.clone(),
@@ -274,6 +296,13 @@ fn quantize_tensor(
         max_abs_error: sums.max_abs_error,
         cosine: sums.cosine(),
     })
+}
+
+/// What one task of [`quantize_tensor`] produced: the scales of its rows, in order, and their
+/// error sums.
+struct RowsQuantized {
+    scales: Vec<f32>,
+    sums: ErrorSums,
 }
 
 fn file_name(path: &Path) -> String {
@@ -330,7 +359,8 @@ fn write_config(checkpoint: &Checkpoint, ignore: &[String], out_dir: &Path) -> R
 /// Copies every other file of the model directory (tokenizer, sentence-transformers modules, ...)
 /// and lists what it left out.
 fn copy_other_files(input_dir: &Path, out_dir: &Path, checkpoint: &Checkpoint) -> Result<Vec<SkippedFile>> {
-    let mut written: BTreeSet<PathBuf> = checkpoint.shards().iter().map(|s| PathBuf::from(file_name(s.path()))).collect();
+    let mut written: BTreeSet<PathBuf> =
+        checkpoint.shards().iter().map(|s| PathBuf::from(file_name(s.path()))).collect();
     if let Some(index) = checkpoint.index() {
         written.insert(PathBuf::from(file_name(&index.path)));
     }

@@ -135,8 +135,8 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<(Vec<TensorEntry>, BTre
     }
     let data_start = LENGTH_PREFIX_BYTES + header_len as usize;
     let header_bytes = &bytes[LENGTH_PREFIX_BYTES..data_start];
-    let header: serde_json::Map<String, Value> = serde_json::from_slice(header_bytes)
-        .map_err(|e| invalid(path, format!("header is not a JSON object: {e}")))?;
+    let header: serde_json::Map<String, Value> =
+        serde_json::from_slice(header_bytes).map_err(|e| invalid(path, format!("header is not a JSON object: {e}")))?;
     let data_len = bytes.len() - data_start;
 
     let mut metadata = BTreeMap::new();
@@ -188,7 +188,7 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<(Vec<TensorEntry>, BTre
 
     // The data section must be covered exactly, without overlaps or holes, as the reference
     // implementation requires.
-    tensors.sort_by(|a, b| (a.file_range.start, a.file_range.end).cmp(&(b.file_range.start, b.file_range.end)));
+    tensors.sort_by_key(|t| (t.file_range.start, t.file_range.end));
     let mut covered_to = data_start;
     let mut previous: Option<&TensorEntry> = None;
     for tensor in &tensors {
@@ -221,20 +221,14 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<(Vec<TensorEntry>, BTre
     if covered_to != bytes.len() {
         return Err(invalid(
             path,
-            format!(
-                "the data section has {} bytes but its tensors cover only {}",
-                data_len,
-                covered_to - data_start
-            ),
+            format!("the data section has {} bytes but its tensors cover only {}", data_len, covered_to - data_start),
         ));
     }
     Ok((tensors, metadata))
 }
 
 fn parse_metadata(path: &Path, entry: &Value) -> Result<BTreeMap<String, String>> {
-    let object = entry
-        .as_object()
-        .ok_or_else(|| invalid(path, "`__metadata__` is not a JSON object"))?;
+    let object = entry.as_object().ok_or_else(|| invalid(path, "`__metadata__` is not a JSON object"))?;
     object
         .iter()
         .map(|(key, value)| match value {
@@ -245,9 +239,7 @@ fn parse_metadata(path: &Path, entry: &Value) -> Result<BTreeMap<String, String>
 }
 
 fn parse_entry(path: &Path, name: &str, entry: &Value) -> Result<(Dtype, Vec<usize>, (usize, usize))> {
-    let object = entry
-        .as_object()
-        .ok_or_else(|| invalid_tensor(path, name, "entry is not a JSON object"))?;
+    let object = entry.as_object().ok_or_else(|| invalid_tensor(path, name, "entry is not a JSON object"))?;
     let dtype_name = object
         .get("dtype")
         .and_then(Value::as_str)
@@ -322,10 +314,7 @@ mod tests {
         assert!(error(&overlap).contains("overlap those of tensor `a`"));
         let hole = file(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, 8);
         assert!(error(&hole).contains("belong to no tensor"));
-        let overflow = file(
-            r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}}"#,
-            8,
-        );
+        let overflow = file(r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}}"#, 8);
         assert!(error(&overflow).contains("overflows"));
     }
 }

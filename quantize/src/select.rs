@@ -169,10 +169,7 @@ impl LayerSelection {
             return keep(KeepReason::NotFloat);
         }
         // Explicit targets override the lm_head default: a user who names lm_head means it.
-        let explicit_target = self
-            .targets
-            .iter()
-            .find(|t| !matches!(t, LayerPattern::AnyLinear) && t.matches(module));
+        let explicit_target = self.targets.iter().find(|t| !matches!(t, LayerPattern::AnyLinear) && t.matches(module));
         if explicit_target.is_none() {
             if !self.targets.iter().any(|t| t.matches(module)) {
                 return keep(KeepReason::NotTargeted);
@@ -219,7 +216,11 @@ mod tests {
         let selection = LayerSelection::default();
         let keep = |reason| Decision::Keep { reason, detail: None };
         let cases = [
-            ("encoder.layer.0.attention.self.query.weight", &[384, 384][..], quantized("encoder.layer.0.attention.self.query.weight")),
+            (
+                "encoder.layer.0.attention.self.query.weight",
+                &[384, 384][..],
+                quantized("encoder.layer.0.attention.self.query.weight"),
+            ),
             ("encoder.layer.0.attention.self.query.bias", &[384][..], keep(KeepReason::NotAWeight)),
             ("embeddings.word_embeddings.weight", &[30522, 384][..], keep(KeepReason::Embedding)),
             ("model.embed_tokens.weight", &[32000, 4096][..], keep(KeepReason::Embedding)),
@@ -233,20 +234,17 @@ mod tests {
         for (name, shape, expected) in cases {
             assert_eq!(decide(&selection, name, shape), expected, "{name}");
         }
-        assert_eq!(
-            selection.decide("proj.weight", Dtype::I64, &[2, 2]),
-            keep(KeepReason::NotFloat)
-        );
+        assert_eq!(selection.decide("proj.weight", Dtype::I64, &[2, 2]), keep(KeepReason::NotFloat));
     }
 
     #[test]
     fn patterns_follow_compressed_tensors_and_globs() {
-        let selection = LayerSelection::new(
-            &["re:.*attention.*".into(), "lm_head".into()],
-            &["encoder.layer.1.*".into()],
-        )
-        .unwrap();
-        assert_eq!(decide(&selection, "encoder.layer.0.attention.self.key.weight", &[4, 4]), quantized("encoder.layer.0.attention.self.key.weight"));
+        let selection =
+            LayerSelection::new(&["re:.*attention.*".into(), "lm_head".into()], &["encoder.layer.1.*".into()]).unwrap();
+        assert_eq!(
+            decide(&selection, "encoder.layer.0.attention.self.key.weight", &[4, 4]),
+            quantized("encoder.layer.0.attention.self.key.weight")
+        );
         assert_eq!(
             decide(&selection, "encoder.layer.0.intermediate.dense.weight", &[4, 4]),
             Decision::Keep { reason: KeepReason::NotTargeted, detail: None }

@@ -92,13 +92,6 @@ impl ShardWriter {
         let start = self.offsets.get(name).ok_or_else(|| {
             QuantizeError::InvalidOptions(format!("{}: tensor `{name}` was not planned", self.path.display()))
         })?;
-        self.file
-            .write_all_at(bytes, (start + offset) as u64)
-            .map_err(|e| QuantizeError::io(&self.path, "write", e))
-    }
-
-    /// Flushes the file's data to disk.
-    pub fn finish(self) -> Result<()> {
-        self.file.sync_data().map_err(|e| QuantizeError::io(&self.path, "sync", e))
+        self.file.write_all_at(bytes, (start + offset) as u64).map_err(|e| QuantizeError::io(&self.path, "write", e))
     }
 }

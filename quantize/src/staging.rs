@@ -30,6 +30,12 @@ impl StagedDir {
         if target.exists() && !force {
             return Err(QuantizeError::OutputExists { path: target.to_path_buf() });
         }
+        if target.exists() && !target.is_dir() {
+            return Err(QuantizeError::InvalidOptions(format!(
+                "{}: exists and is not a directory; an artifact is a directory, so remove it first",
+                target.display()
+            )));
+        }
         let name = target
             .file_name()
             .ok_or_else(|| QuantizeError::InvalidOptions(format!("{}: not a usable output path", target.display())))?
@@ -54,10 +60,13 @@ impl StagedDir {
         &self.staging
     }
 
-    /// Syncs the staging directory and renames it to the target, replacing an existing target
-    /// only if `force` was given.
-    pub fn commit(mut self) -> Result<()> {
-        sync_dir(&self.staging)?;
+    /// Renames the staging directory to the target, replacing an existing target only if `force`
+    /// was given. With `durable`, every file is flushed to disk first, so that not even a power
+    /// loss can leave a complete-looking artifact with missing data.
+    pub fn commit(mut self, durable: bool) -> Result<()> {
+        if durable {
+            sync_tree(&self.staging)?;
+        }
         let replaced = if self.target.exists() {
             if !self.force {
                 return Err(QuantizeError::OutputExists { path: self.target.clone() });
@@ -90,10 +99,21 @@ impl Drop for StagedDir {
     }
 }
 
+/// Flushes every file below `dir`, then `dir` itself.
+fn sync_tree(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| QuantizeError::io(dir, "list", e))? {
+        let path = entry.map_err(|e| QuantizeError::io(dir, "list", e))?.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| QuantizeError::io(&path, "sync", e))?;
+        }
+    }
+    sync_dir(dir)
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| QuantizeError::io(dir, "sync", e))
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| QuantizeError::io(dir, "sync", e))
 }
 
 /// Removes `.<name>.qtier-partial-<pid>` and `.<name>.qtier-replaced-<pid>` directories in
@@ -106,10 +126,8 @@ fn remove_stale_staging(parent: &Path, name: &str) {
             .iter()
             .find_map(|marker| file_name.strip_prefix(&format!(".{name}{marker}")))
             .and_then(|pid| pid.parse::<u32>().ok());
-        if let Some(pid) = pid {
-            if pid != std::process::id() && !process_is_running(pid) {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
+        if pid.is_some_and(|pid| pid != std::process::id() && !process_is_running(pid)) {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
@@ -136,7 +154,7 @@ mod tests {
         assert!(matches!(StagedDir::create(&target, false), Err(QuantizeError::OutputExists { .. })));
         let staged = StagedDir::create(&target, true).unwrap();
         std::fs::write(staged.path().join("new"), "new").unwrap();
-        staged.commit().unwrap();
+        staged.commit(true).unwrap();
         assert!(target.join("new").exists() && !target.join("old").exists());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no staging or replaced directory left");
     }

@@ -23,6 +23,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         selection: LayerSelection::default(),
         allow_nonfinite: false,
         force: true,
+        durable: false,
     };
     let report = quantize_with_progress(&options, args.json)?;
     print_report(&report, args.json)

@@ -18,6 +18,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         output: args.output,
         allow_nonfinite: args.allow_nonfinite,
         force: args.force,
+        durable: args.sync,
     };
     let report = quantize_with_progress(&options, args.json)?;
     print_report(&report, args.json)
