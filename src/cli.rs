@@ -26,6 +26,11 @@ pub enum Command {
     Quantize(QuantizeArgs),
     /// Print the format, quantization config, layers and sizes of a checkpoint or artifact.
     Inspect(InspectArgs),
+    /// Print sentence embeddings of texts (one per line of a file) from a model or artifact.
+    Embed(EmbedArgs),
+    /// Compare an int8 artifact with its float model on real text: embedding cosine,
+    /// nearest-neighbour agreement and per-layer output SQNR.
+    Eval(EvalArgs),
     /// Run the flow on the bundled test model (all-MiniLM-L6-v2) with local defaults.
     Demo(DemoArgs),
     /// Fetch and verify the test model (all-MiniLM-L6-v2) into the cache and print its directory.
@@ -94,6 +99,34 @@ pub struct DemoArgs {
 #[derive(Debug, Args)]
 pub struct TestModelArgs {
     /// Print `{"path": ...}` as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `qtier embed`.
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    /// A model or int8 artifact directory (sentence-transformers layout).
+    pub model: PathBuf,
+    /// A text file with one text per line.
+    #[arg(long, value_name = "FILE")]
+    pub texts: PathBuf,
+    /// Print as JSON (`{"model", "dimensions", "embeddings": [[...], ...]}`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `qtier eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The float model directory (the reference).
+    pub reference: PathBuf,
+    /// The int8 artifact directory.
+    pub candidate: PathBuf,
+    /// A text file with one text per line (default: the built-in development sentences).
+    #[arg(long, value_name = "FILE")]
+    pub texts: Option<PathBuf>,
+    /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }

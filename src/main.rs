@@ -26,6 +26,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Quantize(args) => commands::quantize::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Embed(args) => commands::embed::run(args),
+        Command::Eval(args) => commands::eval::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::TestModel(args) => commands::test_model::run(args),
     };

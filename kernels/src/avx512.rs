@@ -9,6 +9,8 @@
 //! groups) so the weight stream, not the dependency chain, is the limit.
 
 #![allow(unsafe_op_in_unsafe_fn)]
+// Register arrays indexed by panel read closer to the instruction stream than iterator chains.
+#![allow(clippy::needless_range_loop)]
 
 use std::arch::x86_64::*;
 
@@ -21,6 +23,14 @@ pub(crate) const MR: usize = 6;
 #[inline(always)]
 unsafe fn bcast(p: *const u8) -> __m512i {
     _mm512_set1_epi32(p.cast::<i32>().read_unaligned())
+}
+
+#[inline(always)]
+unsafe fn prefetch(p: *const u8, lines: usize) -> *const u8 {
+    for l in 0..lines {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(l * 64).cast());
+    }
+    p.wrapping_add(lines * 64)
 }
 
 #[inline(always)]
@@ -52,7 +62,9 @@ unsafe fn tile_mr<const R: usize>(job: &TileJob<'_>, tile: &mut Tile) {
     let kp = job.a_stride;
     let mut w = job.blocks.as_ptr().cast::<__m512i>();
     let mut x = job.a.as_ptr();
+    let mut pf = job.prefetch;
     for _ in 0..job.k_groups {
+        pf = prefetch(pf, job.prefetch_per_group);
         let w0 = _mm512_load_si512(w);
         let w1 = _mm512_load_si512(w.add(1));
         let w2 = _mm512_load_si512(w.add(2));
@@ -100,7 +112,9 @@ unsafe fn gemv_block(job: &TileJob<'_>, tile: &mut Tile) {
     }
     let mut w = job.blocks.as_ptr().cast::<__m512i>();
     let mut x = job.a.as_ptr();
+    let mut pf = job.prefetch;
     for _ in 0..job.k_groups / 2 {
+        pf = prefetch(pf, 2 * job.prefetch_per_group);
         let x0 = bcast(x);
         let x1 = bcast(x.add(KGROUP));
         for p in 0..BLOCK_PANELS {

@@ -12,9 +12,10 @@ pub(crate) const MR_MAX: usize = 6;
 /// Exact i32 dot products of one tile: up to [`MR_MAX`] rows x one 64-column block.
 pub(crate) type Tile = [[i32; BLOCK_COLS]; MR_MAX];
 
-/// Below this many operations (2 M N K) a call runs on the calling thread: waking a second
-/// thread costs a few microseconds, more than the ~1.2 MOP of 1x384x1536 takes on one core.
-pub(crate) const PAR_MIN_OPS: usize = 4_000_000;
+/// Below this many operations (2 M N K) a call runs on the calling thread. Measured with hot
+/// (spinning) rayon workers: 1x384x1536 (1.2 MOP) took 2.9 us on 2 threads vs 3.3-4.3 us on one,
+/// so the fork pays for itself from about 1 MOP.
+pub(crate) const PAR_MIN_OPS: usize = 1_000_000;
 
 /// Rows per tile of `kind`.
 pub(crate) fn rows_per_tile(kind: KernelKind) -> usize {
@@ -40,6 +41,7 @@ pub(crate) fn encoding(kind: KernelKind) -> ActEncoding {
 /// One call of a tile kernel: `rows` activation rows x one 64-column block, over one chunk of
 /// `k_groups` k groups. The kernel writes (`first`) or adds to `tile`, and on the `last` chunk
 /// applies the column-sum correction of the offset encoding, leaving exact dot products.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct TileJob<'a> {
     /// Activations of the chunk: row `r` starts at `r * a_stride`.
     pub(crate) a: &'a [u8],
@@ -57,6 +59,12 @@ pub(crate) struct TileJob<'a> {
     pub(crate) first: bool,
     /// Last K chunk: subtract `128 * col_sums` (offset-encoded kernels).
     pub(crate) last: bool,
+    /// Weights to software-prefetch while this job runs: `prefetch_per_group` consecutive
+    /// cache lines from here per k group. Only an address hint (never dereferenced), so it may
+    /// point past the weights; kernels that do not prefetch ignore it.
+    pub(crate) prefetch: *const u8,
+    /// Cache lines to prefetch per k group (0 = none).
+    pub(crate) prefetch_per_group: usize,
 }
 
 impl TileJob<'_> {
@@ -68,6 +76,11 @@ impl TileJob<'_> {
             && self.blocks.len() >= self.k_groups * BLOCK_PANELS
             && self.col_sums.len() >= BLOCK_COLS
     }
+}
+
+fn pf_mode() -> u32 {
+    static ON: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("QTIER_PF").ok().and_then(|v| v.parse().ok()).unwrap_or(1))
 }
 
 #[inline]
@@ -94,6 +107,11 @@ pub(crate) const KC_GROUPS: usize = 96;
 
 /// Row blocks that share one pass over a K chunk of weights (their tiles live on the stack).
 pub(crate) const ROW_GROUP: usize = 4;
+
+/// How far ahead of its loads a one-row (GEMV) tile prefetches the weight stream.
+pub(crate) const GEMV_PREFETCH_BYTES: usize = 4096;
+
+const LINE: usize = 64;
 
 /// Runs every tile of `m` rows of quantized activations `a` (stride `k_padded`) against
 /// `packed`, on up to `threads` tasks, calling `sink(row0, rows, col_block, &tile)` per tile.
@@ -127,10 +145,29 @@ where
             let col_sums = &packed.col_sums()[cb * BLOCK_COLS..(cb + 1) * BLOCK_COLS];
             for rg in (rb0..rb1).step_by(ROW_GROUP) {
                 let rg_end = (rg + ROW_GROUP).min(rb1);
+                let group_len = rg_end - rg;
                 for g0 in (0..k_groups).step_by(chunk) {
                     let g1 = (g0 + chunk).min(k_groups);
-                    for (rb, tile) in (rg..rg_end).zip(tiles.iter_mut()) {
+                    // While the row blocks of the group work on this chunk (from L1 after the
+                    // first), each prefetches its share of the next chunk: the weights follow
+                    // contiguously in memory, also across column blocks.
+                    let here = blocks[g0 * BLOCK_PANELS..].as_ptr().cast::<u8>();
+                    let chunk_bytes = (g1 - g0) * BLOCK_PANELS * LINE;
+                    for (j, (rb, tile)) in (rg..rg_end).zip(tiles.iter_mut()).enumerate() {
                         let (r0, r1) = block_rows(rb);
+                        let (prefetch, prefetch_per_group) = if group_len == 1 && chunk == k_groups {
+                            if pf_mode() == 1 {
+                                (here.wrapping_add(GEMV_PREFETCH_BYTES), BLOCK_PANELS)
+                            } else {
+                                (here, 0)
+                            }
+                        } else if pf_mode() >= 1 {
+                            let share = chunk_bytes / group_len;
+                            let lines = share.div_ceil(LINE);
+                            (here.wrapping_add(chunk_bytes + j * share), lines.div_ceil(g1 - g0))
+                        } else {
+                            (here, 0)
+                        };
                         let job = TileJob {
                             a: &a[r0 * kp + g0 * KGROUP..],
                             a_stride: kp,
@@ -140,6 +177,8 @@ where
                             col_sums,
                             first: g0 == 0,
                             last: g1 == k_groups,
+                            prefetch,
+                            prefetch_per_group,
                         };
                         compute_tile(kind, &job, tile);
                     }

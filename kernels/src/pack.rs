@@ -117,7 +117,7 @@ impl PackedWeights {
     }
 
     /// Blocks of column block `cb`: `k_groups * BLOCK_PANELS` blocks, `[k group][panel]`.
-    pub fn col_block(&self, cb: usize) -> &[KGroupBlock] {
+    pub(crate) fn col_block(&self, cb: usize) -> &[KGroupBlock] {
         let len = self.k_groups * BLOCK_PANELS;
         &self.blocks[cb * len..(cb + 1) * len]
     }
@@ -132,12 +132,16 @@ impl PackedWeights {
         self.blocks.len() * std::mem::size_of::<KGroupBlock>()
     }
 
-    /// The weight at output column `col`, input `kk`, read back from the packed layout.
-    pub fn get(&self, col: usize, kk: usize) -> i8 {
+    /// The weight at output column `col`, input `kk`, read back from the packed layout
+    /// (`None` outside `n x k`).
+    pub fn get(&self, col: usize, kk: usize) -> Option<i8> {
+        if col >= self.n || kk >= self.k {
+            return None;
+        }
         let (cb, within) = (col / BLOCK_COLS, col % BLOCK_COLS);
         let (p, c) = (within / PANEL_COLS, within % PANEL_COLS);
         let (g, b) = (kk / KGROUP, kk % KGROUP);
-        self.blocks[(cb * self.k_groups + g) * BLOCK_PANELS + p].bytes[c * KGROUP + b]
+        Some(self.blocks[(cb * self.k_groups + g) * BLOCK_PANELS + p].bytes[c * KGROUP + b])
     }
 }
 
@@ -152,11 +156,12 @@ mod tests {
         let p = PackedWeights::new(&w, n, k).unwrap();
         for col in 0..n {
             for kk in 0..k {
-                assert_eq!(p.get(col, kk), w[col * k + kk]);
+                assert_eq!(p.get(col, kk), Some(w[col * k + kk]));
             }
             let s: i32 = w[col * k..(col + 1) * k].iter().map(|&v| i32::from(v)).sum();
             assert_eq!(p.col_sums()[col], s);
         }
+        assert_eq!(p.get(n, 0), None);
         assert_eq!(p.col_sums().len(), 128);
         assert_eq!(p.k_padded(), 16);
     }

@@ -174,3 +174,60 @@ fn quantized_pair(
     }
     Ok((weight.entry.clone(), scale.entry.clone()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::WeightDtype;
+    use crate::scheme::quantize_row;
+    use crate::{LayerSelection, QuantizeOptions, quantize_checkpoint};
+
+    /// Writes a one-tensor F16 safetensors file.
+    fn write_f16_linear(path: &Path, name: &str, rows: usize, columns: usize) -> Vec<f32> {
+        let values: Vec<f32> =
+            (0..rows * columns).map(|i| half::f16::from_f32(((i * 37 % 101) as f32 - 50.0) / 64.0).to_f32()).collect();
+        let header = format!(
+            r#"{{"{name}":{{"dtype":"F16","shape":[{rows},{columns}],"data_offsets":[0,{}]}}}}"#,
+            rows * columns * 2
+        );
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        for value in &values {
+            bytes.extend_from_slice(&half::f16::from_f32(*value).to_le_bytes());
+        }
+        std::fs::write(path, bytes).unwrap();
+        values
+    }
+
+    #[test]
+    fn quantized_weights_read_back_equal_the_scheme_and_inspect_counts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.safetensors");
+        let values = write_f16_linear(&input, "block.proj.weight", 5, 19);
+        let output = dir.path().join("out");
+        let options = QuantizeOptions {
+            input,
+            output: output.clone(),
+            selection: LayerSelection::default(),
+            allow_nonfinite: false,
+            force: false,
+            durable: false,
+        };
+        quantize_checkpoint(&options, &|_| {}).unwrap();
+
+        let artifact = Checkpoint::open(&output).unwrap();
+        let weight = read_quantized_weight(&artifact, "block.proj").unwrap();
+        assert_eq!((weight.out_features, weight.in_features), (5, 19));
+        for (row, expected_row) in values.chunks(19).enumerate() {
+            let mut expected = [0i8; 19];
+            let (scale, _) = quantize_row(expected_row, WeightDtype::F16, &mut expected).unwrap();
+            assert_eq!(&weight.values[row * 19..(row + 1) * 19], &expected);
+            assert_eq!(weight.scales[row], scale);
+        }
+        let summary = inspect(&output).unwrap();
+        assert_eq!(summary.format, "compressed-tensors/int-quantized");
+        assert_eq!(summary.quantized_layers.len(), 1);
+        assert_eq!(summary.quantized_layers[0].bytes, 5 * 19 + 5 * 2);
+        assert!(read_quantized_weight(&artifact, "block.missing").is_err());
+    }
+}

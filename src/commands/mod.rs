@@ -2,6 +2,8 @@
 //! result.
 
 pub mod demo;
+pub mod embed;
+pub mod eval;
 pub mod inspect;
 pub mod quantize;
 pub mod test_model;

@@ -4,4 +4,5 @@
 mod common;
 
 mod bad_input;
+mod models;
 mod quantize;
