@@ -85,7 +85,7 @@ impl BertConfig {
     /// Checks the sizes are consistent.
     pub fn validate(&self, path: &Path) -> Result<()> {
         let bad = |problem: String| Err(ModelError::InvalidConfig { path: path.to_path_buf(), problem });
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
