@@ -18,6 +18,10 @@ fn median(mut f: impl FnMut(), reps: usize) -> f64 {
         })
         .collect();
     t.sort_by(f64::total_cmp);
+    if std::env::var_os("PROBE_DIST").is_some() {
+        let q = |p: usize| t[(t.len() - 1) * p / 100];
+        eprintln!("p0 {:.1} p10 {:.1} p50 {:.1} p90 {:.1} max {:.1}", q(0), q(10), q(50), q(90), q(100));
+    }
     t[t.len() / 10]
 }
 
@@ -33,11 +37,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let xq = vec![3i8; m * k];
     for t in [1, 2] {
         let l = QuantizedLinear::new(&w, &vec![0.01; n], None, n, k)?.with_threads(t)?;
-        pool.install(|| {
+        let mut body = || {
             let f = median(|| l.forward_into(&x, m, &mut out, None).unwrap(), reps);
             let acc = median(|| drop(l.accumulate_i32(KernelKind::Avx512Vnni, &xq, m).unwrap()), reps);
             println!("threads {t}: forward {f:.1} us ({:.0} GOP/s), accumulate_i32 {acc:.1} us", ops / f / 1e3);
-        });
+        };
+        // PROBE_RAYON=1 runs inside a 2-thread rayon pool (as the criterion bench does).
+        if std::env::var_os("PROBE_RAYON").is_some() {
+            pool.install(&mut body);
+        } else {
+            body();
+        }
     }
     Ok(())
 }

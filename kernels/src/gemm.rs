@@ -156,12 +156,12 @@ where
                     for (j, (rb, tile)) in (rg..rg_end).zip(tiles.iter_mut()).enumerate() {
                         let (r0, r1) = block_rows(rb);
                         let (prefetch, prefetch_per_group) = if group_len == 1 && chunk == k_groups {
-                            if pf_mode() == 1 {
+                            if pf_mode() == 3 {
                                 (here.wrapping_add(GEMV_PREFETCH_BYTES), BLOCK_PANELS)
                             } else {
                                 (here, 0)
                             }
-                        } else if pf_mode() >= 1 {
+                        } else if pf_mode() % 10 >= 1 {
                             let share = chunk_bytes / group_len;
                             let lines = share.div_ceil(LINE);
                             (here.wrapping_add(chunk_bytes + j * share), lines.div_ceil(g1 - g0))
@@ -193,9 +193,11 @@ where
     let parts = n_parts * m_parts;
     if parts == 1 {
         run_part(0);
-    } else {
+    } else if pf_mode() >= 10 {
         use rayon::prelude::*;
         (0..parts).into_par_iter().with_max_len(1).for_each(run_part);
+    } else {
+        crate::pool::global().run(parts, &run_part);
     }
 }
 

@@ -31,6 +31,7 @@ mod gemm;
 pub mod limits;
 mod linear;
 pub mod pack;
+mod pool;
 pub mod quant;
 mod scalar;
 
