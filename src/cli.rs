@@ -31,6 +31,9 @@ pub enum Command {
     /// Compare an int8 artifact with its float model on real text: embedding cosine,
     /// nearest-neighbour agreement and per-layer output SQNR.
     Eval(EvalArgs),
+    /// Measure latency: kernels, machine limits (models and load tests arrive with their issues).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Run the flow on the bundled test model (all-MiniLM-L6-v2) with local defaults.
     Demo(DemoArgs),
     /// Fetch and verify the test model (all-MiniLM-L6-v2) into the cache and print its directory.
@@ -127,6 +130,44 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     pub texts: Option<PathBuf>,
     /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `qtier bench ...`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The fused int8 Linear on fixed shapes (hot weights), against this machine's limits and
+    /// candle's f32 and Q8_0 matmuls in the same process.
+    Kernels(BenchKernelsArgs),
+    /// This machine's int8 peak and read bandwidth (the limits `bench kernels` compares with).
+    Limits(BenchLimitsArgs),
+}
+
+/// `qtier bench kernels`.
+#[derive(Debug, Args)]
+pub struct BenchKernelsArgs {
+    /// Shapes as MxKxN (tokens x in_features -> out_features), comma-separated.
+    #[arg(long, value_name = "LIST", default_value = qtier_bench::kernel_bench::REFERENCE_SHAPES)]
+    pub shapes: String,
+    /// Seconds of measurement per shape (after warm-up).
+    #[arg(long, value_name = "S", default_value_t = 2.0)]
+    pub seconds: f64,
+    /// Skip the candle peers.
+    #[arg(long)]
+    pub no_peers: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `qtier bench limits`.
+#[derive(Debug, Args)]
+pub struct BenchLimitsArgs {
+    /// Buffer sizes for the read bandwidth, in bytes, comma-separated.
+    #[arg(long, value_name = "LIST", default_value = "589824,16777216,45088768,268435456")]
+    pub bytes: String,
+    /// Print as JSON.
     #[arg(long)]
     pub json: bool,
 }

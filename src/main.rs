@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Embed(args) => commands::embed::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Bench(command) => commands::bench::run(command, cli.threads),
         Command::Demo(args) => commands::demo::run(args),
         Command::TestModel(args) => commands::test_model::run(args),
     };

@@ -12,7 +12,7 @@ use qtier_kernels::Activation;
 
 use crate::config::{BertConfig, read_json};
 use crate::error::{ModelError, Result};
-use crate::linear::Linear;
+use crate::linear::{Int8Options, Linear};
 use crate::tokenize::TokenBatch;
 use crate::weights::ModelWeights;
 
@@ -74,10 +74,17 @@ impl std::fmt::Debug for BertModel {
 impl BertModel {
     /// Loads the encoder of `dir` (`config.json` and its safetensors), float or int8.
     pub fn load(dir: &Path) -> Result<BertModel> {
+        Self::load_with(dir, Int8Options::default())
+    }
+
+    /// [`load`](Self::load) with a choice of how int8 layers run.
+    pub fn load_with(dir: &Path, int8: Int8Options) -> Result<BertModel> {
         let config_path = dir.join("config.json");
         let config: BertConfig = read_json(&config_path)?;
         config.validate(&config_path)?;
-        let weights = ModelWeights::open(dir)?.with_prefix_if_present("bert.", "embeddings.word_embeddings.weight");
+        let weights = ModelWeights::open(dir)?
+            .with_prefix_if_present("bert.", "embeddings.word_embeddings.weight")
+            .with_int8_options(int8);
         let (h, i) = (config.hidden_size, config.intermediate_size);
         let eps = config.layer_norm_eps;
         let act = config.hidden_act.kernel_activation();

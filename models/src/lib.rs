@@ -25,7 +25,7 @@ pub mod weights;
 
 pub use bert::BertModel;
 pub use error::{ModelError, Result};
-pub use linear::Linear;
+pub use linear::{Int8Options, Linear};
 pub use sentence::SentenceEncoder;
 pub use tokenize::{TextTokenizer, TokenBatch};
 pub use weights::ModelWeights;

@@ -6,13 +6,44 @@ use qtier_kernels::{Activation, QuantizedLinear};
 
 use crate::error::Result;
 
+/// How int8 layers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Int8Options {
+    /// Take a token's outlier values (magnitude above [`OUTLIER_RATIO`] times the token's RMS)
+    /// out of the int8 GEMM and add their contribution in float from the dequantized weights,
+    /// as LLM.int8() (Dettmers et al., 2022) does for outlier features. The artifact is
+    /// unchanged; only qtier's runtime is more accurate than plain per-token W8A8. On
+    /// all-MiniLM-L6-v2 it lifts the minimum embedding cosine to fp32 on the development
+    /// sentences from 0.9815 to 0.9968 (the [CLS] token carries one channel ~30x larger than its
+    /// median, which plain per-token quantization lets swamp every other channel).
+    pub outlier_decomposition: bool,
+}
+
+impl Default for Int8Options {
+    fn default() -> Self {
+        Int8Options { outlier_decomposition: true }
+    }
+}
+
 /// The weights behind a [`Linear`].
 #[derive(Debug, Clone)]
 enum LinearKind {
     /// `x @ weight_t + bias` in f32; `weight_t` is `[in, out]`, contiguous.
     Float { weight_t: Tensor, bias: Tensor },
     /// The fused int8 kernel (bias and activation inside).
-    Int8(Box<QuantizedLinear>),
+    Int8(Box<Int8Weights>),
+}
+
+/// An int8 layer: the fused kernel, plus what the outlier decomposition needs.
+#[derive(Debug, Clone)]
+struct Int8Weights {
+    /// The kernel with the layer's activation fused.
+    fused: QuantizedLinear,
+    /// The same weights without activation, for calls that add outlier channels before it.
+    plain: QuantizedLinear,
+    /// `[in, out]`: column `j` of the int8 weight times its row scales, i.e. the dequantized
+    /// weight transposed, read one input channel at a time for outlier channels.
+    dequantized_t: Vec<f32>,
 }
 
 /// A Linear layer `act(x W^T + b)`, optionally plus a residual.
@@ -22,6 +53,7 @@ pub struct Linear {
     kind: LinearKind,
     activation: Activation,
     out_features: usize,
+    outlier_decomposition: bool,
 }
 
 impl Linear {
@@ -29,16 +61,35 @@ impl Linear {
     pub fn float(name: &str, weight: &Tensor, bias: Tensor, activation: Activation) -> Result<Linear> {
         let out_features = weight.dim(0)?;
         let weight_t = weight.t()?.contiguous()?;
-        Ok(Linear { name: name.to_string(), kind: LinearKind::Float { weight_t, bias }, activation, out_features })
+        Ok(Linear {
+            name: name.to_string(),
+            kind: LinearKind::Float { weight_t, bias },
+            activation,
+            out_features,
+            outlier_decomposition: false,
+        })
     }
 
-    /// An int8 layer (its activation is fused in the kernel).
-    pub fn int8(name: &str, layer: QuantizedLinear) -> Linear {
+    /// An int8 layer from the kernel (activation fused) and its int8 weights `[out, in]` and
+    /// per-row scales; `outlier_decomposition` as in [`Int8Options`].
+    pub fn int8(name: &str, layer: QuantizedLinear, weights: &[i8], scales: &[f32], options: Int8Options) -> Linear {
+        let (n, k) = (layer.n(), layer.k());
+        let mut dequantized_t = vec![0.0f32; n * k];
+        for (row, (values, scale)) in weights.chunks_exact(k).zip(scales).enumerate() {
+            for (column, value) in values.iter().enumerate() {
+                dequantized_t[column * n + row] = f32::from(*value) * scale;
+            }
+        }
         Linear {
             name: name.to_string(),
             activation: layer.activation(),
-            out_features: layer.n(),
-            kind: LinearKind::Int8(Box::new(layer)),
+            out_features: n,
+            outlier_decomposition: options.outlier_decomposition,
+            kind: LinearKind::Int8(Box::new(Int8Weights {
+                plain: layer.clone().with_activation(Activation::None),
+                fused: layer,
+                dequantized_t,
+            })),
         }
     }
 
@@ -55,7 +106,7 @@ impl Linear {
     /// The int8 kernel variant, for an int8 layer.
     pub fn kernel(&self) -> Option<qtier_kernels::KernelKind> {
         match &self.kind {
-            LinearKind::Int8(layer) => Some(layer.kernel()),
+            LinearKind::Int8(layer) => Some(layer.fused.kernel()),
             LinearKind::Float { .. } => None,
         }
     }
@@ -81,10 +132,103 @@ impl Linear {
                 let rows = x.dim(0)?;
                 let input = x.flatten_all()?.to_vec1::<f32>()?;
                 let residual = residual.map(|r| r.flatten_all()?.to_vec1::<f32>()).transpose()?;
-                let mut output = vec![0.0f32; rows * self.out_features];
-                layer.forward_into(&input, rows, &mut output, residual.as_deref())?;
+                let output = self.forward_int8(layer, input, rows, residual.as_deref())?;
                 Ok(Tensor::from_vec(output, (rows, self.out_features), &Device::Cpu)?)
             }
         }
     }
+
+    /// The int8 path with outlier decomposition: rows (tokens) without outliers run on the fused
+    /// kernel; rows with outliers run with those values zeroed (so their per-token scale is set by
+    /// the ordinary values), get the outliers' contribution added in float from the dequantized
+    /// weights, and then the activation and residual.
+    fn forward_int8(
+        &self,
+        layer: &Int8Weights,
+        mut input: Vec<f32>,
+        rows: usize,
+        residual: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
+        let (n, k) = (self.out_features, layer.fused.k());
+        let mut output = vec![0.0f32; rows * n];
+        let mut outliers: Vec<(usize, usize, f32)> = Vec::new();
+        if self.outlier_decomposition {
+            for (m, row) in input.chunks_exact_mut(k).enumerate() {
+                for j in outlier_channels(row) {
+                    outliers.push((m, j, row[j]));
+                    row[j] = 0.0;
+                }
+            }
+        }
+        if outliers.is_empty() {
+            layer.fused.forward_into(&input, rows, &mut output, residual)?;
+            return Ok(output);
+        }
+        let mut dirty = vec![false; rows];
+        for &(m, _, _) in &outliers {
+            dirty[m] = true;
+        }
+        let gather = |values: &[f32], width: usize, want_dirty: bool| -> Vec<f32> {
+            values
+                .chunks_exact(width)
+                .zip(&dirty)
+                .filter(|(_, d)| **d == want_dirty)
+                .flat_map(|(row, _)| row.iter().copied())
+                .collect()
+        };
+        let dirty_rows: Vec<usize> = (0..rows).filter(|&m| dirty[m]).collect();
+        let clean_rows: Vec<usize> = (0..rows).filter(|&m| !dirty[m]).collect();
+
+        if !clean_rows.is_empty() {
+            let clean_input = gather(&input, k, false);
+            let clean_residual = residual.map(|r| gather(r, n, false));
+            let mut clean_output = vec![0.0f32; clean_rows.len() * n];
+            layer.fused.forward_into(&clean_input, clean_rows.len(), &mut clean_output, clean_residual.as_deref())?;
+            for (row, &m) in clean_output.chunks_exact(n).zip(&clean_rows) {
+                output[m * n..(m + 1) * n].copy_from_slice(row);
+            }
+        }
+        let dirty_input = gather(&input, k, true);
+        let mut dirty_output = vec![0.0f32; dirty_rows.len() * n];
+        layer.plain.forward_into(&dirty_input, dirty_rows.len(), &mut dirty_output, None)?;
+        let position: std::collections::HashMap<usize, usize> =
+            dirty_rows.iter().enumerate().map(|(i, &m)| (m, i)).collect();
+        for &(m, j, value) in &outliers {
+            let row = &mut dirty_output[position[&m] * n..(position[&m] + 1) * n];
+            for (y, w) in row.iter_mut().zip(&layer.dequantized_t[j * n..(j + 1) * n]) {
+                *y += value * w;
+            }
+        }
+        for (row, &m) in dirty_output.chunks_exact_mut(n).zip(&dirty_rows) {
+            for y in row.iter_mut() {
+                *y = self.activation.apply(*y);
+            }
+            if let Some(residual) = residual {
+                for (y, r) in row.iter_mut().zip(&residual[m * n..(m + 1) * n]) {
+                    *y += r;
+                }
+            }
+            output[m * n..(m + 1) * n].copy_from_slice(row);
+        }
+        Ok(output)
+    }
+}
+
+/// A value is an outlier of its token when its magnitude exceeds this multiple of the token's
+/// root-mean-square value. Measured on all-MiniLM-L6-v2 (dev / held-out sentences, min cosine):
+/// 8 -> 0.9955 / 0.9991, 6 -> 0.9953 / 0.9992, 4 -> 0.9961 / 0.9992, 3 -> 0.9968 / 0.9993.
+pub const OUTLIER_RATIO: f32 = 3.0;
+/// At most this many outlier channels per token are taken out of the int8 GEMM (bounds the float
+/// work; BERT's outliers are a handful of fixed channels).
+pub const MAX_OUTLIER_CHANNELS: usize = 16;
+
+/// Channels of one token `row` whose magnitude exceeds OUTLIER_RATIO times the row's RMS,
+/// largest first, at most MAX_OUTLIER_CHANNELS.
+fn outlier_channels(row: &[f32]) -> Vec<usize> {
+    let rms = (row.iter().map(|v| v * v).sum::<f32>() / row.len().max(1) as f32).sqrt();
+    let threshold = rms * OUTLIER_RATIO;
+    let mut channels: Vec<usize> = (0..row.len()).filter(|&j| row[j].abs() > threshold).collect();
+    channels.sort_by(|a, b| row[*b].abs().total_cmp(&row[*a].abs()));
+    channels.truncate(MAX_OUTLIER_CHANNELS);
+    channels
 }

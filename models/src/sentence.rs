@@ -8,6 +8,7 @@ use candle_core::Tensor;
 use crate::bert::{BertModel, l2_normalize, mean_pool};
 use crate::config::{Pooling, SentenceConfig, model_type};
 use crate::error::{ModelError, Result};
+use crate::linear::Int8Options;
 use crate::tokenize::{TextTokenizer, TokenBatch};
 
 /// Texts encoded per forward pass by [`SentenceEncoder::embed`]: bounds activation memory on long
@@ -29,6 +30,11 @@ pub struct SentenceEncoder {
 impl SentenceEncoder {
     /// Loads the model, tokenizer and sentence-transformers configuration of `dir`, float or int8.
     pub fn load(dir: &Path) -> Result<SentenceEncoder> {
+        Self::load_with(dir, Int8Options::default())
+    }
+
+    /// [`load`](Self::load) with a choice of how int8 layers run.
+    pub fn load_with(dir: &Path, int8: Int8Options) -> Result<SentenceEncoder> {
         let config_path = dir.join("config.json");
         let kind = model_type(&config_path)?;
         if kind != "bert" {
@@ -38,7 +44,7 @@ impl SentenceEncoder {
                 supported: SUPPORTED,
             });
         }
-        let model = BertModel::load(dir)?;
+        let model = BertModel::load_with(dir, int8)?;
         let config = SentenceConfig::read(dir, model.config().max_position_embeddings)?;
         let tokenizer = TextTokenizer::from_dir(dir, config.max_seq_length)?;
         Ok(SentenceEncoder { dir: dir.to_path_buf(), model, tokenizer, config })

@@ -10,7 +10,7 @@ use qtier_quantize::artifact::read_quantized_weight;
 use qtier_quantize::compressed_tensors::WEIGHT_SCALE_SUFFIX;
 
 use crate::error::{ModelError, Result};
-use crate::linear::Linear;
+use crate::linear::{Int8Options, Linear};
 
 /// A model directory's checkpoint, opened once, from which architectures take their tensors.
 #[derive(Debug)]
@@ -18,6 +18,7 @@ pub struct ModelWeights {
     dir: PathBuf,
     checkpoint: Checkpoint,
     prefix: String,
+    int8: Int8Options,
 }
 
 impl ModelWeights {
@@ -25,7 +26,7 @@ impl ModelWeights {
     /// the checkpoint has it (e.g. `bert.` in `BertForMaskedLM` checkpoints).
     pub fn open(dir: &Path) -> Result<ModelWeights> {
         let checkpoint = Checkpoint::open(dir)?;
-        Ok(ModelWeights { dir: dir.to_path_buf(), checkpoint, prefix: String::new() })
+        Ok(ModelWeights { dir: dir.to_path_buf(), checkpoint, prefix: String::new(), int8: Int8Options::default() })
     }
 
     /// Uses `prefix` for every name if the checkpoint stores tensors under it.
@@ -33,6 +34,12 @@ impl ModelWeights {
         if self.checkpoint.tensor(probe).is_none() && self.checkpoint.tensor(&format!("{prefix}{probe}")).is_some() {
             self.prefix = prefix.to_string();
         }
+        self
+    }
+
+    /// Sets how int8 layers run.
+    pub fn with_int8_options(mut self, int8: Int8Options) -> Self {
+        self.int8 = int8;
         self
     }
 
@@ -87,7 +94,7 @@ impl ModelWeights {
             let layer =
                 QuantizedLinear::new(&weight.values, &weight.scales, Some(&bias_values), out_features, in_features)?
                     .with_activation(activation);
-            Ok(Linear::int8(module, layer))
+            Ok(Linear::int8(module, layer, &weight.values, &weight.scales, self.int8))
         } else {
             let weight = self.tensor(&format!("{module}.weight"), &[out_features, in_features])?;
             Linear::float(module, &weight, bias, activation)

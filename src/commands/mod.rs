@@ -1,6 +1,7 @@
 //! One module per subcommand: each turns its clap arguments into a library call and prints the
 //! result.
 
+pub mod bench;
 pub mod demo;
 pub mod embed;
 pub mod eval;

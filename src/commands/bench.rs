@@ -1,0 +1,102 @@
+//! `qtier bench kernels` and `qtier bench limits`.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use qtier_bench::kernel_bench::{KernelBenchConfig, KernelBenchReport, LinearShape, run_kernel_bench};
+use qtier_bench::timing::TimingConfig;
+use qtier_kernels::{KernelKind, limits};
+
+use crate::cli::{BenchCommand, BenchKernelsArgs, BenchLimitsArgs};
+
+/// Samples per shape at least, whatever `--seconds` says: enough for a stable median and p10/p90.
+const MIN_KERNEL_SAMPLES: usize = 100;
+/// Warm-up bound per shape.
+const KERNEL_WARMUP: Duration = Duration::from_millis(500);
+
+/// Runs `qtier bench ...`.
+pub fn run(command: BenchCommand, threads: Option<NonZeroUsize>) -> anyhow::Result<()> {
+    let threads = threads.map_or_else(rayon::current_num_threads, NonZeroUsize::get);
+    match command {
+        BenchCommand::Kernels(args) => kernels(args, threads),
+        BenchCommand::Limits(args) => machine_limits(args, threads),
+    }
+}
+
+fn kernels(args: BenchKernelsArgs, threads: usize) -> anyhow::Result<()> {
+    if !(args.seconds.is_finite() && args.seconds > 0.0) {
+        bail!("--seconds must be a positive number of seconds, got {}", args.seconds);
+    }
+    let seconds = Duration::from_secs_f64(args.seconds);
+    let config = KernelBenchConfig {
+        shapes: LinearShape::parse_list(&args.shapes)?,
+        threads,
+        timing: TimingConfig {
+            max_warmup: KERNEL_WARMUP,
+            min_duration: seconds,
+            min_samples: MIN_KERNEL_SAMPLES,
+            max_duration: seconds * 4,
+        },
+        peers: !args.no_peers,
+    };
+    let quiet = args.json;
+    let report = run_kernel_bench(&config, &|step| {
+        if !quiet {
+            eprintln!("  {step}");
+        }
+    })
+    .context("running the kernel benchmark")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_kernel_table(&report);
+    }
+    Ok(())
+}
+
+fn print_kernel_table(report: &KernelBenchReport) {
+    println!(
+        "int8 Linear, kernel {}, {} threads; limits: int8 peak {:.0} GOP/s ({})",
+        report.kernel, report.threads, report.limits.int8_gops, report.limits.int8_kernel
+    );
+    println!(
+        "{:>15} {:>10} {:>10} {:>10} {:>8} {:>8} {:>7} {:>12} {:>12}",
+        "shape", "median µs", "p10 µs", "p90 µs", "GOP/s", "% limit", "bound", "candle f32", "candle Q8_0"
+    );
+    for row in &report.rows {
+        let (f32_us, q8_us) = row.peers.as_ref().map_or((String::from("-"), String::from("-")), |p| {
+            (format!("{:.1}", p.candle_f32_median_us), format!("{:.1}", p.candle_q8_0_median_us))
+        });
+        println!(
+            "{:>15} {:>10.1} {:>10.1} {:>10.1} {:>8.0} {:>7.0}% {:>7} {:>12} {:>12}",
+            row.shape, row.median_us, row.p10_us, row.p90_us, row.gops, row.percent_of_limit, row.bound, f32_us, q8_us
+        );
+    }
+}
+
+fn machine_limits(args: BenchLimitsArgs, threads: usize) -> anyhow::Result<()> {
+    let kind =
+        if KernelKind::Avx512Vnni.is_supported() { KernelKind::Avx512Vnni } else { KernelKind::best_supported() };
+    let peak = limits::int8_peak(kind, threads)?;
+    let mut bandwidths = Vec::new();
+    for size in args.bytes.split(',').filter(|s| !s.trim().is_empty()) {
+        let bytes: usize = size.trim().parse().with_context(|| format!("--bytes: `{size}` is not a byte count"))?;
+        bandwidths.push(limits::read_bandwidth(bytes, threads)?);
+    }
+    if args.json {
+        let json = serde_json::json!({
+            "threads": threads,
+            "int8_kernel": peak.kernel.name(),
+            "int8_gops": peak.gops,
+            "read_gbps_by_bytes": bandwidths.iter().map(|b| (b.bytes.to_string(), serde_json::Value::from(b.gb_per_s))).collect::<serde_json::Map<_, _>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        println!("{threads} threads: int8 peak {:.0} GOP/s ({})", peak.gops, peak.kernel.name());
+        for bandwidth in &bandwidths {
+            println!("  read {:>12} bytes: {:.1} GB/s", bandwidth.bytes, bandwidth.gb_per_s);
+        }
+    }
+    Ok(())
+}
