@@ -129,9 +129,19 @@ pub struct EvalArgs {
     /// A text file with one text per line (default: the built-in development sentences).
     #[arg(long, value_name = "FILE")]
     pub texts: Option<PathBuf>,
+    /// Run the int8 layers as plain per-token W8A8, as vLLM's kernels do, without qtier's
+    /// outlier decomposition.
+    #[arg(long)]
+    pub plain_w8a8: bool,
+    /// Exit with status 1 when the minimum embedding cosine is below this.
+    #[arg(long, value_name = "COSINE")]
+    pub min_cosine: Option<f64>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Print the report as Markdown.
+    #[arg(long, conflicts_with = "json")]
+    pub markdown: bool,
 }
 
 /// `qtier bench ...`.

@@ -1,5 +1,26 @@
 //! The `qtier` command line: parse, validate into a config, run, map errors to exit codes.
 
+/// `println!` for results on stdout: a closed pipe (`qtier ... | head`) ends the process quietly
+/// with status 0 instead of panicking, as Unix tools do.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(error) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::stdout_failed(error);
+        }
+    }};
+}
+
+/// `print!` counterpart of [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(error) = write!(std::io::stdout(), $($arg)*) {
+            $crate::stdout_failed(error);
+        }
+    }};
+}
+
 mod cli;
 mod commands;
 mod progress;
@@ -14,6 +35,16 @@ use crate::cli::{Cli, Command};
 /// Exit status of a command that failed (bad input, I/O, a refused overwrite). Usage errors exit
 /// with clap's status 2.
 const EXIT_FAILURE: u8 = 1;
+
+/// Ends the process after a failed write to stdout: quietly for a closed pipe, with a message
+/// otherwise.
+fn stdout_failed(error: std::io::Error) -> ! {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: writing to stdout: {error}");
+    std::process::exit(i32::from(EXIT_FAILURE));
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -48,7 +48,7 @@ fn kernels(args: BenchKernelsArgs, threads: usize) -> anyhow::Result<()> {
     })
     .context("running the kernel benchmark")?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_kernel_table(&report);
     }
@@ -56,21 +56,40 @@ fn kernels(args: BenchKernelsArgs, threads: usize) -> anyhow::Result<()> {
 }
 
 fn print_kernel_table(report: &KernelBenchReport) {
-    println!(
+    outln!(
         "int8 Linear, kernel {}, {} threads; limits: int8 peak {:.0} GOP/s ({})",
-        report.kernel, report.threads, report.limits.int8_gops, report.limits.int8_kernel
+        report.kernel,
+        report.threads,
+        report.limits.int8_gops,
+        report.limits.int8_kernel
     );
-    println!(
+    outln!(
         "{:>15} {:>10} {:>10} {:>10} {:>8} {:>8} {:>7} {:>12} {:>12}",
-        "shape", "median µs", "p10 µs", "p90 µs", "GOP/s", "% limit", "bound", "candle f32", "candle Q8_0"
+        "shape",
+        "median µs",
+        "p10 µs",
+        "p90 µs",
+        "GOP/s",
+        "% limit",
+        "bound",
+        "candle f32",
+        "candle Q8_0"
     );
     for row in &report.rows {
         let (f32_us, q8_us) = row.peers.as_ref().map_or((String::from("-"), String::from("-")), |p| {
             (format!("{:.1}", p.candle_f32_median_us), format!("{:.1}", p.candle_q8_0_median_us))
         });
-        println!(
+        outln!(
             "{:>15} {:>10.1} {:>10.1} {:>10.1} {:>8.0} {:>7.0}% {:>7} {:>12} {:>12}",
-            row.shape, row.median_us, row.p10_us, row.p90_us, row.gops, row.percent_of_limit, row.bound, f32_us, q8_us
+            row.shape,
+            row.median_us,
+            row.p10_us,
+            row.p90_us,
+            row.gops,
+            row.percent_of_limit,
+            row.bound,
+            f32_us,
+            q8_us
         );
     }
 }
@@ -91,11 +110,11 @@ fn machine_limits(args: BenchLimitsArgs, threads: usize) -> anyhow::Result<()> {
             "int8_gops": peak.gops,
             "read_gbps_by_bytes": bandwidths.iter().map(|b| (b.bytes.to_string(), serde_json::Value::from(b.gb_per_s))).collect::<serde_json::Map<_, _>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        outln!("{}", serde_json::to_string_pretty(&json)?);
     } else {
-        println!("{threads} threads: int8 peak {:.0} GOP/s ({})", peak.gops, peak.kernel.name());
+        outln!("{threads} threads: int8 peak {:.0} GOP/s ({})", peak.gops, peak.kernel.name());
         for bandwidth in &bandwidths {
-            println!("  read {:>12} bytes: {:.1} GB/s", bandwidth.bytes, bandwidth.gb_per_s);
+            outln!("  read {:>12} bytes: {:.1} GB/s", bandwidth.bytes, bandwidth.gb_per_s);
         }
     }
     Ok(())

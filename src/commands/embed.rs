@@ -22,11 +22,11 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
             "dimensions": embeddings.first().map_or(0, Vec::len),
             "embeddings": embeddings,
         });
-        println!("{json}");
+        outln!("{json}");
     } else {
         for (text, embedding) in texts.iter().zip(&embeddings) {
             let head: Vec<String> = embedding.iter().take(4).map(|v| format!("{v:+.5}")).collect();
-            println!("[{} ... ({} dims)]  {text}", head.join(", "), embedding.len());
+            outln!("[{} ... ({} dims)]  {text}", head.join(", "), embedding.len());
         }
     }
     Ok(())

@@ -12,18 +12,18 @@ const LAYERS_SHOWN: usize = 8;
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let summary = inspect(&args.path).with_context(|| format!("inspecting {}", args.path.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());
     }
-    println!("{}", summary.path);
-    println!("  format: {}", summary.format);
+    outln!("{}", summary.path);
+    outln!("  format: {}", summary.format);
     for shard in &summary.shards {
-        println!("  file {}: {} tensors, {} bytes", shard.file, shard.tensors, shard.tensor_bytes);
+        outln!("  file {}: {} tensors, {} bytes", shard.file, shard.tensors, shard.tensor_bytes);
     }
-    println!("  parameters: {}, tensor bytes: {}", summary.parameters, summary.tensor_bytes);
+    outln!("  parameters: {}, tensor bytes: {}", summary.parameters, summary.tensor_bytes);
     if let Some(config) = &summary.quantization_config {
         let group = &config["config_groups"]["group_0"];
-        println!(
+        outln!(
             "  quantization: weights {} {}-bit {}, activations {} {}-bit {} (dynamic: {})",
             group["weights"]["type"],
             group["weights"]["num_bits"],
@@ -33,9 +33,9 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
             group["input_activations"]["strategy"],
             group["input_activations"]["dynamic"],
         );
-        println!("  ignore: {}", config["ignore"]);
+        outln!("  ignore: {}", config["ignore"]);
     }
-    println!(
+    outln!(
         "  int8 layers: {} ({} other tensors, {} bytes)",
         summary.quantized_layers.len(),
         summary.other_tensors,
@@ -43,10 +43,10 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     );
     let shown = if args.all { summary.quantized_layers.len() } else { LAYERS_SHOWN };
     for layer in summary.quantized_layers.iter().take(shown) {
-        println!("    {} {:?} I8, scale {}, {} bytes", layer.name, layer.shape, layer.scale_dtype, layer.bytes);
+        outln!("    {} {:?} I8, scale {}, {} bytes", layer.name, layer.shape, layer.scale_dtype, layer.bytes);
     }
     if summary.quantized_layers.len() > shown {
-        println!("    ... {} more (--all lists them)", summary.quantized_layers.len() - shown);
+        outln!("    ... {} more (--all lists them)", summary.quantized_layers.len() - shown);
     }
     Ok(())
 }

@@ -39,32 +39,38 @@ pub fn quantize_with_progress(options: &QuantizeOptions, quiet: bool) -> anyhow:
 /// Prints the report as JSON, or as a short summary for people.
 pub fn print_report(report: &QuantReport, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        outln!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());
     }
     let t = &report.totals;
-    println!("quantized {} -> {}", report.input, report.output);
-    println!(
+    outln!("quantized {} -> {}", report.input, report.output);
+    outln!(
         "  {} Linear layers, {} of {} parameters, {} ({})",
-        t.layers_quantized, t.parameters_quantized, t.parameters_total, report.scheme.name, report.scheme.weights
+        t.layers_quantized,
+        t.parameters_quantized,
+        t.parameters_total,
+        report.scheme.name,
+        report.scheme.weights
     );
-    println!(
+    outln!(
         "  tensor bytes {} -> {} ({:.2}x smaller)",
-        t.tensor_bytes_before, t.tensor_bytes_after, t.compression_ratio
+        t.tensor_bytes_before,
+        t.tensor_bytes_after,
+        t.compression_ratio
     );
-    println!(
+    outln!(
         "  SQNR min {} dB ({}), median {} dB",
         format_db(t.min_sqnr_db),
         t.min_sqnr_layer.as_deref().unwrap_or("-"),
         format_db(t.median_sqnr_db)
     );
-    println!("  {} tensors kept unchanged; {:.2} s, {:.2} GB/s", report.kept.len(), t.seconds, t.input_gb_per_s);
+    outln!("  {} tensors kept unchanged; {:.2} s, {:.2} GB/s", report.kept.len(), t.seconds, t.input_gb_per_s);
     let mut worst: Vec<_> = report.layers.iter().collect();
     worst.sort_by(|a, b| a.sqnr_db.unwrap_or(f64::INFINITY).total_cmp(&b.sqnr_db.unwrap_or(f64::INFINITY)));
     if !worst.is_empty() {
-        println!("  lowest SQNR:");
+        outln!("  lowest SQNR:");
         for layer in worst.iter().take(WORST_LAYERS_SHOWN) {
-            println!(
+            outln!(
                 "    {:>8} dB  rel.RMSE {:.5}  cos {:.6}  {}",
                 format_db(layer.sqnr_db),
                 layer.relative_rmse,
@@ -73,6 +79,6 @@ pub fn print_report(report: &QuantReport, json: bool) -> anyhow::Result<()> {
             );
         }
     }
-    println!("  report: {}/{}", report.output, qtier_quantize::report::REPORT_MARKDOWN);
+    outln!("  report: {}/{}", report.output, qtier_quantize::report::REPORT_MARKDOWN);
     Ok(())
 }

@@ -6,9 +6,9 @@ use crate::cli::TestModelArgs;
 pub fn run(args: TestModelArgs) -> anyhow::Result<()> {
     let dir = crate::test_model::ensure()?;
     if args.json {
-        println!("{}", serde_json::json!({ "path": dir }));
+        outln!("{}", serde_json::json!({ "path": dir }));
     } else {
-        println!("{}", dir.display());
+        outln!("{}", dir.display());
     }
     Ok(())
 }

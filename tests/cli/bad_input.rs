@@ -487,3 +487,19 @@ fn failed_run_does_not_create_the_output_parent() {
     run_err(&["quantize", arg(&bad), "-o", arg(&dir.path().join("x/y/out"))]);
     assert!(!dir.path().join("x").exists());
 }
+
+#[test]
+fn closed_stdout_pipe_ends_quietly_instead_of_panicking() {
+    use std::process::Stdio;
+    let mut child = crate::common::qtier()
+        .args(["inspect", "--json", arg(crate::common::test_model())])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(output.status.success(), "{stderr}");
+}
