@@ -152,6 +152,37 @@ pub enum BenchCommand {
     Kernels(BenchKernelsArgs),
     /// This machine's int8 peak and read bandwidth (the limits `bench kernels` compares with).
     Limits(BenchLimitsArgs),
+    /// End-to-end latency of a model directory (float or int8, whatever it holds).
+    Model(BenchModelArgs),
+}
+
+/// `qtier bench model`.
+#[derive(Debug, Args)]
+pub struct BenchModelArgs {
+    /// A model or int8 artifact directory.
+    pub model: PathBuf,
+    /// Batch sizes, comma-separated; one workload each.
+    #[arg(long, value_name = "LIST", default_value = "1")]
+    pub batch: String,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    pub seq: usize,
+    /// Minimum seconds of measurement per workload (the run also continues until the tail
+    /// percentile has enough samples: 662 for p99).
+    #[arg(long, value_name = "S", default_value_t = 10.0)]
+    pub min_seconds: f64,
+    /// Stop a workload after this many seconds even if it has too few samples for the tail.
+    #[arg(long, value_name = "S", default_value_t = 300.0)]
+    pub max_seconds: f64,
+    /// The tail percentile reported (and used to size the sample).
+    #[arg(long, default_value_t = 99.0)]
+    pub tail: f64,
+    /// Run int8 layers as plain per-token W8A8, without outlier decomposition.
+    #[arg(long)]
+    pub plain_w8a8: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `qtier bench kernels`.

@@ -18,6 +18,9 @@ pub enum BenchError {
     /// An int8 kernel failed.
     #[error("int8 kernel: {0}")]
     Kernel(#[from] qtier_kernels::KernelError),
+    /// Loading or running the model failed.
+    #[error("model: {0}")]
+    Model(String),
     /// A peer library failed.
     #[error("peer {peer}: {problem}")]
     Peer {

@@ -267,7 +267,10 @@ mod tests {
             }
             let close = |a: f64, b: f64| (a - b).abs() <= SUM_RELATIVE_TOLERANCE * b.abs().max(1e-12);
             prop_assert!(close(sums.weight_energy, reference.weight_energy));
-            prop_assert!(close(sums.max_abs_error, reference.max_abs_error));
+            // Errors near zero are f32 rounding of the reconstruction `q * scale`: compare them
+            // with an absolute allowance of one f32 rounding at the row's magnitude.
+            let rounding = f64::from(f32::EPSILON) * f64::from(max_abs);
+            prop_assert!((sums.max_abs_error - reference.max_abs_error).abs() <= SUM_RELATIVE_TOLERANCE * reference.max_abs_error + rounding);
             // Every value is within half a step of its reconstruction (clamping cannot bite,
             // since the scale is at least max/127 up to the dtype's rounding).
             let half_step = f64::from(scale) * 0.5 * (1.0 + 1e-2);

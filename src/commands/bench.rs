@@ -5,10 +5,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use qtier_bench::kernel_bench::{KernelBenchConfig, KernelBenchReport, LinearShape, run_kernel_bench};
+use qtier_bench::model_bench::{ModelBenchConfig, run_model_bench};
 use qtier_bench::timing::TimingConfig;
 use qtier_kernels::{KernelKind, limits};
+use qtier_models::Int8Options;
 
-use crate::cli::{BenchCommand, BenchKernelsArgs, BenchLimitsArgs};
+use crate::cli::{BenchCommand, BenchKernelsArgs, BenchLimitsArgs, BenchModelArgs};
 
 /// Samples per shape at least, whatever `--seconds` says: enough for a stable median and p10/p90.
 const MIN_KERNEL_SAMPLES: usize = 100;
@@ -21,7 +23,82 @@ pub fn run(command: BenchCommand, threads: Option<NonZeroUsize>) -> anyhow::Resu
     match command {
         BenchCommand::Kernels(args) => kernels(args, threads),
         BenchCommand::Limits(args) => machine_limits(args, threads),
+        BenchCommand::Model(args) => model(args, threads),
     }
+}
+
+/// Warm-up bound per model workload.
+const MODEL_WARMUP: Duration = Duration::from_secs(5);
+
+fn model(args: BenchModelArgs, threads: usize) -> anyhow::Result<()> {
+    for (flag, value) in [("--min-seconds", args.min_seconds), ("--max-seconds", args.max_seconds)] {
+        if !(value.is_finite() && value > 0.0) {
+            bail!("{flag} must be a positive number of seconds, got {value}");
+        }
+    }
+    let batches = args
+        .batch
+        .split(',')
+        .map(|b| b.trim().parse::<usize>().with_context(|| format!("--batch: `{b}` is not a batch size")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let config = ModelBenchConfig {
+        batches,
+        seq: args.seq,
+        tail_percentile: args.tail,
+        timing: TimingConfig {
+            max_warmup: MODEL_WARMUP,
+            min_duration: Duration::from_secs_f64(args.min_seconds),
+            min_samples: 1,
+            max_duration: Duration::from_secs_f64(args.max_seconds.max(args.min_seconds)),
+        },
+        int8: Int8Options { outlier_decomposition: !args.plain_w8a8 },
+        threads,
+    };
+    let quiet = args.json;
+    let report = run_model_bench(&args.model, &config, &|step| {
+        if !quiet {
+            eprintln!("  {step}");
+        }
+    })
+    .with_context(|| format!("benchmarking {}", args.model.display()))?;
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    outln!(
+        "{} ({}{}), {} threads",
+        report.model,
+        if report.int8 { "int8" } else { "float" },
+        report.kernel.as_deref().map(|k| format!(", kernel {k}")).unwrap_or_default(),
+        report.threads
+    );
+    outln!(
+        "{:>12} {:>8} {:>10} {:>20} {:>10} {:>10} {:>10} {:>9}",
+        "workload",
+        "samples",
+        "p50 ms",
+        "p50 95% CI ms",
+        "p90 ms",
+        "p99 ms",
+        "p99 bound",
+        "outliers"
+    );
+    for w in &report.workloads {
+        let s = &w.stats;
+        outln!(
+            "{:>12} {:>8} {:>10.3} {:>9.3} - {:<8.3} {:>10.3} {:>10.3} {:>10} {:>9}",
+            w.name,
+            s.count,
+            s.p50 / 1e6,
+            s.median_ci95.low / 1e6,
+            s.median_ci95.high / 1e6,
+            s.p90 / 1e6,
+            s.p99 / 1e6,
+            s.tail_upper_bound.map_or("-".to_string(), |b| format!("{:.3}", b / 1e6)),
+            s.outliers.indices.len()
+        );
+    }
+    Ok(())
 }
 
 fn kernels(args: BenchKernelsArgs, threads: usize) -> anyhow::Result<()> {

@@ -1,0 +1,142 @@
+//! `qtier bench model`: end-to-end latency of a sentence-embedding model (tokenized input ready,
+//! encoder forward plus pooling timed), per batch size, float or int8 as the directory holds.
+//!
+//! Inputs are real token ids from the model's own tokenizer (the development sentences, joined
+//! and cut to the requested length between `[CLS]` and `[SEP]`), prepared outside the timed
+//! region; every sequence of the batch is the same length, all real tokens.
+
+use std::path::Path;
+
+use qtier_models::eval::{DEV_SENTENCES, lines};
+use qtier_models::{Int8Options, SentenceEncoder, TokenBatch};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{BenchError, Result};
+use crate::stats::{EARLY_STOPPING_CONFIDENCE, Sample, Summary, min_samples_for_percentile};
+use crate::timing::{TimingConfig, measure};
+
+/// Version of [`ModelBenchReport`]'s layout.
+pub const MODEL_REPORT_SCHEMA_VERSION: u32 = 1;
+/// Seed of the bootstrap, fixed so a report can be recomputed exactly from its samples.
+pub const BOOTSTRAP_SEED: u64 = 0x7174_6965_72;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ModelBenchConfig {
+    /// Batch sizes, one workload each.
+    pub batches: Vec<usize>,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// The tail percentile reported and used to size the sample (e.g. 99).
+    pub tail_percentile: f64,
+    /// Minimum duration and time limit; the minimum sample count is raised to what the tail
+    /// percentile needs.
+    pub timing: TimingConfig,
+    /// How int8 layers run.
+    pub int8: Int8Options,
+    /// Threads of the pool the model runs on (recorded in the report).
+    pub threads: usize,
+}
+
+/// One workload's result.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelWorkload {
+    /// `b{batch}xs{seq}`.
+    pub name: String,
+    /// Sequences per call.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// Calls made during warm-up.
+    pub warmup_calls: usize,
+    /// True when the time limit ended the run before the tail percentile's minimum count.
+    pub stopped_by_time_limit: bool,
+    /// Statistics of `samples_ns`.
+    pub stats: Summary,
+    /// Every sample, ns, in order.
+    pub samples_ns: Vec<f64>,
+}
+
+/// The result of `qtier bench model`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelBenchReport {
+    /// Layout version.
+    pub schema_version: u32,
+    /// The model directory.
+    pub model: String,
+    /// True when any Linear layer ran on the int8 kernels.
+    pub int8: bool,
+    /// The int8 kernel variant, when int8.
+    pub kernel: Option<String>,
+    /// Threads of the pool the model ran on.
+    pub threads: usize,
+    /// One entry per batch size.
+    pub workloads: Vec<ModelWorkload>,
+}
+
+/// The token ids of one benchmark sequence of `seq` tokens: `[CLS]`, text tokens, `[SEP]`.
+pub fn benchmark_ids(encoder: &SentenceEncoder, seq: usize) -> Result<Vec<u32>> {
+    if seq < 2 {
+        return Err(BenchError::InvalidWorkload { text: seq.to_string(), problem: "--seq must be at least 2".into() });
+    }
+    let text = lines(DEV_SENTENCES).join(" ");
+    let tokens = encoder.tokenizer().encode_batch(&[&text]).map_err(model_error)?;
+    let ids = tokens.ids_of(0);
+    let (cls, sep, body) = (ids[0], ids[ids.len() - 1], &ids[1..ids.len() - 1]);
+    let mut sequence = vec![cls];
+    sequence.extend(body.iter().cycle().take(seq - 2));
+    sequence.push(sep);
+    Ok(sequence)
+}
+
+fn model_error(error: qtier_models::ModelError) -> BenchError {
+    BenchError::Model(error.to_string())
+}
+
+/// Runs the model benchmark on `dir`.
+pub fn run_model_bench(dir: &Path, config: &ModelBenchConfig, progress: &dyn Fn(&str)) -> Result<ModelBenchReport> {
+    let encoder = SentenceEncoder::load_with(dir, config.int8).map_err(model_error)?;
+    let max_positions = encoder.model().config().max_position_embeddings;
+    if config.seq > max_positions {
+        return Err(BenchError::InvalidWorkload {
+            text: config.seq.to_string(),
+            problem: format!("--seq exceeds the model's {max_positions} positions"),
+        });
+    }
+    let ids = benchmark_ids(&encoder, config.seq)?;
+    let min_samples =
+        min_samples_for_percentile(config.tail_percentile, EARLY_STOPPING_CONFIDENCE)?.max(config.timing.min_samples);
+    let timing = TimingConfig { min_samples, ..config.timing };
+    let mut workloads = Vec::with_capacity(config.batches.len());
+    for &batch in &config.batches {
+        if batch == 0 {
+            return Err(BenchError::InvalidWorkload {
+                text: "0".into(),
+                problem: "batch sizes must be positive".into(),
+            });
+        }
+        let name = format!("b{batch}xs{}", config.seq);
+        progress(&format!("timing {name}"));
+        let tokens = TokenBatch::repeated(&ids, batch);
+        let timings = measure(&timing, || encoder.embed_tokens(&tokens).map(drop)).map_err(model_error)?;
+        let sample = Sample::new(timings.samples_ns.clone())?;
+        workloads.push(ModelWorkload {
+            name,
+            batch,
+            seq: config.seq,
+            warmup_calls: timings.warmup_calls,
+            stopped_by_time_limit: timings.stopped_by_time_limit,
+            stats: Summary::compute(&sample, config.tail_percentile, BOOTSTRAP_SEED)?,
+            samples_ns: timings.samples_ns,
+        });
+    }
+    let kernel = encoder.model().linears().find_map(|l| l.kernel()).map(|k| k.name().to_string());
+    Ok(ModelBenchReport {
+        schema_version: MODEL_REPORT_SCHEMA_VERSION,
+        model: dir.display().to_string(),
+        int8: encoder.is_int8(),
+        kernel,
+        threads: config.threads,
+        workloads,
+    })
+}
