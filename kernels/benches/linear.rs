@@ -1,5 +1,6 @@
 //! Criterion benches of `QuantizedLinear::forward_into` on the 7 reference shapes (M x K -> N),
-//! 2 threads, hot weights (the same layer reused every iteration), beside two peers measured in
+//! 2 threads (qtier: `with_threads(2)`; candle: its default, one per core, checked below),
+//! hot weights (the same layer reused every iteration), beside two peers measured in
 //! the same run: candle-core's f32 `matmul` and candle's GGML Q8_0 `QMatMul`.
 //!
 //! Throughput is reported as elements = 2 M N K operations, so criterion's `Gelem/s` reads as

@@ -19,7 +19,6 @@ const SHAPES: [(usize, usize, usize); 7] = [
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let threads: usize = std::env::args().nth(1).map_or(Ok(2), |s| s.parse())?;
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     let kind = qtier_kernels::selected_kernel()?;
     let peak = limits::int8_peak(KernelKind::best_supported(), threads)?;
     println!("kernel {kind}, threads {threads}, int8 peak {:.0} GOP/s", peak.gops);
@@ -30,18 +29,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut out = vec![0.0; m * n];
         let ops = 2.0 * (m * n * k) as f64;
         let reps = ((2e9 / ops) as usize).clamp(20, 20_000);
-        let mut times = pool.install(|| {
-            for _ in 0..reps.min(50) {
-                l.forward_into(&x, m, &mut out, None).unwrap();
-            }
-            (0..reps)
-                .map(|_| {
-                    let t = Instant::now();
-                    l.forward_into(&x, m, &mut out, None).unwrap();
-                    t.elapsed().as_secs_f64() * 1e6
-                })
-                .collect::<Vec<_>>()
-        });
+        for _ in 0..reps.min(50) {
+            l.forward_into(&x, m, &mut out, None)?;
+        }
+        let mut times = (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                let r = l.forward_into(&x, m, &mut out, None);
+                (r, t.elapsed().as_secs_f64() * 1e6)
+            })
+            .map(|(r, t)| r.map(|()| t))
+            .collect::<Result<Vec<_>, _>>()?;
         times.sort_by(f64::total_cmp);
         let med = times[times.len() / 2];
         let gops = ops / med / 1e3;

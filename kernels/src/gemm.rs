@@ -12,9 +12,9 @@ pub(crate) const MR_MAX: usize = 6;
 /// Exact i32 dot products of one tile: up to [`MR_MAX`] rows x one 64-column block.
 pub(crate) type Tile = [[i32; BLOCK_COLS]; MR_MAX];
 
-/// Below this many operations (2 M N K) a call runs on the calling thread. Measured with hot
-/// (spinning) rayon workers: 1x384x1536 (1.2 MOP) took 2.9 us on 2 threads vs 3.3-4.3 us on one,
-/// so the fork pays for itself from about 1 MOP.
+/// Below this many operations (2 M N K) a call runs on the calling thread. Measured with the
+/// spinning pool ([`crate::pool`]): 1x384x1536 (1.2 MOP) took 2.3 us on 2 threads vs 3.3 us on
+/// one, so the fork pays for itself from about 1 MOP.
 pub(crate) const PAR_MIN_OPS: usize = 1_000_000;
 
 /// Rows per tile of `kind`.
@@ -78,11 +78,6 @@ impl TileJob<'_> {
     }
 }
 
-fn pf_mode() -> u32 {
-    static ON: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("QTIER_PF").ok().and_then(|v| v.parse().ok()).unwrap_or(1))
-}
-
 #[inline]
 fn compute_tile(kind: KernelKind, job: &TileJob<'_>, tile: &mut Tile) {
     assert!(job.check(), "tile job out of bounds");
@@ -101,15 +96,13 @@ fn compute_tile(kind: KernelKind, job: &TileJob<'_>, tile: &mut Tile) {
 
 /// K groups per chunk when a weight block is reused by several row blocks: 96 groups x 256 B =
 /// 24 KiB of weights, half the 48 KiB L1D, so the row blocks of a group re-read them from L1
-/// (K = 4096 without chunking left 256 KiB per column block in L2: 73% vs 110% of the measured
-/// peak for K = 768, whose block fits L1).
+/// instead of L2 (K = 4096 unchunked is 256 KiB per column block). Chunks of 64 and 160 groups
+/// measured the same within this shared machine's noise; the chunk is also the unit the
+/// software prefetch runs ahead by.
 pub(crate) const KC_GROUPS: usize = 96;
 
 /// Row blocks that share one pass over a K chunk of weights (their tiles live on the stack).
 pub(crate) const ROW_GROUP: usize = 4;
-
-/// How far ahead of its loads a one-row (GEMV) tile prefetches the weight stream.
-pub(crate) const GEMV_PREFETCH_BYTES: usize = 4096;
 
 const LINE: usize = 64;
 
@@ -134,7 +127,7 @@ where
     // too only when there are fewer column blocks than tasks.
     let n_parts = tasks.min(col_blocks);
     let m_parts = (tasks / n_parts).min(row_blocks).max(1);
-    let chunk = if row_blocks > 1 { KC_GROUPS } else { k_groups };
+    let chunk = if row_blocks > 1 { KC_GROUPS.min(k_groups) } else { k_groups };
     let run_part = |part: usize| {
         let (np, mp) = (part % n_parts, part / n_parts);
         let (c0, c1) = (col_blocks * np / n_parts, col_blocks * (np + 1) / n_parts);
@@ -150,18 +143,16 @@ where
                     let g1 = (g0 + chunk).min(k_groups);
                     // While the row blocks of the group work on this chunk (from L1 after the
                     // first), each prefetches its share of the next chunk: the weights follow
-                    // contiguously in memory, also across column blocks.
+                    // contiguously in memory, also across column blocks. Measured on
+                    // 16x4096x11008 (weights 45 MB > L3, 3 row blocks): 0.92 ms vs 1.25 ms.
                     let here = blocks[g0 * BLOCK_PANELS..].as_ptr().cast::<u8>();
                     let chunk_bytes = (g1 - g0) * BLOCK_PANELS * LINE;
                     for (j, (rb, tile)) in (rg..rg_end).zip(tiles.iter_mut()).enumerate() {
                         let (r0, r1) = block_rows(rb);
-                        let (prefetch, prefetch_per_group) = if group_len == 1 && chunk == k_groups {
-                            if pf_mode() == 3 {
-                                (here.wrapping_add(GEMV_PREFETCH_BYTES), BLOCK_PANELS)
-                            } else {
-                                (here, 0)
-                            }
-                        } else if pf_mode() % 10 >= 1 {
+                        // A lone row block streams each weight once: the hardware prefetchers
+                        // keep up there (software prefetch 4 KiB ahead measured 5-10% slower
+                        // on 1x4096x11008), so only row groups prefetch.
+                        let (prefetch, prefetch_per_group) = if group_len > 1 || chunk < k_groups {
                             let share = chunk_bytes / group_len;
                             let lines = share.div_ceil(LINE);
                             (here.wrapping_add(chunk_bytes + j * share), lines.div_ceil(g1 - g0))
@@ -193,9 +184,6 @@ where
     let parts = n_parts * m_parts;
     if parts == 1 {
         run_part(0);
-    } else if pf_mode() >= 10 {
-        use rayon::prelude::*;
-        (0..parts).into_par_iter().with_max_len(1).for_each(run_part);
     } else {
         crate::pool::global().run(parts, &run_part);
     }

@@ -12,8 +12,10 @@
 //! `QTIER_KERNEL=scalar|avx2|avxvnni|avx512vnni` forces one. Every kernel's i32 accumulators equal
 //! the scalar reference's exactly ([`QuantizedLinear::accumulate_i32`] exposes them to tests).
 //!
-//! Work is split over output column blocks (and rows, when there are few columns) on the current
-//! rayon pool; calls smaller than a few MOP stay on the calling thread. [`limits`] measures this
+//! Work is split over output column blocks (and rows, when there are few columns) into
+//! [`QuantizedLinear::threads`] parts, run by the caller and a small spin-then-park worker pool
+//! (rayon's wake-up latency cost 2x on the GEMV; see `pool.rs`); calls under about 1 MOP stay on
+//! the calling thread. [`limits`] measures this
 //! machine's int8 peak and read bandwidth so benchmarks can report a fraction of the limit.
 
 #![warn(missing_docs)]

@@ -103,9 +103,10 @@ impl QuantizedLinear {
         self
     }
 
-    /// Caps the number of parallel tasks per call (default: the current rayon pool's size).
-    /// `0` is rejected. Tasks run on the current rayon pool; install a pool of that size to pin
-    /// the thread count exactly.
+    /// Sets the number of parallel tasks per call (default: the current rayon pool's size, which
+    /// is the number of cores unless `RAYON_NUM_THREADS` or an installed pool says otherwise).
+    /// `0` is rejected. Tasks run on the calling thread and this crate's spinning worker pool
+    /// (one worker per core besides the caller), so at most `min(threads, cores)` run at once.
     pub fn with_threads(mut self, threads: usize) -> Result<Self, KernelError> {
         self.threads = Some(NonZeroUsize::new(threads).ok_or(KernelError::InvalidDimension {
             what: "threads",

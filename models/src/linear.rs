@@ -138,10 +138,12 @@ impl Linear {
         }
     }
 
-    /// The int8 path with outlier decomposition: rows (tokens) without outliers run on the fused
-    /// kernel; rows with outliers run with those values zeroed (so their per-token scale is set by
-    /// the ordinary values), get the outliers' contribution added in float from the dequantized
-    /// weights, and then the activation and residual.
+    /// The int8 path with outlier decomposition. Each token's outlier values are zeroed before
+    /// the int8 GEMM (so its per-token scale is set by the ordinary values) and their
+    /// contribution, `value * dequantized weight column`, is added in float. Without an
+    /// activation that contribution can be added after the fused kernel (bias and residual
+    /// commute with it); with one, the tokens that have outliers run without the fused
+    /// activation, get the contribution, and then the activation.
     fn forward_int8(
         &self,
         layer: &Int8Weights,
@@ -151,6 +153,7 @@ impl Linear {
     ) -> Result<Vec<f32>> {
         let (n, k) = (self.out_features, layer.fused.k());
         let mut output = vec![0.0f32; rows * n];
+        // Per token, the outliers taken out: (row, channel, value).
         let mut outliers: Vec<(usize, usize, f32)> = Vec::new();
         if self.outlier_decomposition {
             for (m, row) in input.chunks_exact_mut(k).enumerate() {
@@ -160,57 +163,75 @@ impl Linear {
                 }
             }
         }
-        if outliers.is_empty() {
+        let add_outliers = |output: &mut [f32], row_of: &dyn Fn(usize) -> usize| {
+            for &(m, j, value) in &outliers {
+                let start = row_of(m) * n;
+                for (y, w) in output[start..start + n].iter_mut().zip(&layer.dequantized_t[j * n..(j + 1) * n]) {
+                    *y += value * w;
+                }
+            }
+        };
+        if outliers.is_empty() || self.activation == Activation::None {
             layer.fused.forward_into(&input, rows, &mut output, residual)?;
+            add_outliers(&mut output, &|m| m);
             return Ok(output);
         }
+
         let mut dirty = vec![false; rows];
         for &(m, _, _) in &outliers {
             dirty[m] = true;
         }
-        let gather = |values: &[f32], width: usize, want_dirty: bool| -> Vec<f32> {
-            values
-                .chunks_exact(width)
-                .zip(&dirty)
-                .filter(|(_, d)| **d == want_dirty)
-                .flat_map(|(row, _)| row.iter().copied())
-                .collect()
-        };
         let dirty_rows: Vec<usize> = (0..rows).filter(|&m| dirty[m]).collect();
         let clean_rows: Vec<usize> = (0..rows).filter(|&m| !dirty[m]).collect();
-
+        let gather = |values: &[f32], width: usize, rows: &[usize]| -> Vec<f32> {
+            let mut gathered = Vec::with_capacity(rows.len() * width);
+            for &m in rows {
+                gathered.extend_from_slice(&values[m * width..(m + 1) * width]);
+            }
+            gathered
+        };
         if !clean_rows.is_empty() {
-            let clean_input = gather(&input, k, false);
-            let clean_residual = residual.map(|r| gather(r, n, false));
+            let clean_residual = residual.map(|r| gather(r, n, &clean_rows));
             let mut clean_output = vec![0.0f32; clean_rows.len() * n];
-            layer.fused.forward_into(&clean_input, clean_rows.len(), &mut clean_output, clean_residual.as_deref())?;
+            layer.fused.forward_into(
+                &gather(&input, k, &clean_rows),
+                clean_rows.len(),
+                &mut clean_output,
+                clean_residual.as_deref(),
+            )?;
             for (row, &m) in clean_output.chunks_exact(n).zip(&clean_rows) {
                 output[m * n..(m + 1) * n].copy_from_slice(row);
             }
         }
-        let dirty_input = gather(&input, k, true);
         let mut dirty_output = vec![0.0f32; dirty_rows.len() * n];
-        layer.plain.forward_into(&dirty_input, dirty_rows.len(), &mut dirty_output, None)?;
-        let position: std::collections::HashMap<usize, usize> =
-            dirty_rows.iter().enumerate().map(|(i, &m)| (m, i)).collect();
-        for &(m, j, value) in &outliers {
-            let row = &mut dirty_output[position[&m] * n..(position[&m] + 1) * n];
-            for (y, w) in row.iter_mut().zip(&layer.dequantized_t[j * n..(j + 1) * n]) {
-                *y += value * w;
-            }
+        layer.plain.forward_into(&gather(&input, k, &dirty_rows), dirty_rows.len(), &mut dirty_output, None)?;
+        let mut position = vec![0usize; rows];
+        for (index, &m) in dirty_rows.iter().enumerate() {
+            position[m] = index;
         }
-        for (row, &m) in dirty_output.chunks_exact_mut(n).zip(&dirty_rows) {
-            for y in row.iter_mut() {
-                *y = self.activation.apply(*y);
-            }
+        add_outliers(&mut dirty_output, &|m| position[m]);
+        apply_activation(self.activation, &mut dirty_output);
+        for (row, &m) in dirty_output.chunks_exact(n).zip(&dirty_rows) {
+            let out_row = &mut output[m * n..(m + 1) * n];
+            out_row.copy_from_slice(row);
             if let Some(residual) = residual {
-                for (y, r) in row.iter_mut().zip(&residual[m * n..(m + 1) * n]) {
+                for (y, r) in out_row.iter_mut().zip(&residual[m * n..(m + 1) * n]) {
                     *y += r;
                 }
             }
-            output[m * n..(m + 1) * n].copy_from_slice(row);
         }
         Ok(output)
+    }
+}
+
+/// Applies `activation` to every value, one loop per activation so each vectorizes.
+fn apply_activation(activation: Activation, values: &mut [f32]) {
+    use qtier_kernels::activation::{gelu_erf, gelu_tanh, silu};
+    match activation {
+        Activation::GeluErf => values.iter_mut().for_each(|v| *v = gelu_erf(*v)),
+        Activation::GeluTanh => values.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
+        Activation::Silu => values.iter_mut().for_each(|v| *v = silu(*v)),
+        other => values.iter_mut().for_each(|v| *v = other.apply(*v)),
     }
 }
 
@@ -222,11 +243,31 @@ pub const OUTLIER_RATIO: f32 = 3.0;
 /// work; BERT's outliers are a handful of fixed channels).
 pub const MAX_OUTLIER_CHANNELS: usize = 16;
 
+/// Lanes of the per-token reductions below, so they vectorize.
+const LANES: usize = 8;
+
 /// Channels of one token `row` whose magnitude exceeds OUTLIER_RATIO times the row's RMS,
-/// largest first, at most MAX_OUTLIER_CHANNELS.
+/// largest first, at most MAX_OUTLIER_CHANNELS. Most tokens have none: two vectorized passes
+/// (sum of squares, maximum) decide that without allocating.
 fn outlier_channels(row: &[f32]) -> Vec<usize> {
-    let rms = (row.iter().map(|v| v * v).sum::<f32>() / row.len().max(1) as f32).sqrt();
-    let threshold = rms * OUTLIER_RATIO;
+    let mut squares = [0.0f32; LANES];
+    let mut peaks = [0.0f32; LANES];
+    let chunks = row.chunks_exact(LANES);
+    for (lane, value) in chunks.remainder().iter().enumerate() {
+        squares[lane] += value * value;
+        peaks[lane] = peaks[lane].max(value.abs());
+    }
+    for chunk in chunks {
+        for lane in 0..LANES {
+            squares[lane] += chunk[lane] * chunk[lane];
+            peaks[lane] = peaks[lane].max(chunk[lane].abs());
+        }
+    }
+    let mean_square = squares.iter().sum::<f32>() / row.len().max(1) as f32;
+    let threshold = mean_square.sqrt() * OUTLIER_RATIO;
+    if peaks.iter().all(|peak| *peak <= threshold) {
+        return Vec::new();
+    }
     let mut channels: Vec<usize> = (0..row.len()).filter(|&j| row[j].abs() > threshold).collect();
     channels.sort_by(|a, b| row[*b].abs().total_cmp(&row[*a].abs()));
     channels.truncate(MAX_OUTLIER_CHANNELS);
