@@ -44,6 +44,10 @@ impl Job<'_> {
 struct Shared {
     /// The current job (type-erased `*const Job<'_>`), null when none.
     job: AtomicPtr<()>,
+    /// Bumped after each new job is published. Workers remember the last epoch they joined, not
+    /// the job's address: back-to-back calls put their jobs at the same stack address, and a
+    /// worker that missed the null in between must still join the next one.
+    epoch: AtomicUsize,
     /// Workers currently holding a reference to `job`.
     active: AtomicUsize,
     /// Workers parked (or about to park) on `wake`.
@@ -62,29 +66,27 @@ fn worker(shared: &'static Shared) {
     // Checking the clock costs a vDSO call (10% of a spinning worker's samples in perf when
     // done every iteration), so the spin loop looks at it once per SPIN_CHECK rounds.
     const SPIN_CHECK: u32 = 256;
-    let mut last: *mut () = ptr::null_mut();
+    let mut joined = shared.epoch.load(SeqCst);
     let mut idle_since = Instant::now();
     let mut spins = 0u32;
     loop {
+        let e = shared.epoch.load(SeqCst);
         let p = shared.job.load(SeqCst);
-        if !p.is_null() && p != last {
+        if !p.is_null() && e != joined {
             shared.active.fetch_add(1, SeqCst);
             // Re-check after announcing ourselves: the caller clears `job` before waiting for
-            // `active` to drain, so either it sees us, or we see that the job is gone.
-            if shared.job.load(SeqCst) == p {
+            // `active` to drain, so either it sees us, or we see that the job is gone (or is a
+            // newer one, which the next round joins).
+            if shared.job.load(SeqCst) == p && shared.epoch.load(SeqCst) == e {
                 // SAFETY: `p` points to a live Job on the caller's stack: the caller does not
                 // return before `active` is back to zero.
                 let job = unsafe { &*p.cast::<Job<'_>>() };
                 job.work();
-                last = p;
+                joined = e;
             }
             shared.active.fetch_sub(1, SeqCst);
             idle_since = Instant::now();
             continue;
-        }
-        if p.is_null() {
-            // The same stack address may carry the next job.
-            last = ptr::null_mut();
         }
         spins = spins.wrapping_add(1);
         if !spins.is_multiple_of(SPIN_CHECK) || idle_since.elapsed() < SPIN_BEFORE_PARK {
@@ -107,6 +109,7 @@ impl SpinPool {
     fn new(workers: usize) -> Self {
         let shared: &'static Shared = Box::leak(Box::new(Shared {
             job: AtomicPtr::new(ptr::null_mut()),
+            epoch: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             sleepers: AtomicUsize::new(0),
             lock: Mutex::new(()),
@@ -138,6 +141,7 @@ impl SpinPool {
             Job { f, parts, next: AtomicUsize::new(0), done: AtomicUsize::new(0), panicked: AtomicBool::new(false) };
         let s = self.shared;
         s.job.store(ptr::from_ref(&job).cast_mut().cast(), SeqCst);
+        s.epoch.fetch_add(1, SeqCst);
         if s.sleepers.load(SeqCst) > 0 {
             let _guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
