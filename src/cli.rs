@@ -159,6 +159,10 @@ pub enum BenchCommand {
 /// `qtier bench model`.
 #[derive(Debug, Args)]
 pub struct BenchModelArgs {
+    /// The EC2 instance type to record (default: asked from the instance metadata service when
+    /// running on EC2, else `unknown`).
+    #[arg(long, value_name = "TYPE")]
+    pub instance_type: Option<String>,
     /// A model or int8 artifact directory.
     pub model: PathBuf,
     /// Batch sizes, comma-separated; one workload each.
@@ -188,6 +192,10 @@ pub struct BenchModelArgs {
 /// `qtier bench kernels`.
 #[derive(Debug, Args)]
 pub struct BenchKernelsArgs {
+    /// The EC2 instance type to record (default: asked from the instance metadata service when
+    /// running on EC2, else `unknown`).
+    #[arg(long, value_name = "TYPE")]
+    pub instance_type: Option<String>,
     /// Shapes as MxKxN (tokens x in_features -> out_features), comma-separated.
     #[arg(long, value_name = "LIST", default_value = qtier_bench::kernel_bench::REFERENCE_SHAPES)]
     pub shapes: String,

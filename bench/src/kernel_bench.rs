@@ -142,6 +142,10 @@ pub struct PeerTimings {
 pub struct KernelBenchReport {
     /// Layout version.
     pub schema_version: u32,
+    /// Which qtier produced it and how it was run.
+    pub provenance: crate::Provenance,
+    /// The machine it ran on.
+    pub hardware: crate::hardware::Hardware,
     /// The int8 kernel variant qtier chose (or was forced to with `QTIER_KERNEL`).
     pub kernel: String,
     /// Threads used.
@@ -168,7 +172,12 @@ fn pseudo_random(count: usize, seed: u64) -> Vec<f32> {
 }
 
 /// Runs the kernel benchmark.
-pub fn run_kernel_bench(config: &KernelBenchConfig, progress: &dyn Fn(&str)) -> Result<KernelBenchReport> {
+pub fn run_kernel_bench(
+    config: &KernelBenchConfig,
+    provenance: crate::Provenance,
+    hardware: crate::hardware::Hardware,
+    progress: &dyn Fn(&str),
+) -> Result<KernelBenchReport> {
     let kernel = qtier_kernels::selected_kernel()?;
     let peak_kind = if KernelKind::Avx512Vnni.is_supported() { KernelKind::Avx512Vnni } else { kernel };
     progress("measuring this machine's int8 peak");
@@ -192,6 +201,8 @@ pub fn run_kernel_bench(config: &KernelBenchConfig, progress: &dyn Fn(&str)) -> 
     }
     Ok(KernelBenchReport {
         schema_version: KERNEL_REPORT_SCHEMA_VERSION,
+        provenance,
+        hardware,
         kernel: kernel.name().to_string(),
         threads: config.threads,
         limits: MachineLimits { int8_gops: peak.gops, int8_kernel: peak.kernel.name().to_string(), read_gbps_by_bytes },

@@ -10,9 +10,23 @@
 #![deny(unsafe_code)]
 
 mod error;
+pub mod hardware;
 pub mod kernel_bench;
 pub mod model_bench;
 pub mod stats;
 pub mod timing;
 
 pub use error::{BenchError, Result};
+
+use serde::{Deserialize, Serialize};
+
+/// Where a report came from: which qtier, built from which revision, run how.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Provenance {
+    /// qtier's version.
+    pub qtier_version: String,
+    /// The git revision qtier was built from (`-dirty` when built with uncommitted changes).
+    pub git_revision: String,
+    /// The full command line.
+    pub command: Vec<String>,
+}

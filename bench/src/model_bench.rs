@@ -62,6 +62,10 @@ pub struct ModelWorkload {
 pub struct ModelBenchReport {
     /// Layout version.
     pub schema_version: u32,
+    /// Which qtier produced it and how it was run.
+    pub provenance: crate::Provenance,
+    /// The machine it ran on.
+    pub hardware: crate::hardware::Hardware,
     /// The model directory.
     pub model: String,
     /// True when any Linear layer ran on the int8 kernels.
@@ -94,7 +98,13 @@ fn model_error(error: qtier_models::ModelError) -> BenchError {
 }
 
 /// Runs the model benchmark on `dir`.
-pub fn run_model_bench(dir: &Path, config: &ModelBenchConfig, progress: &dyn Fn(&str)) -> Result<ModelBenchReport> {
+pub fn run_model_bench(
+    dir: &Path,
+    config: &ModelBenchConfig,
+    provenance: crate::Provenance,
+    hardware: crate::hardware::Hardware,
+    progress: &dyn Fn(&str),
+) -> Result<ModelBenchReport> {
     let encoder = SentenceEncoder::load_with(dir, config.int8).map_err(model_error)?;
     let max_positions = encoder.model().config().max_position_embeddings;
     if config.seq > max_positions {
@@ -133,6 +143,8 @@ pub fn run_model_bench(dir: &Path, config: &ModelBenchConfig, progress: &dyn Fn(
     let kernel = encoder.model().linears().find_map(|l| l.kernel()).map(|k| k.name().to_string());
     Ok(ModelBenchReport {
         schema_version: MODEL_REPORT_SCHEMA_VERSION,
+        provenance,
+        hardware,
         model: dir.display().to_string(),
         int8: encoder.is_int8(),
         kernel,

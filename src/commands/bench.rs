@@ -4,6 +4,8 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use qtier_bench::Provenance;
+use qtier_bench::hardware::detect;
 use qtier_bench::kernel_bench::{KernelBenchConfig, KernelBenchReport, LinearShape, run_kernel_bench};
 use qtier_bench::model_bench::{ModelBenchConfig, run_model_bench};
 use qtier_bench::timing::TimingConfig;
@@ -16,6 +18,15 @@ use crate::cli::{BenchCommand, BenchKernelsArgs, BenchLimitsArgs, BenchModelArgs
 const MIN_KERNEL_SAMPLES: usize = 100;
 /// Warm-up bound per shape.
 const KERNEL_WARMUP: Duration = Duration::from_millis(500);
+
+/// Provenance of a report produced by this process.
+fn provenance() -> Provenance {
+    Provenance {
+        qtier_version: env!("CARGO_PKG_VERSION").to_string(),
+        git_revision: env!("QTIER_GIT_REVISION").to_string(),
+        command: std::env::args().collect(),
+    }
+}
 
 /// Runs `qtier bench ...`.
 pub fn run(command: BenchCommand, threads: Option<NonZeroUsize>) -> anyhow::Result<()> {
@@ -55,7 +66,8 @@ fn model(args: BenchModelArgs, threads: usize) -> anyhow::Result<()> {
         threads,
     };
     let quiet = args.json;
-    let report = run_model_bench(&args.model, &config, &|step| {
+    let hardware = detect(threads, args.instance_type.as_deref());
+    let report = run_model_bench(&args.model, &config, provenance(), hardware, &|step| {
         if !quiet {
             eprintln!("  {step}");
         }
@@ -65,6 +77,15 @@ fn model(args: BenchModelArgs, threads: usize) -> anyhow::Result<()> {
         outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
+    let hw = &report.hardware;
+    outln!(
+        "{} ({} cores), flags {}, instance type {} ({})",
+        hw.cpu_model,
+        hw.logical_cores,
+        hw.cpu_flags.join(" "),
+        hw.instance_type,
+        hw.instance_type_source
+    );
     outln!(
         "{} ({}{}), {} threads",
         report.model,
@@ -118,7 +139,8 @@ fn kernels(args: BenchKernelsArgs, threads: usize) -> anyhow::Result<()> {
         peers: !args.no_peers,
     };
     let quiet = args.json;
-    let report = run_kernel_bench(&config, &|step| {
+    let hardware = detect(threads, args.instance_type.as_deref());
+    let report = run_kernel_bench(&config, provenance(), hardware, &|step| {
         if !quiet {
             eprintln!("  {step}");
         }
