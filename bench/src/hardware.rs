@@ -186,7 +186,7 @@ fn http_request(host: &str, method: &str, path: &str, headers: &[(&str, &str)]) 
     let response = String::from_utf8_lossy(&response);
     let (head, body) = response.split_once("\r\n\r\n").ok_or("malformed HTTP response")?;
     let status = head.lines().next().unwrap_or_default();
-    if !status.split_whitespace().nth(1).is_some_and(|code| code == "200") {
+    if status.split_whitespace().nth(1).is_none_or(|code| code != "200") {
         return Err(format!("{method} {path}: {status}"));
     }
     Ok(body.to_string())
