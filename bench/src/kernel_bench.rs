@@ -133,8 +133,9 @@ pub struct KernelRow {
 pub struct PeerTimings {
     /// candle f32 `matmul` (weights pre-transposed, contiguous).
     pub candle_f32_median_us: f64,
-    /// candle `QMatMul` with Q8_0 weights.
-    pub candle_q8_0_median_us: f64,
+    /// candle `QMatMul` with Q8_0 weights; `None` when `k` is not a multiple of Q8_0's block of
+    /// 32 (candle cannot quantize it).
+    pub candle_q8_0_median_us: Option<f64>,
 }
 
 /// The result of `qtier bench kernels`.
@@ -258,14 +259,16 @@ fn time_peers(config: &KernelBenchConfig, shape: LinearShape, weights: &[i8], x:
         TimingConfig { min_duration: config.timing.min_duration.min(Duration::from_secs(1)), ..config.timing };
     let f32_timings = measure(&peer_timing, || input.matmul(&weight_t).map(drop)).map_err(&f32_error)?;
 
-    let q8_error = peer_error("candle Q8_0 QMatMul");
-    let quantized = QTensor::quantize(&weight, GgmlDType::Q8_0).map_err(&q8_error)?;
-    let matmul = QMatMul::from_qtensor(quantized).map_err(&q8_error)?;
-    let q8_timings = measure(&peer_timing, || matmul.forward(&input).map(drop)).map_err(&q8_error)?;
-    Ok(PeerTimings {
-        candle_f32_median_us: Sample::new(f32_timings.samples_ns)?.median() / 1e3,
-        candle_q8_0_median_us: Sample::new(q8_timings.samples_ns)?.median() / 1e3,
-    })
+    let candle_q8_0_median_us = if k % GgmlDType::Q8_0.block_size() == 0 {
+        let q8_error = peer_error("candle Q8_0 QMatMul");
+        let quantized = QTensor::quantize(&weight, GgmlDType::Q8_0).map_err(&q8_error)?;
+        let matmul = QMatMul::from_qtensor(quantized).map_err(&q8_error)?;
+        let q8_timings = measure(&peer_timing, || matmul.forward(&input).map(drop)).map_err(&q8_error)?;
+        Some(Sample::new(q8_timings.samples_ns)?.median() / 1e3)
+    } else {
+        None
+    };
+    Ok(PeerTimings { candle_f32_median_us: Sample::new(f32_timings.samples_ns)?.median() / 1e3, candle_q8_0_median_us })
 }
 
 #[cfg(test)]

@@ -176,7 +176,10 @@ fn print_kernel_table(report: &KernelBenchReport) {
     );
     for row in &report.rows {
         let (f32_us, q8_us) = row.peers.as_ref().map_or((String::from("-"), String::from("-")), |p| {
-            (format!("{:.1}", p.candle_f32_median_us), format!("{:.1}", p.candle_q8_0_median_us))
+            (
+                format!("{:.1}", p.candle_f32_median_us),
+                p.candle_q8_0_median_us.map_or_else(|| "n/a".to_string(), |us| format!("{us:.1}")),
+            )
         });
         outln!(
             "{:>15} {:>10.1} {:>10.1} {:>10.1} {:>8.0} {:>7.0}% {:>7} {:>12} {:>12}",

@@ -4,5 +4,6 @@
 mod common;
 
 mod bad_input;
+mod bench;
 mod models;
 mod quantize;

@@ -1,0 +1,94 @@
+//! `qtier bench`: reports whose statistics can be recomputed from their raw samples.
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// Type 7 percentile (linear interpolation between closest ranks), recomputed independently.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let h = (sorted.len() - 1) as f64 * p / 100.0;
+    let (lo, hi) = (h.floor() as usize, h.ceil() as usize);
+    sorted[lo] + (h - h.floor()) * (sorted[hi] - sorted[lo])
+}
+
+#[test]
+fn model_bench_reports_p99_from_enough_samples_with_recomputable_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let int8 = dir.path().join("int8");
+    run_ok(&["quantize", arg(test_model()), "-o", arg(&int8)]);
+    let stdout = qtier()
+        .args([
+            "--threads",
+            "2",
+            "bench",
+            "model",
+            arg(&int8),
+            "--batch",
+            "1",
+            "--seq",
+            "16",
+            "--min-seconds",
+            "0.2",
+            "--json",
+        ])
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert!(stdout.status.success(), "{}", String::from_utf8_lossy(&stdout.stderr));
+    let report: Value = serde_json::from_slice(&stdout.stdout).unwrap();
+    assert_eq!(report["hardware"]["instance_type"], "unknown");
+    assert_eq!(report["hardware"]["instance_type_source"], "imds-disabled");
+    assert!(report["hardware"]["kernel"].as_str().is_some_and(|k| !k.is_empty()));
+    assert!(report["hardware"]["cpu_flags"].is_array());
+    assert_eq!(report["int8"], true);
+    let command: Vec<&str> =
+        report["provenance"]["command"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(command.contains(&"model"));
+
+    let workload = &report["workloads"][0];
+    let stats = &workload["stats"];
+    let mut samples: Vec<f64> =
+        workload["samples_ns"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert!(samples.len() >= 662, "p99 needs at least 662 samples, got {}", samples.len());
+    assert_eq!(stats["count"], samples.len());
+    let mean = samples.iter().sum::<f64>() / samples.len() as f64;
+    samples.sort_by(f64::total_cmp);
+    let close = |key: &str, expected: f64| {
+        let reported = stats[key].as_f64().unwrap();
+        assert!(
+            (reported - expected).abs() <= 1e-9 * expected.abs(),
+            "{key}: reported {reported}, recomputed {expected}"
+        );
+    };
+    close("mean", mean);
+    close("min", samples[0]);
+    close("max", samples[samples.len() - 1]);
+    for (key, p) in [("p50", 50.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0)] {
+        close(key, percentile(&samples, p));
+    }
+    let ci = &stats["median_ci95"];
+    assert!(ci["low"].as_f64().unwrap() <= stats["p50"].as_f64().unwrap());
+    assert!(stats["p50"].as_f64().unwrap() <= ci["high"].as_f64().unwrap());
+    let bound = stats["tail_upper_bound"].as_f64().expect("662+ samples give an early-stopping bound");
+    assert!(bound >= stats["p99"].as_f64().unwrap());
+}
+
+#[test]
+fn kernel_bench_reports_the_issue_fields() {
+    let stdout = qtier()
+        .args(["--threads", "1", "bench", "kernels", "--shapes", "3x70x33", "--seconds", "0.05", "--json"])
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert!(stdout.status.success(), "{}", String::from_utf8_lossy(&stdout.stderr));
+    let report: Value = serde_json::from_slice(&stdout.stdout).unwrap();
+    assert_eq!(report["threads"], 1);
+    assert!(report["limits"]["int8_gops"].as_f64().unwrap() > 0.0);
+    assert!(report["limits"]["read_gbps_by_bytes"].as_object().unwrap().len() == 1);
+    let row = &report["rows"][0];
+    assert_eq!((row["m"].as_u64(), row["k"].as_u64(), row["n"].as_u64()), (Some(3), Some(70), Some(33)));
+    for key in ["median_us", "p10_us", "p90_us", "gops", "percent_of_limit"] {
+        assert!(row[key].as_f64().unwrap() > 0.0, "{key}");
+    }
+    assert!(row["peers"]["candle_f32_median_us"].as_f64().unwrap() > 0.0);
+}
