@@ -197,7 +197,8 @@ pub(crate) struct EpilogueArgs<'a> {
     pub(crate) activation: Activation,
 }
 
-/// `out[j] = act(acc[j] * xs * ws[j] + bias[j]) (+ res[j])` over `out.len()` columns.
+/// `out[j] = act(acc[j] * (xs * ws[j]) + bias[j]) (+ res[j])` over `out.len()` columns, the
+/// multiply-add fused (one `vfmadd` per vector in the SIMD builds; a libm call in the portable one).
 #[inline(always)]
 fn epilogue_row_generic(
     acc: &[i32],
@@ -216,12 +217,12 @@ fn epilogue_row_generic(
                 Some(res) => {
                     let res = &res[..n];
                     for j in 0..n {
-                        out[j] = $f(acc[j] as f32 * xs * ws[j] + bias[j]) + res[j];
+                        out[j] = $f((acc[j] as f32).mul_add(xs * ws[j], bias[j])) + res[j];
                     }
                 }
                 None => {
                     for j in 0..n {
-                        out[j] = $f(acc[j] as f32 * xs * ws[j] + bias[j]);
+                        out[j] = $f((acc[j] as f32).mul_add(xs * ws[j], bias[j]));
                     }
                 }
             }
