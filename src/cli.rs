@@ -34,6 +34,9 @@ pub enum Command {
     /// Measure latency: kernels, machine limits (models and load tests arrive with their issues).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Compare two `qtier bench model` reports: per workload the change in median and tail and
+    /// whether it is a significant regression (exit status 3).
+    Compare(CompareArgs),
     /// Run the flow on the bundled test model (all-MiniLM-L6-v2) with local defaults.
     Demo(DemoArgs),
     /// Fetch and verify the test model (all-MiniLM-L6-v2) into the cache and print its directory.
@@ -184,6 +187,12 @@ pub struct BenchModelArgs {
     /// Run int8 layers as plain per-token W8A8, without outlier decomposition.
     #[arg(long)]
     pub plain_w8a8: bool,
+    /// Compare with this earlier report and exit with status 3 on a significant regression.
+    #[arg(long, value_name = "REPORT")]
+    pub baseline: Option<PathBuf>,
+    /// Allowed median growth against --baseline before a significant change fails (e.g. 5%).
+    #[arg(long, value_name = "PERCENT", default_value = "5%")]
+    pub max_regression: String,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -219,4 +228,22 @@ pub struct BenchLimitsArgs {
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `qtier compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The baseline report.
+    pub old: PathBuf,
+    /// The new report.
+    pub new: PathBuf,
+    /// Allowed median growth before a significant change counts as a regression (e.g. 5%).
+    #[arg(long, value_name = "PERCENT", default_value = "5%")]
+    pub max_regression: String,
+    /// Print the comparison as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the comparison as a Markdown table (for pull-request comments).
+    #[arg(long, conflicts_with = "json")]
+    pub markdown: bool,
 }

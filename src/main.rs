@@ -60,11 +60,16 @@ fn main() -> ExitCode {
         Command::Embed(args) => commands::embed::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Bench(command) => commands::bench::run(command, cli.threads),
+        Command::Compare(args) => commands::compare::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::TestModel(args) => commands::test_model::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.is::<commands::compare::RegressionDetected>() => {
+            eprintln!("{error}");
+            ExitCode::from(commands::compare::EXIT_REGRESSION)
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(EXIT_FAILURE)

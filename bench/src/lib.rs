@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod compare;
 mod error;
 pub mod hardware;
 pub mod kernel_bench;

@@ -36,7 +36,13 @@ pub struct ModelBenchConfig {
     pub int8: Int8Options,
     /// Threads of the pool the model runs on (recorded in the report).
     pub threads: usize,
+    /// Test-only: stretch every timed call by this fraction of its own duration (busy work), to
+    /// check that `qtier compare` catches a regression of known size. Recorded in the report.
+    pub injected_slowdown: Option<f64>,
 }
+
+/// The environment variable that sets [`ModelBenchConfig::injected_slowdown`] (test-only).
+pub const INJECT_SLOWDOWN_ENV: &str = "QTIER_BENCH_INJECT_SLOWDOWN";
 
 /// One workload's result.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -74,6 +80,9 @@ pub struct ModelBenchReport {
     pub kernel: Option<String>,
     /// Threads of the pool the model ran on.
     pub threads: usize,
+    /// Test-only slowdown that was injected, if any (see [`INJECT_SLOWDOWN_ENV`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injected_slowdown: Option<f64>,
     /// One entry per batch size.
     pub workloads: Vec<ModelWorkload>,
 }
@@ -128,7 +137,18 @@ pub fn run_model_bench(
         let name = format!("b{batch}xs{}", config.seq);
         progress(&format!("timing {name}"));
         let tokens = TokenBatch::repeated(&ids, batch);
-        let timings = measure(&timing, || encoder.embed_tokens(&tokens).map(drop)).map_err(model_error)?;
+        let timings = measure(&timing, || {
+            let start = std::time::Instant::now();
+            encoder.embed_tokens(&tokens)?;
+            if let Some(fraction) = config.injected_slowdown {
+                let target = start.elapsed().mul_f64(1.0 + fraction);
+                while start.elapsed() < target {
+                    std::hint::spin_loop();
+                }
+            }
+            Ok(())
+        })
+        .map_err(model_error)?;
         let sample = Sample::new(timings.samples_ns.clone())?;
         workloads.push(ModelWorkload {
             name,
@@ -149,6 +169,7 @@ pub fn run_model_bench(
         int8: encoder.is_int8(),
         kernel,
         threads: config.threads,
+        injected_slowdown: config.injected_slowdown,
         workloads,
     })
 }

@@ -5,14 +5,16 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use qtier_bench::Provenance;
+use qtier_bench::compare::{compare, to_markdown};
 use qtier_bench::hardware::detect;
 use qtier_bench::kernel_bench::{KernelBenchConfig, KernelBenchReport, LinearShape, run_kernel_bench};
-use qtier_bench::model_bench::{ModelBenchConfig, run_model_bench};
+use qtier_bench::model_bench::{INJECT_SLOWDOWN_ENV, ModelBenchConfig, run_model_bench};
 use qtier_bench::timing::TimingConfig;
 use qtier_kernels::{KernelKind, limits};
 use qtier_models::Int8Options;
 
 use crate::cli::{BenchCommand, BenchKernelsArgs, BenchLimitsArgs, BenchModelArgs};
+use crate::commands::compare::{RegressionDetected, parse_threshold, read_report, report_comparison};
 
 /// Samples per shape at least, whatever `--seconds` says: enough for a stable median and p10/p90.
 const MIN_KERNEL_SAMPLES: usize = 100;
@@ -64,7 +66,10 @@ fn model(args: BenchModelArgs, threads: usize) -> anyhow::Result<()> {
         },
         int8: Int8Options { outlier_decomposition: !args.plain_w8a8 },
         threads,
+        injected_slowdown: injected_slowdown()?,
     };
+    let baseline = args.baseline.as_deref().map(read_report).transpose()?;
+    let max_regression = parse_threshold(&args.max_regression)?;
     let quiet = args.json;
     let hardware = detect(threads, args.instance_type.as_deref());
     let report = run_model_bench(&args.model, &config, provenance(), hardware, &|step| {
@@ -75,8 +80,44 @@ fn model(args: BenchModelArgs, threads: usize) -> anyhow::Result<()> {
     .with_context(|| format!("benchmarking {}", args.model.display()))?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
+    } else {
+        print_model_report(&report);
     }
+    match baseline {
+        Some(baseline) => {
+            let comparison = compare(&baseline, &report, max_regression);
+            if args.json {
+                eprintln!("{}", to_markdown(&comparison));
+                if comparison.regressed {
+                    let names = comparison.workloads.iter().filter(|w| w.regression).map(|w| w.name.clone()).collect();
+                    return Err(RegressionDetected(names).into());
+                }
+                Ok(())
+            } else {
+                report_comparison(&comparison, false, false)
+            }
+        }
+        None => Ok(()),
+    }
+}
+
+/// The test-only slowdown from [`INJECT_SLOWDOWN_ENV`], if set.
+fn injected_slowdown() -> anyhow::Result<Option<f64>> {
+    match std::env::var(INJECT_SLOWDOWN_ENV) {
+        Ok(text) => {
+            let fraction: f64 =
+                text.parse().with_context(|| format!("{INJECT_SLOWDOWN_ENV}: `{text}` is not a fraction"))?;
+            if !(fraction.is_finite() && fraction >= 0.0) {
+                bail!("{INJECT_SLOWDOWN_ENV} must be a non-negative fraction, got {text}");
+            }
+            eprintln!("warning: {INJECT_SLOWDOWN_ENV}={fraction}: every timed call is stretched (test-only knob)");
+            Ok(Some(fraction))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+fn print_model_report(report: &qtier_bench::model_bench::ModelBenchReport) {
     let hw = &report.hardware;
     outln!(
         "{} ({} cores), flags {}, instance type {} ({})",
@@ -119,7 +160,6 @@ fn model(args: BenchModelArgs, threads: usize) -> anyhow::Result<()> {
             s.outliers.indices.len()
         );
     }
-    Ok(())
 }
 
 fn kernels(args: BenchKernelsArgs, threads: usize) -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 //! result.
 
 pub mod bench;
+pub mod compare;
 pub mod demo;
 pub mod embed;
 pub mod eval;

@@ -3,7 +3,7 @@
 use std::io::Write as _;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
@@ -341,7 +341,7 @@ fn killed_run_leaves_no_output_and_the_next_run_removes_its_staging() {
     write_big_model(&model, 48);
     let out = dir.path().join("out");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qtier"))
+    let mut child = crate::common::qtier()
         .args(["quantize", arg(&model), "-o", arg(&out), "--json"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

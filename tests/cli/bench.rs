@@ -92,3 +92,70 @@ fn kernel_bench_reports_the_issue_fields() {
     }
     assert!(row["peers"]["candle_f32_median_us"].as_f64().unwrap() > 0.0);
 }
+
+/// Runs `qtier bench model` on a small workload and returns the report's path.
+fn bench_report(model: &std::path::Path, out: &std::path::Path, slowdown: Option<&str>) -> std::path::PathBuf {
+    let mut command = qtier();
+    command
+        .args(["--threads", "2", "bench", "model", arg(model), "--batch", "1", "--seq", "16", "--tail", "90"])
+        .args(["--min-seconds", "0.5", "--json"])
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    if let Some(fraction) = slowdown {
+        command.env("QTIER_BENCH_INJECT_SLOWDOWN", fraction);
+    }
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    std::fs::write(out, &output.stdout).unwrap();
+    out.to_path_buf()
+}
+
+#[test]
+fn compare_flags_an_injected_20_percent_regression_with_status_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let int8 = dir.path().join("int8");
+    run_ok(&["quantize", arg(test_model()), "-o", arg(&int8)]);
+    let old = bench_report(&int8, &dir.path().join("old.json"), None);
+    let new = bench_report(&int8, &dir.path().join("new.json"), Some("0.2"));
+    let slow: Value = serde_json::from_slice(&std::fs::read(&new).unwrap()).unwrap();
+    assert_eq!(slow["injected_slowdown"], 0.2, "the knob is recorded in the report");
+
+    let flagged = run(&["compare", arg(&old), arg(&new), "--max-regression", "5%", "--markdown"]);
+    let stdout = String::from_utf8_lossy(&flagged.stdout);
+    assert_eq!(flagged.status.code(), Some(3), "{stdout}\n{}", String::from_utf8_lossy(&flagged.stderr));
+    assert!(stdout.contains("**regression**") && stdout.contains("| b1xs16 |"), "{stdout}");
+
+    // A report compared with itself is never a regression, and the reverse direction is an
+    // improvement, not a failure.
+    assert!(run(&["compare", arg(&old), arg(&old)]).status.success());
+    let reverse = run(&["compare", arg(&new), arg(&old), "--json"]);
+    assert!(reverse.status.success());
+    let comparison: Value = serde_json::from_slice(&reverse.stdout).unwrap();
+    assert_eq!(comparison["workloads"][0]["improvement"], true);
+
+    // The same check from `bench model --baseline`.
+    let baseline = run(&[
+        "bench",
+        "model",
+        arg(&int8),
+        "--batch",
+        "1",
+        "--seq",
+        "16",
+        "--tail",
+        "90",
+        "--min-seconds",
+        "0.3",
+        "--baseline",
+        arg(&new),
+    ]);
+    assert!(baseline.status.success(), "{}", String::from_utf8_lossy(&baseline.stderr));
+}
+
+#[test]
+fn compare_rejects_a_file_that_is_not_a_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("bogus.json");
+    std::fs::write(&bogus, "{}").unwrap();
+    let stderr = run_err(&["compare", arg(&bogus), arg(&bogus)]);
+    assert!(stderr.contains("bogus.json") && stderr.contains("not a qtier bench model report"), "{stderr}");
+}

@@ -4,9 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-/// A `qtier` command, with the cache shared by all tests.
+/// A `qtier` command, with the cache shared by all tests. The EC2 metadata query is off: tests
+/// never send anything beyond loopback, even on an EC2 runner.
 pub fn qtier() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_qtier"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_qtier"));
+    command.env("AWS_EC2_METADATA_DISABLED", "true");
+    command
 }
 
 /// Runs `qtier args...` and returns its output.
