@@ -187,6 +187,19 @@ pub struct BenchModelArgs {
     /// Run int8 layers as plain per-token W8A8, without outlier decomposition.
     #[arg(long)]
     pub plain_w8a8: bool,
+    /// After the closed-loop measurement, offer this many requests per second (Poisson arrivals)
+    /// and measure latency including queueing.
+    #[arg(long, value_name = "R", conflicts_with = "find_max_qps")]
+    pub qps: Option<f64>,
+    /// Seconds of the open-loop run (or of each step of --find-max-qps).
+    #[arg(long, value_name = "S", default_value_t = 10.0)]
+    pub duration: f64,
+    /// Search the highest request rate that meets --sla.
+    #[arg(long, requires = "sla")]
+    pub find_max_qps: bool,
+    /// The latency SLA for --find-max-qps, e.g. `p99=16ms` (also p90, p95; ms, us or s).
+    #[arg(long, value_name = "PCT=LATENCY")]
+    pub sla: Option<String>,
     /// Compare with this earlier report and exit with status 3 on a significant regression.
     #[arg(long, value_name = "REPORT")]
     pub baseline: Option<PathBuf>,

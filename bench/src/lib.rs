@@ -13,6 +13,7 @@ pub mod compare;
 mod error;
 pub mod hardware;
 pub mod kernel_bench;
+pub mod load;
 pub mod model_bench;
 pub mod stats;
 pub mod timing;

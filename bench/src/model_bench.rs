@@ -12,6 +12,7 @@ use qtier_models::{Int8Options, SentenceEncoder, TokenBatch};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{BenchError, Result};
+use crate::load::{LoadRun, MaxQps, find_max_qps, run_open_loop};
 use crate::stats::{EARLY_STOPPING_CONFIDENCE, Sample, Summary, min_samples_for_percentile};
 use crate::timing::{TimingConfig, measure};
 
@@ -39,6 +40,27 @@ pub struct ModelBenchConfig {
     /// Test-only: stretch every timed call by this fraction of its own duration (busy work), to
     /// check that `qtier compare` catches a regression of known size. Recorded in the report.
     pub injected_slowdown: Option<f64>,
+    /// Open-loop load after the closed-loop measurement, if any.
+    pub load: Option<LoadMode>,
+}
+
+/// Open-loop load to apply to each workload after its closed-loop measurement.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LoadMode {
+    /// Poisson arrivals at `qps` for `duration`.
+    FixedRate {
+        /// Requests per second.
+        qps: f64,
+        /// How long.
+        duration: std::time::Duration,
+    },
+    /// Search the highest rate whose tail (the config's tail percentile) stays within `sla_ns`.
+    FindMax {
+        /// The latency bound, ns.
+        sla_ns: f64,
+        /// Duration of each search step.
+        step_duration: std::time::Duration,
+    },
 }
 
 /// The environment variable that sets [`ModelBenchConfig::injected_slowdown`] (test-only).
@@ -59,6 +81,12 @@ pub struct ModelWorkload {
     pub stopped_by_time_limit: bool,
     /// Statistics of `samples_ns`.
     pub stats: Summary,
+    /// The open-loop run at a fixed rate, when asked for (`--qps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_loop: Option<LoadRun>,
+    /// The highest rate meeting the SLA, when asked for (`--find-max-qps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_qps: Option<MaxQps>,
     /// Every sample, ns, in order.
     pub samples_ns: Vec<f64>,
 }
@@ -150,7 +178,33 @@ pub fn run_model_bench(
         })
         .map_err(model_error)?;
         let sample = Sample::new(timings.samples_ns.clone())?;
+        let serve = || encoder.embed_tokens(&tokens).map(drop);
+        let (open_loop, max_qps) = match config.load {
+            None => (None, None),
+            Some(LoadMode::FixedRate { qps, duration }) => {
+                progress(&format!("{name}: open loop at {qps} requests/s"));
+                let run =
+                    run_open_loop(qps, duration, config.tail_percentile, BOOTSTRAP_SEED, serve).map_err(model_error)?;
+                (Some(run), None)
+            }
+            Some(LoadMode::FindMax { sla_ns, step_duration }) => {
+                progress(&format!("{name}: searching the highest rate within the SLA"));
+                let single_stream_qps = 1e9 / sample.median();
+                let found = find_max_qps(
+                    single_stream_qps,
+                    sla_ns,
+                    config.tail_percentile,
+                    step_duration,
+                    BOOTSTRAP_SEED,
+                    serve,
+                )
+                .map_err(model_error)?;
+                (None, Some(found))
+            }
+        };
         workloads.push(ModelWorkload {
+            open_loop,
+            max_qps,
             name,
             batch,
             seq: config.seq,

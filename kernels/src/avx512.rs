@@ -45,7 +45,22 @@ unsafe fn finish(job: &TileJob<'_>, acc: __m512i, r: usize, p: usize, tile: &mut
         // acc holds sum (x + 128) * w; subtract 128 * colsum to get sum x * w exactly
         // (mod 2^32, and the true value fits in i32: see pack::MAX_K).
         let cs = _mm512_loadu_si512(job.col_sums.as_ptr().add(p * PANEL_COLS).cast());
-        _mm512_storeu_si512(out.cast(), _mm512_sub_epi32(acc, _mm512_slli_epi32::<7>(cs)));
+        let exact = _mm512_sub_epi32(acc, _mm512_slli_epi32::<7>(cs));
+        match job.direct {
+            Some(d) => {
+                let c0 = p * PANEL_COLS;
+                if c0 < d.cols {
+                    let left = d.cols - c0;
+                    let mask: __mmask16 = if left >= PANEL_COLS { 0xffff } else { (1u16 << left) - 1 };
+                    let ws = _mm512_loadu_ps(d.w_scales.add(c0));
+                    let b = _mm512_loadu_ps(d.bias.add(c0));
+                    let scale = _mm512_mul_ps(_mm512_set1_ps(*d.x_scales.add(r)), ws);
+                    let y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), scale, b);
+                    _mm512_mask_storeu_ps(d.out.add(r * d.stride + c0), mask, y);
+                }
+            }
+            None => _mm512_storeu_si512(out.cast(), exact),
+        }
     } else {
         _mm512_storeu_si512(out.cast(), acc);
     }

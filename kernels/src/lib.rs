@@ -4,7 +4,8 @@
 //! `y = act(x_q W_q^T * x_scale * w_scale + bias) + residual` in one pass over each output tile:
 //! activations are quantized per row (per token) on the fly ([`quant`]), the int8 GEMM
 //! accumulates exactly in i32, and the epilogue (scales, bias, [`Activation`], residual) runs on
-//! each tile while it is in L1.
+//! each tile while it is in L1 (the AVX-512 kernel dequantizes straight from its accumulator
+//! registers into the output; the activation and residual follow on the rows it just wrote).
 //!
 //! Kernels ([`KernelKind`]): a scalar reference, AVX2 (`vpmaddubsw`, exact, no saturation),
 //! AVX-VNNI (256-bit `vpdpbusd`) and AVX-512 VNNI (512-bit `vpdpbusd`, 6x64 tiles). The CPU is
@@ -15,8 +16,22 @@
 //! Work is split over output column blocks (and rows, when there are few columns) into
 //! [`QuantizedLinear::threads`] parts, run by the caller and a small spin-then-park worker pool
 //! (rayon's wake-up latency cost 2x on the GEMV; see `pool.rs`); calls under about 1 MOP stay on
-//! the calling thread. [`limits`] measures this
-//! machine's int8 peak and read bandwidth so benchmarks can report a fraction of the limit.
+//! the calling thread. [`limits`] measures this machine's int8 peak and read bandwidth so
+//! benchmarks can report a fraction of the limit.
+//!
+//! ```
+//! use qtier_kernels::{Activation, QuantizedLinear};
+//!
+//! // 2 output features, 3 inputs: int8 weights [N, K], per-channel scales, bias.
+//! let layer = QuantizedLinear::new(&[1, 0, -1, 127, 127, 127], &[0.5, 0.01], Some(&[0.0, 1.0]), 2, 3)?
+//!     .with_activation(Activation::Relu);
+//! let y = layer.forward(&[1.0, 2.0, 3.0], 1)?; // one token
+//! assert_eq!(y.len(), 2);
+//! assert!((y[0] - 0.0).abs() < 1e-6); // relu(0.5 * (1 - 3)) = 0
+//! assert!((y[1] - 7.0).abs() < 0.05); // 0.01 * 127 * 6 + 1 (up to int8 rounding of x)
+//! println!("kernel: {}", layer.kernel());
+//! # Ok::<(), qtier_kernels::KernelError>(())
+//! ```
 
 #![warn(missing_docs)]
 

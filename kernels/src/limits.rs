@@ -47,29 +47,32 @@ fn check_threads(threads: usize) -> Result<(), KernelError> {
     Ok(())
 }
 
-/// Runs `work(thread_index)` on `threads` threads released together; returns the wall time
-/// from release to the last thread's finish.
+/// Runs `work(thread_index)` on `threads` threads released together; returns the longest time
+/// any thread spent in `work`. Each thread times itself: timing from the main thread broke on a
+/// busy machine, where the workers could finish before the main thread even read the clock.
 fn timed_parallel<F: Fn(usize) + Sync>(threads: usize, work: F) -> Duration {
-    let barrier = Barrier::new(threads + 1);
+    let barrier = Barrier::new(threads);
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let (barrier, work) = (&barrier, &work);
                 s.spawn(move || {
                     barrier.wait();
+                    let start = Instant::now();
                     work(t);
+                    start.elapsed()
                 })
             })
             .collect();
-        barrier.wait();
-        let start = Instant::now();
+        let mut longest = Duration::ZERO;
         for h in handles {
             // A panicking work function is a bug in this module; propagate it.
-            if let Err(p) = h.join() {
-                std::panic::resume_unwind(p);
+            match h.join() {
+                Ok(d) => longest = longest.max(d),
+                Err(p) => std::panic::resume_unwind(p),
             }
         }
-        start.elapsed()
+        longest
     })
 }
 
@@ -167,7 +170,9 @@ pub fn read_bandwidth(bytes: usize, threads: usize) -> Result<ReadBandwidth, Ker
         if d >= MIN_REPEAT || passes >= 1 << 24 {
             break;
         }
-        passes = (passes * 2).max((passes as f64 * MIN_REPEAT.as_secs_f64() / d.as_secs_f64().max(1e-9)) as usize);
+        // Grow by at most 8x a step, so one disturbed (too short) timing cannot blow up the run.
+        let want = (passes as f64 * MIN_REPEAT.as_secs_f64() / d.as_secs_f64().max(1e-9)) as usize;
+        passes = want.clamp(passes * 2, passes * 8);
     }
     let best = (0..REPEATS).map(|_| timed_parallel(threads, |t| read_all(t, passes))).min().unwrap_or(Duration::MAX);
     let read = (words_per_thread * threads * 8 * passes) as f64;

@@ -227,13 +227,23 @@ impl QuantizedLinear {
             EpilogueArgs { x_scales: xs, w_scales: &self.w_scales, bias: &self.bias, activation: self.activation };
         let out_ptr = SendPtr(out.as_mut_ptr());
         let res_ptr = residual.map(|r| SendConstPtr(r.as_ptr()));
+        let direct = gemm::DirectTarget {
+            out: out.as_mut_ptr(),
+            n,
+            x_scales: xs.as_ptr(),
+            w_scales: self.w_scales.as_ptr(),
+            bias: self.bias.as_ptr(),
+        };
+        let direct_done = gemm::supports_direct(kind);
         let sink = |row0: usize, rows: usize, cb: usize, tile: &gemm::Tile| {
             let (o, r) = (&out_ptr, &res_ptr);
             // SAFETY: `out` holds at least m * n floats and `residual` exactly m * n (checked
             // above); run_tiles hands each (row block, column block) tile to one call only.
-            unsafe { args.apply(kind, tile, row0, rows, cb, n, o.0, r.as_ref().map(|p| p.0)) };
+            unsafe { args.apply(kind, tile, row0, rows, cb, n, o.0, r.as_ref().map(|p| p.0), direct_done) };
         };
-        gemm::run_tiles(kind, &self.packed, a, m, self.threads(), &sink);
+        // SAFETY: `direct` describes `out` (>= m * n), `xs` (m) and the scale and bias vectors
+        // padded to whole column blocks at construction.
+        unsafe { gemm::run_tiles(kind, &self.packed, a, m, self.threads(), Some(direct), &sink) };
         Ok(())
     }
 
@@ -269,7 +279,8 @@ impl QuantizedLinear {
                 dst.copy_from_slice(&acc[..cols]);
             }
         };
-        gemm::run_tiles(kind, &self.packed, &a, m, self.threads(), &sink);
+        // SAFETY: no direct output: the kernels only fill i32 tiles.
+        unsafe { gemm::run_tiles(kind, &self.packed, &a, m, self.threads(), None, &sink) };
         Ok(out)
     }
 

@@ -8,7 +8,7 @@ use qtier_bench::Provenance;
 use qtier_bench::compare::{compare, to_markdown};
 use qtier_bench::hardware::detect;
 use qtier_bench::kernel_bench::{KernelBenchConfig, KernelBenchReport, LinearShape, run_kernel_bench};
-use qtier_bench::model_bench::{INJECT_SLOWDOWN_ENV, ModelBenchConfig, run_model_bench};
+use qtier_bench::model_bench::{INJECT_SLOWDOWN_ENV, LoadMode, ModelBenchConfig, run_model_bench};
 use qtier_bench::timing::TimingConfig;
 use qtier_kernels::{KernelKind, limits};
 use qtier_models::Int8Options;
@@ -54,10 +54,14 @@ fn model(args: BenchModelArgs, threads: usize) -> anyhow::Result<()> {
         .split(',')
         .map(|b| b.trim().parse::<usize>().with_context(|| format!("--batch: `{b}` is not a batch size")))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let tail = match args.sla.as_deref().map(parse_sla).transpose()? {
+        Some((percentile, _)) => percentile,
+        None => args.tail,
+    };
     let config = ModelBenchConfig {
         batches,
         seq: args.seq,
-        tail_percentile: args.tail,
+        tail_percentile: tail,
         timing: TimingConfig {
             max_warmup: MODEL_WARMUP,
             min_duration: Duration::from_secs_f64(args.min_seconds),
@@ -67,6 +71,7 @@ fn model(args: BenchModelArgs, threads: usize) -> anyhow::Result<()> {
         int8: Int8Options { outlier_decomposition: !args.plain_w8a8 },
         threads,
         injected_slowdown: injected_slowdown()?,
+        load: load_mode(&args)?,
     };
     let baseline = args.baseline.as_deref().map(read_report).transpose()?;
     let max_regression = parse_threshold(&args.max_regression)?;
@@ -99,6 +104,47 @@ fn model(args: BenchModelArgs, threads: usize) -> anyhow::Result<()> {
         }
         None => Ok(()),
     }
+}
+
+/// The open-loop mode asked for by `--qps` or `--find-max-qps --sla`.
+fn load_mode(args: &BenchModelArgs) -> anyhow::Result<Option<LoadMode>> {
+    if !(args.duration.is_finite() && args.duration > 0.0) {
+        bail!("--duration must be a positive number of seconds, got {}", args.duration);
+    }
+    let duration = Duration::from_secs_f64(args.duration);
+    if let Some(qps) = args.qps {
+        if !(qps.is_finite() && qps > 0.0) {
+            bail!("--qps must be a positive rate, got {qps}");
+        }
+        return Ok(Some(LoadMode::FixedRate { qps, duration }));
+    }
+    if args.find_max_qps {
+        let (_, sla_ns) = parse_sla(args.sla.as_deref().unwrap_or_default())?;
+        return Ok(Some(LoadMode::FindMax { sla_ns, step_duration: duration }));
+    }
+    Ok(None)
+}
+
+/// Parses `p99=16ms` into (99, 16e6 ns).
+fn parse_sla(text: &str) -> anyhow::Result<(f64, f64)> {
+    let bad = || format!("--sla `{text}`: expected PCT=LATENCY such as p99=16ms");
+    let (percentile, latency) = text.split_once('=').with_context(bad)?;
+    let percentile: f64 = percentile.trim().strip_prefix('p').with_context(bad)?.parse().with_context(bad)?;
+    let latency = latency.trim();
+    let (number, unit_ns) = if let Some(v) = latency.strip_suffix("ms") {
+        (v, 1e6)
+    } else if let Some(v) = latency.strip_suffix("us") {
+        (v, 1e3)
+    } else if let Some(v) = latency.strip_suffix('s') {
+        (v, 1e9)
+    } else {
+        bail!(bad());
+    };
+    let value: f64 = number.trim().parse().with_context(bad)?;
+    if !(percentile > 0.0 && percentile < 100.0 && value.is_finite() && value > 0.0) {
+        bail!(bad());
+    }
+    Ok((percentile, value * unit_ns))
 }
 
 /// The test-only slowdown from [`INJECT_SLOWDOWN_ENV`], if set.
@@ -159,6 +205,28 @@ fn print_model_report(report: &qtier_bench::model_bench::ModelBenchReport) {
             s.tail_upper_bound.map_or("-".to_string(), |b| format!("{:.3}", b / 1e6)),
             s.outliers.indices.len()
         );
+        if let Some(run) = &w.open_loop {
+            let tail = run.stats.as_ref().map_or("-".to_string(), |s| format!("{:.3}", s.p99 / 1e6));
+            outln!(
+                "{:>12}  open loop: offered {:.1}/s, achieved {:.1}/s, {} requests, p99 {} ms{}",
+                "",
+                run.target_qps,
+                run.achieved_qps,
+                run.completed,
+                tail,
+                if run.overloaded { " (overloaded: queue grew without bound)" } else { "" }
+            );
+        }
+        if let Some(found) = &w.max_qps {
+            outln!(
+                "{:>12}  max rate with p{} <= {:.3} ms: {:.1} requests/s ({} steps)",
+                "",
+                found.tail_percentile,
+                found.sla_ns / 1e6,
+                found.max_qps,
+                found.steps.len()
+            );
+        }
     }
 }
 

@@ -159,3 +159,42 @@ fn compare_rejects_a_file_that_is_not_a_report() {
     let stderr = run_err(&["compare", arg(&bogus), arg(&bogus)]);
     assert!(stderr.contains("bogus.json") && stderr.contains("not a qtier bench model report"), "{stderr}");
 }
+
+#[test]
+fn open_loop_and_max_qps_search_run_on_the_int8_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let int8 = dir.path().join("int8");
+    run_ok(&["quantize", arg(test_model()), "-o", arg(&int8)]);
+    let common = [
+        "bench",
+        "model",
+        arg(&int8),
+        "--batch",
+        "1",
+        "--seq",
+        "8",
+        "--tail",
+        "90",
+        "--min-seconds",
+        "0.1",
+        "--duration",
+        "0.5",
+        "--json",
+    ];
+    let fixed: Value = serde_json::from_str(&run_ok(&[&common[..], &["--qps", "20"]].concat())).unwrap();
+    let run = &fixed["workloads"][0]["open_loop"];
+    assert_eq!(run["target_qps"], 20.0);
+    assert!(run["completed"].as_u64().unwrap() >= 1);
+    let latencies = run["samples_ns"].as_array().unwrap();
+    assert_eq!(latencies.len() as u64, run["completed"].as_u64().unwrap());
+
+    let search: Value =
+        serde_json::from_str(&run_ok(&[&common[..], &["--find-max-qps", "--sla", "p90=1s"]].concat())).unwrap();
+    let found = &search["workloads"][0]["max_qps"];
+    assert_eq!(found["sla_ns"], 1e9);
+    assert!(found["max_qps"].as_f64().unwrap() > 0.0, "{found}");
+    assert!(!found["steps"].as_array().unwrap().is_empty());
+
+    let stderr = run_err(&[&common[..], &["--find-max-qps", "--sla", "p99=fast"]].concat());
+    assert!(stderr.contains("--sla"), "{stderr}");
+}
