@@ -71,8 +71,8 @@ pub fn compare(old: &ModelBenchReport, new: &ModelBenchReport, max_regression: f
         };
         let p_value = mann_whitney_greater(&new_workload.samples_ns, &old_workload.samples_ns);
         let (old_stats, new_stats) = (&old_workload.stats, &new_workload.stats);
-        let old_tail = tail(old_stats);
-        let new_tail = tail(new_stats);
+        let old_tail = old_stats.tail();
+        let new_tail = new_stats.tail();
         let median_change = new_stats.p50 / old_stats.p50 - 1.0;
         let faster_p = mann_whitney_greater(&old_workload.samples_ns, &new_workload.samples_ns);
         workloads.push(WorkloadComparison {
@@ -93,15 +93,6 @@ pub fn compare(old: &ModelBenchReport, new: &ModelBenchReport, max_regression: f
     );
     let regressed = workloads.iter().any(|w| w.regression);
     Comparison { max_regression, workloads, unmatched, regressed }
-}
-
-/// The tail percentile a summary names (p99 for the default tail).
-fn tail(stats: &crate::stats::Summary) -> f64 {
-    match stats.tail_percentile {
-        p if p >= 99.0 => stats.p99,
-        p if p >= 95.0 => stats.p95,
-        _ => stats.p90,
-    }
 }
 
 /// One-sided p-value of the Mann-Whitney U test for "`a` tends to be larger than `b`", with the

@@ -151,7 +151,7 @@ pub fn find_max_qps<E>(
     let mut steps = Vec::new();
     let mut trial = |qps: f64, steps: &mut Vec<SearchStep>| -> Result<bool, E> {
         let run = run_open_loop(qps, duration, tail_percentile, seed ^ steps.len() as u64, &mut serve)?;
-        let tail_ns = if run.overloaded { None } else { run.stats.as_ref().map(|s| tail_of(s)) };
+        let tail_ns = if run.overloaded { None } else { run.stats.as_ref().map(Summary::tail) };
         let met = tail_ns.is_some_and(|t| t <= sla_ns);
         steps.push(SearchStep { qps, tail_ns, met });
         Ok(met)
@@ -186,14 +186,6 @@ pub fn find_max_qps<E>(
         }
     }
     Ok(MaxQps { tail_percentile, sla_ns, max_qps: low, steps })
-}
-
-fn tail_of(stats: &Summary) -> f64 {
-    match stats.tail_percentile {
-        p if p >= 99.0 => stats.p99,
-        p if p >= 95.0 => stats.p95,
-        _ => stats.p90,
-    }
 }
 
 #[cfg(test)]

@@ -389,6 +389,16 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The value of the tail percentile this summary names: p99, p95 or p90 for a tail of at
+    /// least 99, 95 or otherwise.
+    pub fn tail(&self) -> f64 {
+        match self.tail_percentile {
+            p if p >= 99.0 => self.p99,
+            p if p >= 95.0 => self.p95,
+            _ => self.p90,
+        }
+    }
+
     /// Computes every statistic of `sample`; `tail_percentile` (e.g. 99) must lie strictly between
     /// 0 and 100, and `seed` fixes the bootstrap, so equal inputs give equal summaries.
     pub fn compute(sample: &Sample, tail_percentile: f64, seed: u64) -> Result<Self, StatsError> {

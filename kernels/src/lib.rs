@@ -28,7 +28,7 @@
 //! let y = layer.forward(&[1.0, 2.0, 3.0], 1)?; // one token
 //! assert_eq!(y.len(), 2);
 //! assert!((y[0] - 0.0).abs() < 1e-6); // relu(0.5 * (1 - 3)) = 0
-//! assert!((y[1] - 7.0).abs() < 0.05); // 0.01 * 127 * 6 + 1 (up to int8 rounding of x)
+//! assert!((y[1] - 8.62).abs() < 0.05); // 0.01 * 127 * 6 + 1, up to int8 rounding of x
 //! println!("kernel: {}", layer.kernel());
 //! # Ok::<(), qtier_kernels::KernelError>(())
 //! ```
