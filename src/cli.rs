@@ -207,8 +207,20 @@ pub struct BenchModelArgs {
     #[arg(long, value_name = "PERCENT", default_value = "5%")]
     pub max_regression: String,
     /// Print the report as JSON.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["markdown", "emf"])]
     pub json: bool,
+    /// Print the report as Markdown.
+    #[arg(long, conflicts_with = "emf")]
+    pub markdown: bool,
+    /// Print CloudWatch Embedded Metric Format lines (latencies, <= 100 per record).
+    #[arg(long)]
+    pub emf: bool,
+    /// Also write a self-contained HTML page with latency CDF and histogram plots to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Replace an existing --html file.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `qtier bench kernels`.

@@ -11,6 +11,7 @@
 
 pub mod compare;
 mod error;
+pub mod export;
 pub mod hardware;
 pub mod kernel_bench;
 pub mod load;
@@ -31,4 +32,7 @@ pub struct Provenance {
     pub git_revision: String,
     /// The full command line.
     pub command: Vec<String>,
+    /// When the run started, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub started_unix_ms: u64,
 }

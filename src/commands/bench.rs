@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use qtier_bench::Provenance;
 use qtier_bench::compare::{compare, to_markdown};
+use qtier_bench::export::{Emf, Exporter, Html, Markdown};
 use qtier_bench::hardware::detect;
 use qtier_bench::kernel_bench::{KernelBenchConfig, KernelBenchReport, LinearShape, run_kernel_bench};
 use qtier_bench::model_bench::{INJECT_SLOWDOWN_ENV, LoadMode, ModelBenchConfig, run_model_bench};
@@ -27,6 +28,9 @@ fn provenance() -> Provenance {
         qtier_version: env!("CARGO_PKG_VERSION").to_string(),
         git_revision: env!("QTIER_GIT_REVISION").to_string(),
         command: std::env::args().collect(),
+        started_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
     }
 }
 
@@ -83,15 +87,23 @@ fn model(args: BenchModelArgs, threads: usize) -> anyhow::Result<()> {
         }
     })
     .with_context(|| format!("benchmarking {}", args.model.display()))?;
+    if let Some(path) = &args.html {
+        write_new_file(path, Html.export(&report).as_bytes(), args.force)?;
+    }
+    let machine_readable = args.json || args.emf || args.markdown;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
+    } else if args.markdown {
+        out!("{}", Markdown.export(&report));
+    } else if args.emf {
+        out!("{}", Emf.export(&report));
     } else {
         print_model_report(&report);
     }
     match baseline {
         Some(baseline) => {
             let comparison = compare(&baseline, &report, max_regression);
-            if args.json {
+            if machine_readable {
                 eprintln!("{}", to_markdown(&comparison));
                 if comparison.regressed {
                     let names = comparison.workloads.iter().filter(|w| w.regression).map(|w| w.name.clone()).collect();
@@ -104,6 +116,20 @@ fn model(args: BenchModelArgs, threads: usize) -> anyhow::Result<()> {
         }
         None => Ok(()),
     }
+}
+
+/// Writes `bytes` to `path` through a temporary file beside it, refusing to replace an existing
+/// file unless `force`.
+fn write_new_file(path: &std::path::Path, bytes: &[u8], force: bool) -> anyhow::Result<()> {
+    if path.exists() && !force {
+        bail!("{}: already exists; pass --force to replace it", path.display());
+    }
+    let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?;
+    let temporary = path.with_file_name(format!(".{}.qtier-partial-{}", name.to_string_lossy(), std::process::id()));
+    std::fs::write(&temporary, bytes).with_context(|| format!("writing {}", temporary.display()))?;
+    std::fs::rename(&temporary, path).with_context(|| format!("renaming into {}", path.display())).inspect_err(|_| {
+        let _ = std::fs::remove_file(&temporary);
+    })
 }
 
 /// The open-loop mode asked for by `--qps` or `--find-max-qps --sla`.

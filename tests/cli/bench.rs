@@ -198,3 +198,25 @@ fn open_loop_and_max_qps_search_run_on_the_int8_model() {
     let stderr = run_err(&[&common[..], &["--find-max-qps", "--sla", "p99=fast"]].concat());
     assert!(stderr.contains("--sla"), "{stderr}");
 }
+
+#[test]
+fn model_bench_writes_html_markdown_and_emf() {
+    let dir = tempfile::tempdir().unwrap();
+    let int8 = dir.path().join("int8");
+    run_ok(&["quantize", arg(test_model()), "-o", arg(&int8)]);
+    let html = dir.path().join("report.html");
+    let common = ["bench", "model", arg(&int8), "--batch", "1,2", "--seq", "8", "--tail", "90", "--min-seconds", "0.1"];
+    let markdown = run_ok(&[&common[..], &["--markdown", "--html", arg(&html)]].concat());
+    assert!(markdown.contains("| b1xs8 |") && markdown.contains("| b2xs8 |"), "{markdown}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>") && page.matches("<svg ").count() == 4);
+    let refused = run_err(&[&common[..], &["--html", arg(&html)]].concat());
+    assert!(refused.contains("already exists"), "{refused}");
+    let emf = run_ok(&[&common[..], &["--emf"]].concat());
+    for line in emf.lines() {
+        let record: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(record["_aws"]["CloudWatchMetrics"][0]["Namespace"], "qtier");
+        assert!(record["Latency"].as_array().unwrap().len() <= 100);
+        assert_eq!(record["InstanceType"], "unknown");
+    }
+}
