@@ -1,13 +1,17 @@
 //! `qtier demo`: the flow on the test model, with local defaults and no cloud account.
 
-use anyhow::bail;
+use anyhow::{Context, bail};
+use qtier_models::SentenceEncoder;
+use qtier_models::eval::{DEV_SENTENCES, evaluate, lines};
 use qtier_quantize::report::REPORT_JSON;
 use qtier_quantize::{LayerSelection, QuantizeOptions};
 
 use crate::cli::DemoArgs;
+use crate::commands::eval::print_summary;
 use crate::commands::quantize::{print_report, quantize_with_progress};
 
-/// Runs `qtier demo`: fetches all-MiniLM-L6-v2 and quantizes it into `<out>/<model>-w8a8`.
+/// Runs `qtier demo`: fetches all-MiniLM-L6-v2, quantizes it into `<out>/<model>-w8a8`, and
+/// evaluates the artifact against the float model on the development sentences.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let model = crate::test_model::ensure()?;
     let output = args.out.join(format!("{}-w8a8", crate::test_model::MODEL_NAME));
@@ -18,13 +22,22 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         bail!("{}: exists and is not a qtier artifact; pass --force to replace it", output.display());
     }
     let options = QuantizeOptions {
-        input: model,
-        output,
+        input: model.clone(),
+        output: output.clone(),
         selection: LayerSelection::default(),
         allow_nonfinite: false,
         force: true,
         durable: false,
     };
     let report = quantize_with_progress(&options, args.json)?;
-    print_report(&report, args.json)
+    let reference = SentenceEncoder::load(&model).with_context(|| format!("loading {}", model.display()))?;
+    let candidate = SentenceEncoder::load(&output).with_context(|| format!("loading {}", output.display()))?;
+    let eval = evaluate(&reference, &candidate, &lines(DEV_SENTENCES))?;
+    if args.json {
+        outln!("{}", serde_json::json!({ "quantize": report, "eval": eval }));
+    } else {
+        print_report(&report, false)?;
+        print_summary(&eval);
+    }
+    Ok(())
 }

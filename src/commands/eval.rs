@@ -47,7 +47,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_summary(report: &EvalReport) {
+/// Prints an eval report for people.
+pub fn print_summary(report: &EvalReport) {
     outln!("eval {} vs {} on {} texts", report.candidate, report.reference, report.texts);
     outln!(
         "  embedding cosine: mean {:.6}, min {:.6}, p1 {:.6}",

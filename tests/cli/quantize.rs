@@ -373,3 +373,14 @@ fn demo_quantizes_the_test_model_and_can_run_again() {
     }
     assert_eq!(entries(&dir.path().join("qtier-artifacts")), ["all-MiniLM-L6-v2-w8a8"]);
 }
+
+#[test]
+fn demo_reports_the_evaluation_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = qtier().args(["demo", "--json"]).current_dir(dir.path()).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["quantize"]["totals"]["layers_quantized"], 37);
+    assert_eq!(report["eval"]["texts"], 20);
+    assert!(report["eval"]["cosine"]["min"].as_f64().unwrap() >= 0.996);
+}
