@@ -130,9 +130,14 @@ impl Linear {
             }
             LinearKind::Int8(layer) => {
                 let rows = x.dim(0)?;
-                let input = x.flatten_all()?.to_vec1::<f32>()?;
-                let residual = residual.map(|r| r.flatten_all()?.to_vec1::<f32>()).transpose()?;
-                let output = self.forward_int8(layer, input, rows, residual.as_deref())?;
+                let x = x.contiguous()?;
+                let residual = residual.map(Tensor::contiguous).transpose()?;
+                let output = with_f32_slice(&x, |input| match &residual {
+                    Some(residual) => {
+                        with_f32_slice(residual, |residual| self.forward_int8(layer, input, rows, Some(residual)))
+                    }
+                    None => self.forward_int8(layer, input, rows, None),
+                })?;
                 Ok(Tensor::from_vec(output, (rows, self.out_features), &Device::Cpu)?)
             }
         }
@@ -147,7 +152,7 @@ impl Linear {
     fn forward_int8(
         &self,
         layer: &Int8Weights,
-        mut input: Vec<f32>,
+        input: &[f32],
         rows: usize,
         residual: Option<&[f32]>,
     ) -> Result<Vec<f32>> {
@@ -156,13 +161,19 @@ impl Linear {
         // Per token, the outliers taken out: (row, channel, value).
         let mut outliers: Vec<(usize, usize, f32)> = Vec::new();
         if self.outlier_decomposition {
-            for (m, row) in input.chunks_exact_mut(k).enumerate() {
-                for j in outlier_channels(row) {
-                    outliers.push((m, j, row[j]));
-                    row[j] = 0.0;
-                }
+            for (m, row) in input.chunks_exact(k).enumerate() {
+                outliers.extend(outlier_channels(row).into_iter().map(|j| (m, j, row[j])));
             }
         }
+        // The input with the outliers zeroed; copied only when there are some.
+        let zeroed: Option<Vec<f32>> = (!outliers.is_empty()).then(|| {
+            let mut copy = input.to_vec();
+            for &(m, j, _) in &outliers {
+                copy[m * k + j] = 0.0;
+            }
+            copy
+        });
+        let input = zeroed.as_deref().unwrap_or(input);
         let add_outliers = |output: &mut [f32], row_of: &dyn Fn(usize) -> usize| {
             for &(m, j, value) in &outliers {
                 let start = row_of(m) * n;
@@ -172,7 +183,7 @@ impl Linear {
             }
         };
         if outliers.is_empty() || self.activation == Activation::None {
-            layer.fused.forward_into(&input, rows, &mut output, residual)?;
+            layer.fused.forward_into(input, rows, &mut output, residual)?;
             add_outliers(&mut output, &|m| m);
             return Ok(output);
         }
@@ -194,7 +205,7 @@ impl Linear {
             let clean_residual = residual.map(|r| gather(r, n, &clean_rows));
             let mut clean_output = vec![0.0f32; clean_rows.len() * n];
             layer.fused.forward_into(
-                &gather(&input, k, &clean_rows),
+                &gather(input, k, &clean_rows),
                 clean_rows.len(),
                 &mut clean_output,
                 clean_residual.as_deref(),
@@ -204,7 +215,7 @@ impl Linear {
             }
         }
         let mut dirty_output = vec![0.0f32; dirty_rows.len() * n];
-        layer.plain.forward_into(&gather(&input, k, &dirty_rows), dirty_rows.len(), &mut dirty_output, None)?;
+        layer.plain.forward_into(&gather(input, k, &dirty_rows), dirty_rows.len(), &mut dirty_output, None)?;
         let mut position = vec![0usize; rows];
         for (index, &m) in dirty_rows.iter().enumerate() {
             position[m] = index;
@@ -222,6 +233,19 @@ impl Linear {
         }
         Ok(output)
     }
+}
+
+/// Calls `f` with the f32 values of a contiguous CPU tensor, without copying them.
+fn with_f32_slice<R>(tensor: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = tensor.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Err(candle_core::Error::Msg("int8 layers run on CPU tensors".into()).into());
+    };
+    let values = cpu.as_slice::<f32>()?;
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("int8 layer input is not contiguous".into()))?;
+    f(&values[start..end])
 }
 
 /// Applies `activation` to every value, one loop per activation so each vectorizes.
