@@ -16,6 +16,9 @@ use crate::linear::{Int8Options, Linear};
 use crate::tokenize::TokenBatch;
 use crate::weights::ModelWeights;
 
+/// The name part of attention's fused input projection (`encoder.layer.N.attention.self.query+key+value`).
+pub const FUSED_QKV: &str = "query+key+value";
+
 /// Added to attention scores of padding positions before the softmax: large enough that their
 /// weight underflows to exactly zero, small enough that no sum overflows.
 const MASKED_SCORE: f32 = -1e9;
@@ -44,10 +47,15 @@ impl LayerNorm {
     }
 }
 
+/// Attention's input projections: one fused layer when query, key and value are stored alike
+/// (all int8 or all float), else three.
+enum AttentionInput {
+    Fused(Linear),
+    Separate { query: Linear, key: Linear, value: Linear },
+}
+
 struct EncoderLayer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    attention_input: AttentionInput,
     attention_output: Linear,
     attention_norm: LayerNorm,
     intermediate: Linear,
@@ -91,10 +99,18 @@ impl BertModel {
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for n in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{n}");
+            let [query, key, value] = ["query", "key", "value"].map(|part| format!("{p}.attention.self.{part}"));
+            let fused_name = format!("{p}.attention.self.{FUSED_QKV}");
+            let attention_input = match weights.fused_linear(&fused_name, &[&query, &key, &value], h, h)? {
+                Some(fused) => AttentionInput::Fused(fused),
+                None => AttentionInput::Separate {
+                    query: weights.linear(&query, h, h, Activation::None)?,
+                    key: weights.linear(&key, h, h, Activation::None)?,
+                    value: weights.linear(&value, h, h, Activation::None)?,
+                },
+            };
             layers.push(EncoderLayer {
-                query: weights.linear(&format!("{p}.attention.self.query"), h, h, Activation::None)?,
-                key: weights.linear(&format!("{p}.attention.self.key"), h, h, Activation::None)?,
-                value: weights.linear(&format!("{p}.attention.self.value"), h, h, Activation::None)?,
+                attention_input,
                 attention_output: weights.linear(&format!("{p}.attention.output.dense"), h, h, Activation::None)?,
                 attention_norm: LayerNorm::load(&weights, &format!("{p}.attention.output.LayerNorm"), h, eps)?,
                 intermediate: weights.linear(&format!("{p}.intermediate.dense"), i, h, act)?,
@@ -119,11 +135,16 @@ impl BertModel {
         &self.config
     }
 
-    /// Every Linear layer, in execution order.
+    /// Every Linear layer, in execution order (query, key and value as one fused layer named
+    /// `...attention.self.query+key+value` where they are stored alike).
     pub fn linears(&self) -> impl Iterator<Item = &Linear> {
-        self.layers
-            .iter()
-            .flat_map(|l| [&l.query, &l.key, &l.value, &l.attention_output, &l.intermediate, &l.output].into_iter())
+        self.layers.iter().flat_map(|l| {
+            let inputs: Vec<&Linear> = match &l.attention_input {
+                AttentionInput::Fused(fused) => vec![fused],
+                AttentionInput::Separate { query, key, value } => vec![query, key, value],
+            };
+            inputs.into_iter().chain([&l.attention_output, &l.intermediate, &l.output])
+        })
     }
 
     /// Token hidden states `[batch, seq, hidden]` for a tokenized batch.
@@ -170,9 +191,16 @@ impl BertModel {
                 tap(linear, input)?;
                 linear.forward(input, residual)
             };
-            let q = split_heads(run(&layer.query, &hidden, None)?)?;
-            let k = split_heads(run(&layer.key, &hidden, None)?)?;
-            let v = split_heads(run(&layer.value, &hidden, None)?)?;
+            let (q, k, v) = match &layer.attention_input {
+                AttentionInput::Fused(fused) => {
+                    let qkv = run(fused, &hidden, None)?;
+                    (qkv.narrow(1, 0, h)?, qkv.narrow(1, h, h)?, qkv.narrow(1, 2 * h, h)?)
+                }
+                AttentionInput::Separate { query, key, value } => {
+                    (run(query, &hidden, None)?, run(key, &hidden, None)?, run(value, &hidden, None)?)
+                }
+            };
+            let (q, k, v) = (split_heads(q)?, split_heads(k)?, split_heads(v)?);
             let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&mask_bias)?;
             let probabilities = candle_nn::ops::softmax_last_dim(&scores)?;
             let context = probabilities.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b * s, h))?;

@@ -101,6 +101,55 @@ impl ModelWeights {
         }
     }
 
+    /// Several Linear modules with the same input, run as one layer whose output is their
+    /// outputs side by side (e.g. attention's query, key and value): one GEMM and one activation
+    /// quantization instead of several. `None` when some are int8 and some float.
+    pub fn fused_linear(
+        &self,
+        name: &str,
+        modules: &[&str],
+        out_features: usize,
+        in_features: usize,
+    ) -> Result<Option<Linear>> {
+        let quantized = modules.iter().filter(|m| self.is_quantized(m)).count();
+        let total_out = out_features * modules.len();
+        let mut bias = Vec::with_capacity(total_out);
+        for module in modules {
+            bias.extend(self.tensor(&format!("{module}.bias"), &[out_features])?.to_vec1::<f32>()?);
+        }
+        if quantized == modules.len() {
+            let mut values = Vec::with_capacity(total_out * in_features);
+            let mut scales = Vec::with_capacity(total_out);
+            for module in modules {
+                let full = self.full_name(module);
+                let weight = read_quantized_weight(&self.checkpoint, &full)?;
+                if (weight.out_features, weight.in_features) != (out_features, in_features) {
+                    return Err(self.bad(
+                        &format!("{full}.weight"),
+                        format!(
+                            "shape [{}, {}], expected [{out_features}, {in_features}]",
+                            weight.out_features, weight.in_features
+                        ),
+                    ));
+                }
+                values.extend_from_slice(&weight.values);
+                scales.extend_from_slice(&weight.scales);
+            }
+            let layer = QuantizedLinear::new(&values, &scales, Some(&bias), total_out, in_features)?;
+            Ok(Some(Linear::int8(name, layer, &values, &scales, self.int8)))
+        } else if quantized == 0 {
+            let weights = modules
+                .iter()
+                .map(|m| self.tensor(&format!("{m}.weight"), &[out_features, in_features]))
+                .collect::<Result<Vec<_>>>()?;
+            let weight = Tensor::cat(&weights, 0)?;
+            let bias = Tensor::from_vec(bias, total_out, &Device::Cpu)?;
+            Ok(Some(Linear::float(name, &weight, bias, Activation::None)?))
+        } else {
+            Ok(None)
+        }
+    }
+
     fn bad(&self, tensor: &str, problem: String) -> ModelError {
         ModelError::InvalidWeight { path: self.dir.clone(), tensor: tensor.to_string(), problem }
     }
