@@ -37,6 +37,12 @@ pub enum Command {
     /// Compare two `qtier bench model` reports: per workload the change in median and tail and
     /// whether it is a significant regression (exit status 3).
     Compare(CompareArgs),
+    /// Choose the cheapest instance that meets each service tier, from bench reports (measured,
+    /// or projected onto unmeasured types).
+    Recommend(crate::commands::recommend::RecommendArgs),
+    /// Maintain the instance catalog (import prices from an AWS Price List offer file).
+    #[command(subcommand)]
+    Profiles(crate::commands::profiles::ProfilesCommand),
     /// Run the flow on the bundled test model (all-MiniLM-L6-v2) with local defaults.
     Demo(DemoArgs),
     /// Fetch and verify the test model (all-MiniLM-L6-v2) into the cache and print its directory.

@@ -61,6 +61,8 @@ fn main() -> ExitCode {
         Command::Eval(args) => commands::eval::run(args),
         Command::Bench(command) => commands::bench::run(command, cli.threads),
         Command::Compare(args) => commands::compare::run(args),
+        Command::Recommend(args) => commands::recommend::run(args),
+        Command::Profiles(command) => commands::profiles::run(command),
         Command::Demo(args) => commands::demo::run(args),
         Command::TestModel(args) => commands::test_model::run(args),
     };

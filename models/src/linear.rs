@@ -41,9 +41,11 @@ struct Int8Weights {
     fused: QuantizedLinear,
     /// The same weights without activation, for calls that add outlier channels before it.
     plain: QuantizedLinear,
-    /// `[in, out]`: column `j` of the int8 weight times its row scales, i.e. the dequantized
-    /// weight transposed, read one input channel at a time for outlier channels.
-    dequantized_t: Vec<f32>,
+    /// `[in, out]`: the int8 weight transposed, so an outlier input channel `j` reads one
+    /// contiguous row (one byte per weight, not four).
+    weights_t: Vec<i8>,
+    /// Per output channel scales.
+    scales: Vec<f32>,
 }
 
 /// A Linear layer `act(x W^T + b)`, optionally plus a residual.
@@ -74,10 +76,10 @@ impl Linear {
     /// per-row scales; `outlier_decomposition` as in [`Int8Options`].
     pub fn int8(name: &str, layer: QuantizedLinear, weights: &[i8], scales: &[f32], options: Int8Options) -> Linear {
         let (n, k) = (layer.n(), layer.k());
-        let mut dequantized_t = vec![0.0f32; n * k];
-        for (row, (values, scale)) in weights.chunks_exact(k).zip(scales).enumerate() {
+        let mut weights_t = vec![0i8; n * k];
+        for (row, values) in weights.chunks_exact(k).enumerate() {
             for (column, value) in values.iter().enumerate() {
-                dequantized_t[column * n + row] = f32::from(*value) * scale;
+                weights_t[column * n + row] = *value;
             }
         }
         Linear {
@@ -88,7 +90,8 @@ impl Linear {
             kind: LinearKind::Int8(Box::new(Int8Weights {
                 plain: layer.clone().with_activation(Activation::None),
                 fused: layer,
-                dequantized_t,
+                weights_t,
+                scales: scales.to_vec(),
             })),
         }
     }
@@ -177,8 +180,9 @@ impl Linear {
         let add_outliers = |output: &mut [f32], row_of: &dyn Fn(usize) -> usize| {
             for &(m, j, value) in &outliers {
                 let start = row_of(m) * n;
-                for (y, w) in output[start..start + n].iter_mut().zip(&layer.dequantized_t[j * n..(j + 1) * n]) {
-                    *y += value * w;
+                let column = &layer.weights_t[j * n..(j + 1) * n];
+                for ((y, q), scale) in output[start..start + n].iter_mut().zip(column).zip(&layer.scales) {
+                    *y += value * (f32::from(*q) * scale);
                 }
             }
         };

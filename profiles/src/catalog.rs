@@ -221,7 +221,11 @@ impl InstanceCatalog {
             if let Some(gpu) = &instance.gpu
                 && gpu.count == 0
             {
-                return Err(invalid(entry.span(), name, "gpu.count must be at least 1 (omit [instance.gpu] instead)".into()));
+                return Err(invalid(
+                    entry.span(),
+                    name,
+                    "gpu.count must be at least 1 (omit [instance.gpu] instead)".into(),
+                ));
             }
         }
         let mut families = std::collections::BTreeSet::new();
@@ -237,11 +241,7 @@ impl InstanceCatalog {
                 return Err(invalid(entry.span(), family, "no instance of this family in the catalog".into()));
             }
             if members.iter().any(|i| i.service == Service::Sagemaker) {
-                return Err(invalid(
-                    entry.span(),
-                    family,
-                    "SageMaker real-time endpoints have no spot pricing".into(),
-                ));
+                return Err(invalid(entry.span(), family, "SageMaker real-time endpoints have no spot pricing".into()));
             }
         }
         Ok(Self {
@@ -365,8 +365,8 @@ as_of = "2026-11-30"
     fn a_negative_price_is_an_error_naming_its_line() {
         let error = InstanceCatalog::parse(&minimal("", "-0.085"), "t.toml").unwrap_err();
         let ProfilesError::Toml { line, message, .. } = &error else { panic!("{error}") };
-        assert_eq!(*line, Some(22), "{message}");
-        assert!(message.contains("line 22") && message.contains("greater than zero"), "{message}");
+        assert_eq!(*line, Some(21), "{message}");
+        assert!(message.contains("line 21") && message.contains("greater than zero"), "{message}");
         assert!(error.to_string().starts_with("t.toml: "));
     }
 
@@ -374,7 +374,7 @@ as_of = "2026-11-30"
     fn an_unknown_key_is_an_error_naming_its_line() {
         let error = InstanceCatalog::parse(&minimal("gpus = 1", "0.085"), "t.toml").unwrap_err();
         let ProfilesError::Toml { line, message, .. } = &error else { panic!("{error}") };
-        assert_eq!(*line, Some(11), "{message}");
+        assert_eq!(*line, Some(12), "{message}");
         assert!(message.contains("gpus"), "{message}");
     }
 
@@ -390,7 +390,10 @@ as_of = "2026-11-30"
         let one = minimal("", "0.085");
         let twice = format!("{one}\n{}", &one[one.find("[[instance]]").unwrap()..]);
         let error = InstanceCatalog::parse(&twice, "t.toml").unwrap_err();
-        assert!(matches!(&error, ProfilesError::Invalid { line, item, .. } if *line > 20 && item == "c6i.large"), "{error}");
+        assert!(
+            matches!(&error, ProfilesError::Invalid { line, item, .. } if *line > 20 && item == "c6i.large"),
+            "{error}"
+        );
 
         let wrong_family = minimal("", "0.085").replace("family = \"c6i\"", "family = \"c5\"");
         let error = InstanceCatalog::parse(&wrong_family, "t.toml").unwrap_err();

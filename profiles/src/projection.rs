@@ -95,6 +95,16 @@ impl Int8Isa {
         }
     }
 
+    /// The name of qtier's kernel for this ISA.
+    pub fn kernel_name(self) -> &'static str {
+        match self {
+            Int8Isa::Avx512Vnni => "avx512vnni",
+            Int8Isa::AvxVnni => "avxvnni",
+            Int8Isa::Avx2 => "avx2",
+            Int8Isa::Scalar => "scalar",
+        }
+    }
+
     /// int8 operations per cycle and core.
     pub fn int8_ops_per_cycle(self) -> f64 {
         match self {
@@ -145,7 +155,11 @@ impl DeviceClass {
 /// read bandwidth.
 fn cpu_peaks(isa: Int8Isa, avx512: bool, ghz: f64, cores: f64, gbps: f64) -> Peaks {
     let f32_per_cycle = if avx512 { AVX512_F32_OPS_PER_CYCLE } else { AVX2_F32_OPS_PER_CYCLE };
-    Peaks { int8_ops: isa.int8_ops_per_cycle() * ghz * 1e9 * cores, float_ops: f32_per_cycle * ghz * 1e9 * cores, bytes: gbps * 1e9 }
+    Peaks {
+        int8_ops: isa.int8_ops_per_cycle() * ghz * 1e9 * cores,
+        float_ops: f32_per_cycle * ghz * 1e9 * cores,
+        bytes: gbps * 1e9,
+    }
 }
 
 /// The CPU a report was measured on, as far as its hardware fields tell.
@@ -167,7 +181,8 @@ impl MeasuringHost {
     /// The host of a run with `threads` threads on `hardware`. The kernel name wins over the
     /// flags when it is a known one (it is what ran, e.g. forced by `QTIER_KERNEL`).
     pub fn of(hardware: &Hardware, threads: usize) -> Self {
-        let isa = Int8Isa::from_kernel_name(&hardware.kernel).unwrap_or_else(|| Int8Isa::from_flags(&hardware.cpu_flags));
+        let isa =
+            Int8Isa::from_kernel_name(&hardware.kernel).unwrap_or_else(|| Int8Isa::from_flags(&hardware.cpu_flags));
         let avx512 = hardware.cpu_flags.iter().any(|f| f == "avx512f");
         let physical = hardware.physical_cores.unwrap_or(hardware.logical_cores).max(1);
         let cores = threads.clamp(1, physical) as f64;
@@ -179,20 +194,11 @@ impl MeasuringHost {
     pub fn as_target(&self) -> ComputeTarget {
         ComputeTarget {
             class: self.isa.device_class(),
-            description: format!("{} ({}, {} cores)", self.cpu_model, isa_name(self.isa), self.cores),
+            description: format!("{} ({}, {} cores)", self.cpu_model, self.isa.kernel_name(), self.cores),
             peaks: self.peaks,
             cores_per_replica: Some(self.cores),
             replicas_per_instance: 1,
         }
-    }
-}
-
-fn isa_name(isa: Int8Isa) -> &'static str {
-    match isa {
-        Int8Isa::Avx512Vnni => "avx512vnni",
-        Int8Isa::AvxVnni => "avxvnni",
-        Int8Isa::Avx2 => "avx2",
-        Int8Isa::Scalar => "scalar",
     }
 }
 
@@ -220,7 +226,10 @@ impl MeasuredLatency {
         let (p99_ns, p99_basis) = match stats.tail_upper_bound {
             Some(bound) if stats.tail_percentile >= 99.0 => (
                 bound.max(stats.p99),
-                format!("99% upper bound of p{} (LoadGen early stopping, {} samples)", stats.tail_percentile, stats.count),
+                format!(
+                    "99% upper bound of p{} (LoadGen early stopping, {} samples)",
+                    stats.tail_percentile, stats.count
+                ),
             ),
             _ => (
                 stats.p99,
@@ -273,13 +282,21 @@ pub struct Calibration {
 }
 
 /// Calibrates on the workload of `report` closest to `request` (see [`closest_workload`]).
-pub fn calibrate(report: &ModelBenchReport, label: &str, shape: &EncoderShape, request: RequestShape) -> Result<Calibration> {
+pub fn calibrate(
+    report: &ModelBenchReport,
+    label: &str,
+    shape: &EncoderShape,
+    request: RequestShape,
+) -> Result<Calibration> {
     let workload = closest_workload(report, request)
         .ok_or_else(|| ProfilesError::Report { report: label.into(), problem: "has no workloads".into() })?;
     let host = MeasuringHost::of(&report.hardware, report.threads);
     let measured = MeasuredLatency::of(workload);
     if !(measured.p50_ms > 0.0 && measured.p50_ms.is_finite()) {
-        return Err(ProfilesError::Report { report: label.into(), problem: format!("median {} ms is not positive", measured.p50_ms) });
+        return Err(ProfilesError::Report {
+            report: label.into(),
+            problem: format!("median {} ms is not positive", measured.p50_ms),
+        });
     }
     let ops = encoder_ops(shape, measured.shape, report.int8);
     let roofline_ms = roofline_seconds(&ops, &host.peaks) * 1e3;
@@ -333,7 +350,7 @@ pub fn cpu_target(instance: &InstanceProfile, isa: Int8Isa, calibrated_cores: f6
         description: format!(
             "{} ({}, {} of {} cores per replica, {} replica{})",
             cpu.model,
-            isa_name(isa),
+            isa.kernel_name(),
             cores,
             total,
             replicas,

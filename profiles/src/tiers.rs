@@ -175,15 +175,19 @@ impl Tiers {
 
     /// Sets each named tier's required throughput from a `--qps` list (`gold=200,silver=50`).
     pub fn apply_qps(&mut self, spec: &str) -> Result<()> {
-        for (name, qps) in parse_qps(spec)? {
-            let tier = self.tiers.iter_mut().find(|t| t.name.as_str() == name).ok_or_else(|| {
-                let known: Vec<&str> = self.tiers.iter().map(|t| t.name.as_str()).collect();
-                ProfilesError::QpsSpec {
-                    text: spec.into(),
-                    problem: format!("no tier named `{name}` (tiers: {})", known.join(", ")),
-                }
-            })?;
-            tier.required_qps = Some(qps);
+        let known: Vec<String> = self.tiers.iter().map(|t| t.name.to_string()).collect();
+        let parsed = parse_qps(spec)?;
+        // Check every name before changing anything.
+        if let Some((name, _)) = parsed.iter().find(|(name, _)| !known.contains(name)) {
+            return Err(ProfilesError::QpsSpec {
+                text: spec.into(),
+                problem: format!("no tier named `{name}` (tiers: {})", known.join(", ")),
+            });
+        }
+        for (name, qps) in parsed {
+            if let Some(tier) = self.tiers.iter_mut().find(|t| t.name.as_str() == name) {
+                tier.required_qps = Some(qps);
+            }
         }
         Ok(())
     }
@@ -194,7 +198,8 @@ pub fn parse_qps(spec: &str) -> Result<Vec<(String, Positive)>> {
     let error = |problem: String| ProfilesError::QpsSpec { text: spec.into(), problem };
     let mut out: Vec<(String, Positive)> = Vec::new();
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (name, value) = item.split_once('=').ok_or_else(|| error(format!("`{item}` is not tier=requests_per_second")))?;
+        let (name, value) =
+            item.split_once('=').ok_or_else(|| error(format!("`{item}` is not tier=requests_per_second")))?;
         let (name, value) = (name.trim(), value.trim());
         let qps = value
             .parse::<f64>()
@@ -253,7 +258,7 @@ mod tests {
         let tiers = Tiers::parse(text, "t.toml").unwrap();
         assert_eq!(tiers.tiers[0].limit[1].metric, LatencyMetric::TpotP99);
 
-        let error = Tiers::parse(&text.replace("max_ms = 50", "max_ms = -50"), "t.toml").unwrap_err();
+        let error = Tiers::parse(&text.replace("max_ms = 50\n", "max_ms = -50\n"), "t.toml").unwrap_err();
         assert!(matches!(&error, ProfilesError::Toml { line: Some(11), .. }), "{error}");
         let error = Tiers::parse(&text.replace("kind =", "kinds ="), "t.toml").unwrap_err();
         assert!(matches!(&error, ProfilesError::Toml { line: Some(3), .. }), "{error}");

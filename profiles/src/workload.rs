@@ -52,7 +52,7 @@ impl EncoderShape {
             num_attention_heads: field("num_attention_heads")?,
             vocab_size: field("vocab_size")?,
         };
-        if shape.hidden_size % shape.num_attention_heads != 0 {
+        if !shape.hidden_size.is_multiple_of(shape.num_attention_heads) {
             return Err(error(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 shape.hidden_size, shape.num_attention_heads

@@ -132,6 +132,7 @@ pub fn read_quantized_weight(checkpoint: &Checkpoint, module: &str) -> Result<Qu
     let (weight, scale) = quantized_pair(checkpoint, module)?;
     let weight_ref = checkpoint.require(&weight.name)?;
     let values = bytemuck::cast_slice::<u8, i8>(weight_ref.shard.bytes(weight_ref.entry)).to_vec();
+    weight_ref.shard.release(weight_ref.entry.file_range.clone());
     let scales = checkpoint.read_f32(&scale.name)?;
     Ok(QuantizedWeight {
         module: module.to_string(),

@@ -142,6 +142,8 @@ impl Checkpoint {
         })?;
         let mut values = vec![0.0; tensor.entry.element_count()];
         dtype.decode_into(tensor.shard.bytes(tensor.entry), &mut values);
+        // The caller now holds its own copy: drop the mapped pages from the resident set.
+        tensor.shard.release(tensor.entry.file_range.clone());
         Ok(values)
     }
 

@@ -7,5 +7,7 @@ pub mod demo;
 pub mod embed;
 pub mod eval;
 pub mod inspect;
+pub mod profiles;
 pub mod quantize;
+pub mod recommend;
 pub mod test_model;

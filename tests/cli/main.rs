@@ -7,3 +7,4 @@ mod bad_input;
 mod bench;
 mod models;
 mod quantize;
+mod recommend;

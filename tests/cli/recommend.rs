@@ -80,7 +80,8 @@ fn recommend_projects_every_tier_from_this_hosts_report_and_writes_three_formats
         let summary = tier["summary"].as_str().unwrap();
         match tier["chosen"].as_str() {
             Some(chosen) => {
-                let candidate = tier["candidates"].as_array().unwrap().iter().find(|c| c["instance"] == chosen).unwrap();
+                let candidate =
+                    tier["candidates"].as_array().unwrap().iter().find(|c| c["instance"] == chosen).unwrap();
                 assert_eq!(candidate["basis"], "projected", "{summary}");
                 assert_eq!(candidate["verdict"], "chosen");
             }
@@ -154,9 +155,8 @@ fn write_offer(dir: &Path, region: &str) -> PathBuf {
         serde_json::json!({"attributes": {"instanceType": "c5.xlarge", "regionCode": region,
             "operatingSystem": os, "tenancy": "Shared", "preInstalledSw": "NA", "capacitystatus": "Used"}})
     };
-    let term = |usd: &str| {
-        serde_json::json!({"T": {"priceDimensions": {"D": {"unit": "Hrs", "pricePerUnit": {"USD": usd}}}}})
-    };
+    let term =
+        |usd: &str| serde_json::json!({"T": {"priceDimensions": {"D": {"unit": "Hrs", "pricePerUnit": {"USD": usd}}}}});
     let offer = serde_json::json!({
         "formatVersion": "v1.0",
         "publicationDate": "2026-12-02T10:00:00Z",
@@ -184,6 +184,12 @@ fn import_prices_rewrites_matching_prices_with_the_offer_files_source_and_date()
     assert_eq!(std::fs::read_to_string(&catalog).unwrap(), printed);
     let error = run_err(&["profiles", "import-prices", arg(&offer), "--out", arg(&catalog)]);
     assert!(error.contains("already exists"), "{error}");
+
+    let json: Value = serde_json::from_str(&run_ok(&["profiles", "import-prices", arg(&offer), "--json"])).unwrap();
+    assert_eq!(json["as_of"], "2026-12-02");
+    assert_eq!(json["updated"][0]["instance"], "c5.xlarge");
+    assert_eq!(json["updated"][0]["after"], 0.171);
+    assert_eq!(json["catalog_toml"].as_str().unwrap(), printed);
 
     // The written catalog is accepted by recommend (the catalog parses before reports are read).
     let error = run_err(&["recommend", "missing.json", "--catalog", arg(&catalog)]);
