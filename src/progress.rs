@@ -17,3 +17,17 @@ pub fn byte_bar(message: &'static str, quiet: bool) -> ProgressBar {
     bar.set_message(message);
     bar
 }
+
+/// A spinner with a message on stderr for long steps of unknown length, hidden unless stderr is a
+/// terminal and `quiet` is off.
+pub fn spinner(quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}") {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}

@@ -102,6 +102,12 @@ pub struct ModelBenchReport {
     pub hardware: crate::hardware::Hardware,
     /// The model directory.
     pub model: String,
+    /// The model's name (its directory's name).
+    #[serde(default)]
+    pub model_name: String,
+    /// sha256 of each safetensors file of the model, by file name: which weights were measured.
+    #[serde(default)]
+    pub weights_sha256: std::collections::BTreeMap<String, String>,
     /// True when any Linear layer ran on the int8 kernels.
     pub int8: bool,
     /// The int8 kernel variant, when int8.
@@ -128,6 +134,33 @@ pub fn benchmark_ids(encoder: &SentenceEncoder, seq: usize) -> Result<Vec<u32>> 
     sequence.extend(body.iter().cycle().take(seq - 2));
     sequence.push(sep);
     Ok(sequence)
+}
+
+/// sha256 of every `*.safetensors` file directly in `dir`.
+fn weights_sha256(dir: &Path) -> Result<std::collections::BTreeMap<String, String>> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let io_error = |path: &Path, e: std::io::Error| BenchError::Model(format!("{}: {e}", path.display()));
+    let mut digests = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
+        let path = entry.map_err(|e| io_error(dir, e))?.path();
+        let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
+        if !name.ends_with(".safetensors") {
+            continue;
+        }
+        let mut file = std::fs::File::open(&path).map_err(|e| io_error(&path, e))?;
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            let read = file.read(&mut buffer).map_err(|e| io_error(&path, e))?;
+            if read == 0 {
+                break;
+            }
+            hasher.update(&buffer[..read]);
+        }
+        digests.insert(name, hasher.finalize().iter().map(|b| format!("{b:02x}")).collect());
+    }
+    Ok(digests)
 }
 
 fn model_error(error: qtier_models::ModelError) -> BenchError {
@@ -220,6 +253,8 @@ pub fn run_model_bench(
         provenance,
         hardware,
         model: dir.display().to_string(),
+        model_name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        weights_sha256: weights_sha256(dir)?,
         int8: encoder.is_int8(),
         kernel,
         threads: config.threads,

@@ -16,6 +16,7 @@ use qtier_models::Int8Options;
 
 use crate::cli::{BenchCommand, BenchKernelsArgs, BenchLimitsArgs, BenchModelArgs};
 use crate::commands::compare::{RegressionDetected, parse_threshold, read_report, report_comparison};
+use crate::progress::spinner;
 
 /// Samples per shape at least, whatever `--seconds` says: enough for a stable median and p10/p90.
 const MIN_KERNEL_SAMPLES: usize = 100;
@@ -79,14 +80,12 @@ fn model(args: BenchModelArgs, threads: usize) -> anyhow::Result<()> {
     };
     let baseline = args.baseline.as_deref().map(read_report).transpose()?;
     let max_regression = parse_threshold(&args.max_regression)?;
-    let quiet = args.json;
+    let bar = spinner(args.json || args.markdown || args.emf);
     let hardware = detect(threads, args.instance_type.as_deref());
-    let report = run_model_bench(&args.model, &config, provenance(), hardware, &|step| {
-        if !quiet {
-            eprintln!("  {step}");
-        }
-    })
-    .with_context(|| format!("benchmarking {}", args.model.display()))?;
+    let report =
+        run_model_bench(&args.model, &config, provenance(), hardware, &|step| bar.set_message(step.to_string()))
+            .with_context(|| format!("benchmarking {}", args.model.display()))?;
+    bar.finish_and_clear();
     if let Some(path) = &args.html {
         write_new_file(path, Html.export(&report).as_bytes(), args.force)?;
     }
@@ -272,14 +271,11 @@ fn kernels(args: BenchKernelsArgs, threads: usize) -> anyhow::Result<()> {
         },
         peers: !args.no_peers,
     };
-    let quiet = args.json;
+    let bar = spinner(args.json);
     let hardware = detect(threads, args.instance_type.as_deref());
-    let report = run_kernel_bench(&config, provenance(), hardware, &|step| {
-        if !quiet {
-            eprintln!("  {step}");
-        }
-    })
-    .context("running the kernel benchmark")?;
+    let report = run_kernel_bench(&config, provenance(), hardware, &|step| bar.set_message(step.to_string()))
+        .context("running the kernel benchmark")?;
+    bar.finish_and_clear();
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -4,6 +4,15 @@ use serde_json::Value;
 
 use crate::common::*;
 
+/// Held by every test here that times something: when the runner has no per-test machine
+/// reservation (plain `cargo test` runs a binary's tests on parallel threads), timing tests still
+/// run one at a time. Under nextest, `.config/nextest.toml` gives them the whole machine.
+static TIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn timing_lock() -> std::sync::MutexGuard<'static, ()> {
+    TIMING.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Type 7 percentile (linear interpolation between closest ranks), recomputed independently.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let h = (sorted.len() - 1) as f64 * p / 100.0;
@@ -13,6 +22,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[test]
 fn model_bench_reports_p99_from_enough_samples_with_recomputable_statistics() {
+    let _timing = timing_lock();
     let dir = tempfile::tempdir().unwrap();
     let int8 = dir.path().join("int8");
     run_ok(&["quantize", arg(test_model()), "-o", arg(&int8)]);
@@ -41,6 +51,9 @@ fn model_bench_reports_p99_from_enough_samples_with_recomputable_statistics() {
     assert!(report["hardware"]["kernel"].as_str().is_some_and(|k| !k.is_empty()));
     assert!(report["hardware"]["cpu_flags"].is_array());
     assert_eq!(report["int8"], true);
+    assert_eq!(report["model_name"], "int8");
+    let digest = report["weights_sha256"]["model.safetensors"].as_str().unwrap();
+    assert_eq!(digest.len(), 64, "sha256 of the measured weights");
     let command: Vec<&str> =
         report["provenance"]["command"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert!(command.contains(&"model"));
@@ -75,6 +88,7 @@ fn model_bench_reports_p99_from_enough_samples_with_recomputable_statistics() {
 
 #[test]
 fn kernel_bench_reports_the_issue_fields() {
+    let _timing = timing_lock();
     let stdout = qtier()
         .args(["--threads", "1", "bench", "kernels", "--shapes", "3x70x33", "--seconds", "0.05", "--json"])
         .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -111,6 +125,7 @@ fn bench_report(model: &std::path::Path, out: &std::path::Path, slowdown: Option
 
 #[test]
 fn compare_flags_an_injected_20_percent_regression_with_status_3() {
+    let _timing = timing_lock();
     let dir = tempfile::tempdir().unwrap();
     let int8 = dir.path().join("int8");
     run_ok(&["quantize", arg(test_model()), "-o", arg(&int8)]);
@@ -162,6 +177,7 @@ fn compare_rejects_a_file_that_is_not_a_report() {
 
 #[test]
 fn open_loop_and_max_qps_search_run_on_the_int8_model() {
+    let _timing = timing_lock();
     let dir = tempfile::tempdir().unwrap();
     let int8 = dir.path().join("int8");
     run_ok(&["quantize", arg(test_model()), "-o", arg(&int8)]);
@@ -201,6 +217,7 @@ fn open_loop_and_max_qps_search_run_on_the_int8_model() {
 
 #[test]
 fn model_bench_writes_html_markdown_and_emf() {
+    let _timing = timing_lock();
     let dir = tempfile::tempdir().unwrap();
     let int8 = dir.path().join("int8");
     run_ok(&["quantize", arg(test_model()), "-o", arg(&int8)]);

@@ -76,6 +76,8 @@ pub(crate) mod test_report {
                 os: "linux x86_64".into(),
             },
             model: "/models/minilm-w8a8".into(),
+            model_name: "minilm-w8a8".into(),
+            weights_sha256: [("model.safetensors".to_string(), "ab".repeat(32))].into_iter().collect(),
             int8: true,
             kernel: Some("avx512vnni".into()),
             threads: 2,

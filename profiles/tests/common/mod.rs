@@ -68,6 +68,8 @@ pub fn report(
             os: "linux x86_64".into(),
         },
         model: "/models/test-int8".into(),
+        model_name: "test-int8".into(),
+        weights_sha256: Default::default(),
         int8: true,
         kernel: Some(kernel.into()),
         threads: cores,
