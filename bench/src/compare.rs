@@ -47,6 +47,19 @@ pub struct WorkloadComparison {
     pub improvement: bool,
 }
 
+impl WorkloadComparison {
+    /// The verdict in words: `regression`, `improvement` or `no significant change`.
+    pub fn verdict(&self) -> &'static str {
+        if self.regression {
+            "regression"
+        } else if self.improvement {
+            "improvement"
+        } else {
+            "no significant change"
+        }
+    }
+}
+
 /// The comparison of two reports.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Comparison {
@@ -162,13 +175,7 @@ pub fn to_markdown(comparison: &Comparison) -> String {
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|");
     for w in &comparison.workloads {
-        let verdict = if w.regression {
-            "**regression**"
-        } else if w.improvement {
-            "improvement"
-        } else {
-            "no significant change"
-        };
+        let verdict = if w.regression { "**regression**" } else { w.verdict() };
         let _ = writeln!(
             md,
             "| {} | {:.3} -> {:.3} | {:+.1}% | {:.3} -> {:.3} | {:+.1}% | {:.2e} | {verdict} |",

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use qtier_kernels::{Activation, QuantizedLinear};
 use qtier_quantize::Checkpoint;
-use qtier_quantize::artifact::read_quantized_weight;
+use qtier_quantize::artifact::{QuantizedWeight, read_quantized_weight};
 use qtier_quantize::compressed_tensors::WEIGHT_SCALE_SUFFIX;
 
 use crate::error::{ModelError, Result};
@@ -79,17 +79,7 @@ impl ModelWeights {
     ) -> Result<Linear> {
         let bias = self.tensor(&format!("{module}.bias"), &[out_features])?;
         if self.is_quantized(module) {
-            let full = self.full_name(module);
-            let weight = read_quantized_weight(&self.checkpoint, &full)?;
-            if (weight.out_features, weight.in_features) != (out_features, in_features) {
-                return Err(self.bad(
-                    &format!("{full}.weight"),
-                    format!(
-                        "shape [{}, {}], expected [{out_features}, {in_features}]",
-                        weight.out_features, weight.in_features
-                    ),
-                ));
-            }
+            let weight = self.int8_weight(module, out_features, in_features)?;
             let bias_values = bias.to_vec1::<f32>()?;
             let layer =
                 QuantizedLinear::new(&weight.values, &weight.scales, Some(&bias_values), out_features, in_features)?
@@ -121,17 +111,7 @@ impl ModelWeights {
             let mut values = Vec::with_capacity(total_out * in_features);
             let mut scales = Vec::with_capacity(total_out);
             for module in modules {
-                let full = self.full_name(module);
-                let weight = read_quantized_weight(&self.checkpoint, &full)?;
-                if (weight.out_features, weight.in_features) != (out_features, in_features) {
-                    return Err(self.bad(
-                        &format!("{full}.weight"),
-                        format!(
-                            "shape [{}, {}], expected [{out_features}, {in_features}]",
-                            weight.out_features, weight.in_features
-                        ),
-                    ));
-                }
+                let weight = self.int8_weight(module, out_features, in_features)?;
                 values.extend_from_slice(&weight.values);
                 scales.extend_from_slice(&weight.scales);
             }
@@ -148,6 +128,22 @@ impl ModelWeights {
         } else {
             Ok(None)
         }
+    }
+
+    /// Module `module`'s int8 weight and scales, checked to be `[out_features, in_features]`.
+    fn int8_weight(&self, module: &str, out_features: usize, in_features: usize) -> Result<QuantizedWeight> {
+        let full = self.full_name(module);
+        let weight = read_quantized_weight(&self.checkpoint, &full)?;
+        if (weight.out_features, weight.in_features) != (out_features, in_features) {
+            return Err(self.bad(
+                &format!("{full}.weight"),
+                format!(
+                    "shape [{}, {}], expected [{out_features}, {in_features}]",
+                    weight.out_features, weight.in_features
+                ),
+            ));
+        }
+        Ok(weight)
     }
 
     fn bad(&self, tensor: &str, problem: String) -> ModelError {

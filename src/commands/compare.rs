@@ -51,13 +51,7 @@ pub fn report_comparison(comparison: &Comparison, json: bool, markdown: bool) ->
         out!("{}", to_markdown(comparison));
     } else {
         for w in &comparison.workloads {
-            let verdict = if w.regression {
-                "REGRESSION"
-            } else if w.improvement {
-                "improvement"
-            } else {
-                "no significant change"
-            };
+            let verdict = if w.regression { "REGRESSION" } else { w.verdict() };
             outln!(
                 "{:>12}: median {:.3} -> {:.3} ms ({:+.1}%), tail {:.3} -> {:.3} ms ({:+.1}%), p = {:.2e}: {verdict}",
                 w.name,
