@@ -122,3 +122,9 @@ pub fn gelu_tanh(x: f32) -> f32 {
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp_approx(-x))
 }
+
+/// Applies `activation` to every value, with the widest instruction set of the selected kernel
+/// (the epilogue's own vectorized loop), for callers that add something before the activation.
+pub fn apply_in_place(activation: Activation, values: &mut [f32]) {
+    crate::gemm::finish_row(activation, values);
+}

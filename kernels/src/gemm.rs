@@ -343,6 +343,16 @@ fn finish_row_generic(act: Activation, res: Option<&[f32]>, out: &mut [f32]) {
     }
 }
 
+/// `out[j] = act(out[j])` with the widest instruction set detected on this CPU.
+pub(crate) fn finish_row(act: Activation, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if KernelKind::Avx512Vnni.is_supported() {
+        // SAFETY: Avx512Vnni is supported only when avx512f/bw/vl, avx2 and fma were detected.
+        return unsafe { finish_row_avx512(act, None, out) };
+    }
+    finish_row_generic(act, None, out)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 fn finish_row_avx512(act: Activation, res: Option<&[f32]>, out: &mut [f32]) {

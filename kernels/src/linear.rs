@@ -179,6 +179,20 @@ impl QuantizedLinear {
         out: &mut [f32],
         residual: Option<&[f32]>,
     ) -> Result<(), KernelError> {
+        self.forward_into_with_activation(x, m, out, residual, self.activation)
+    }
+
+    /// Like [`forward_into`](Self::forward_into) with `activation` in place of the layer's own
+    /// (e.g. [`Activation::None`] to add a correction before applying the activation with
+    /// [`crate::activation::apply_in_place`]), without a second copy of the packed weights.
+    pub fn forward_into_with_activation(
+        &self,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+        residual: Option<&[f32]>,
+        activation: Activation,
+    ) -> Result<(), KernelError> {
         let (n, k, kp) = (self.n(), self.k(), self.packed.k_padded());
         let mk = self.checked_len(m, k, "x", x.len())?;
         let mn = m.checked_mul(n).ok_or(KernelError::InvalidDimension {
@@ -223,8 +237,7 @@ impl QuantizedLinear {
             quant::quantize_rows(kind, &x[..mk], k, kp, enc, a, xs);
         }
         let (xs, a) = (&*xs, &*a);
-        let args =
-            EpilogueArgs { x_scales: xs, w_scales: &self.w_scales, bias: &self.bias, activation: self.activation };
+        let args = EpilogueArgs { x_scales: xs, w_scales: &self.w_scales, bias: &self.bias, activation };
         let out_ptr = SendPtr(out.as_mut_ptr());
         let res_ptr = residual.map(|r| SendConstPtr(r.as_ptr()));
         let direct = gemm::DirectTarget {

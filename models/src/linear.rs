@@ -39,8 +39,6 @@ enum LinearKind {
 struct Int8Weights {
     /// The kernel with the layer's activation fused.
     fused: QuantizedLinear,
-    /// The same weights without activation, for calls that add outlier channels before it.
-    plain: QuantizedLinear,
     /// `[in, out]`: the int8 weight transposed, so an outlier input channel `j` reads one
     /// contiguous row (one byte per weight, not four).
     weights_t: Vec<i8>,
@@ -87,12 +85,7 @@ impl Linear {
             activation: layer.activation(),
             out_features: n,
             outlier_decomposition: options.outlier_decomposition,
-            kind: LinearKind::Int8(Box::new(Int8Weights {
-                plain: layer.clone().with_activation(Activation::None),
-                fused: layer,
-                weights_t,
-                scales: scales.to_vec(),
-            })),
+            kind: LinearKind::Int8(Box::new(Int8Weights { fused: layer, weights_t, scales: scales.to_vec() })),
         }
     }
 
@@ -219,13 +212,19 @@ impl Linear {
             }
         }
         let mut dirty_output = vec![0.0f32; dirty_rows.len() * n];
-        layer.plain.forward_into(&gather(input, k, &dirty_rows), dirty_rows.len(), &mut dirty_output, None)?;
+        layer.fused.forward_into_with_activation(
+            &gather(input, k, &dirty_rows),
+            dirty_rows.len(),
+            &mut dirty_output,
+            None,
+            Activation::None,
+        )?;
         let mut position = vec![0usize; rows];
         for (index, &m) in dirty_rows.iter().enumerate() {
             position[m] = index;
         }
         add_outliers(&mut dirty_output, &|m| position[m]);
-        apply_activation(self.activation, &mut dirty_output);
+        qtier_kernels::activation::apply_in_place(self.activation, &mut dirty_output);
         for (row, &m) in dirty_output.chunks_exact(n).zip(&dirty_rows) {
             let out_row = &mut output[m * n..(m + 1) * n];
             out_row.copy_from_slice(row);
@@ -250,17 +249,6 @@ fn with_f32_slice<R>(tensor: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Re
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg("int8 layer input is not contiguous".into()))?;
     f(&values[start..end])
-}
-
-/// Applies `activation` to every value, one loop per activation so each vectorizes.
-fn apply_activation(activation: Activation, values: &mut [f32]) {
-    use qtier_kernels::activation::{gelu_erf, gelu_tanh, silu};
-    match activation {
-        Activation::GeluErf => values.iter_mut().for_each(|v| *v = gelu_erf(*v)),
-        Activation::GeluTanh => values.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
-        Activation::Silu => values.iter_mut().for_each(|v| *v = silu(*v)),
-        other => values.iter_mut().for_each(|v| *v = other.apply(*v)),
-    }
 }
 
 /// A value is an outlier of its token when its magnitude exceeds this multiple of the token's
