@@ -41,7 +41,6 @@ fn model_bench_reports_p99_from_enough_samples_with_recomputable_statistics() {
             "0.2",
             "--json",
         ])
-        .env("AWS_EC2_METADATA_DISABLED", "true")
         .output()
         .unwrap();
     assert!(stdout.status.success(), "{}", String::from_utf8_lossy(&stdout.stderr));
@@ -91,7 +90,6 @@ fn kernel_bench_reports_the_issue_fields() {
     let _timing = timing_lock();
     let stdout = qtier()
         .args(["--threads", "1", "bench", "kernels", "--shapes", "3x70x33", "--seconds", "0.05", "--json"])
-        .env("AWS_EC2_METADATA_DISABLED", "true")
         .output()
         .unwrap();
     assert!(stdout.status.success(), "{}", String::from_utf8_lossy(&stdout.stderr));
@@ -112,8 +110,7 @@ fn bench_report(model: &std::path::Path, out: &std::path::Path, slowdown: Option
     let mut command = qtier();
     command
         .args(["--threads", "2", "bench", "model", arg(model), "--batch", "1", "--seq", "16", "--tail", "90"])
-        .args(["--min-seconds", "0.5", "--json"])
-        .env("AWS_EC2_METADATA_DISABLED", "true");
+        .args(["--min-seconds", "0.5", "--json"]);
     if let Some(fraction) = slowdown {
         command.env("QTIER_BENCH_INJECT_SLOWDOWN", fraction);
     }
