@@ -163,6 +163,17 @@ pub enum BenchCommand {
     Limits(BenchLimitsArgs),
     /// End-to-end latency of a model directory (float or int8, whatever it holds).
     Model(BenchModelArgs),
+    /// Pool several `bench model` reports of the same model into one (e.g. interleaved runs,
+    /// see scripts/bench-ab.sh), recomputing the statistics; prints JSON.
+    Merge(BenchMergeArgs),
+}
+
+/// `qtier bench merge`.
+#[derive(Debug, Args)]
+pub struct BenchMergeArgs {
+    /// The reports, in run order.
+    #[arg(required = true)]
+    pub reports: Vec<PathBuf>,
 }
 
 /// `qtier bench model`.

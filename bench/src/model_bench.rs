@@ -114,11 +114,18 @@ pub struct ModelBenchReport {
     pub kernel: Option<String>,
     /// Threads of the pool the model ran on.
     pub threads: usize,
+    /// How many runs this report pools ([`merge_reports`]); 1 for a single run.
+    #[serde(default = "one_run")]
+    pub merged_runs: usize,
     /// Test-only slowdown that was injected, if any (see [`INJECT_SLOWDOWN_ENV`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub injected_slowdown: Option<f64>,
     /// One entry per batch size.
     pub workloads: Vec<ModelWorkload>,
+}
+
+fn one_run() -> usize {
+    1
 }
 
 /// The token ids of one benchmark sequence of `seq` tokens: `[CLS]`, text tokens, `[SEP]`.
@@ -258,7 +265,46 @@ pub fn run_model_bench(
         int8: encoder.is_int8(),
         kernel,
         threads: config.threads,
+        merged_runs: 1,
         injected_slowdown: config.injected_slowdown,
         workloads,
     })
+}
+
+/// Merges reports of the same model measured in several runs (e.g. interleaved A B A B runs, so
+/// that slow drift of the machine affects both sides alike): per workload name, the samples are
+/// concatenated in report order and the statistics recomputed; the first report's provenance,
+/// hardware and settings are kept. Reports must name the same model weights and workloads.
+pub fn merge_reports(reports: &[ModelBenchReport]) -> Result<ModelBenchReport> {
+    let (first, rest) = reports
+        .split_first()
+        .ok_or_else(|| BenchError::InvalidWorkload { text: "merge".into(), problem: "no reports to merge".into() })?;
+    let mut merged = first.clone();
+    for report in rest {
+        if report.weights_sha256 != first.weights_sha256 || report.int8 != first.int8 {
+            return Err(BenchError::InvalidWorkload {
+                text: report.model.clone(),
+                problem: format!("measures other weights than {}", first.model),
+            });
+        }
+        for workload in &report.workloads {
+            let target = merged.workloads.iter_mut().find(|w| w.name == workload.name).ok_or_else(|| {
+                BenchError::InvalidWorkload {
+                    text: workload.name.clone(),
+                    problem: format!("workload missing from {}", first.model),
+                }
+            })?;
+            target.samples_ns.extend_from_slice(&workload.samples_ns);
+            target.warmup_calls += workload.warmup_calls;
+            target.stopped_by_time_limit |= workload.stopped_by_time_limit;
+        }
+    }
+    for workload in &mut merged.workloads {
+        let sample = Sample::new(workload.samples_ns.clone())?;
+        workload.stats = Summary::compute(&sample, workload.stats.tail_percentile, BOOTSTRAP_SEED)?;
+        workload.open_loop = None;
+        workload.max_qps = None;
+    }
+    merged.merged_runs = reports.len();
+    Ok(merged)
 }

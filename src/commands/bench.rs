@@ -9,7 +9,7 @@ use qtier_bench::compare::{compare, to_markdown};
 use qtier_bench::export::{Emf, Exporter, Html, Markdown};
 use qtier_bench::hardware::detect;
 use qtier_bench::kernel_bench::{KernelBenchConfig, KernelBenchReport, LinearShape, run_kernel_bench};
-use qtier_bench::model_bench::{INJECT_SLOWDOWN_ENV, LoadMode, ModelBenchConfig, run_model_bench};
+use qtier_bench::model_bench::{INJECT_SLOWDOWN_ENV, LoadMode, ModelBenchConfig, merge_reports, run_model_bench};
 use qtier_bench::timing::TimingConfig;
 use qtier_kernels::{KernelKind, limits};
 use qtier_models::Int8Options;
@@ -42,6 +42,12 @@ pub fn run(command: BenchCommand, threads: Option<NonZeroUsize>) -> anyhow::Resu
         BenchCommand::Kernels(args) => kernels(args, threads),
         BenchCommand::Limits(args) => machine_limits(args, threads),
         BenchCommand::Model(args) => model(args, threads),
+        BenchCommand::Merge(args) => {
+            let reports = args.reports.iter().map(|path| read_report(path)).collect::<anyhow::Result<Vec<_>>>()?;
+            let merged = merge_reports(&reports).context("merging reports")?;
+            outln!("{}", serde_json::to_string_pretty(&merged)?);
+            Ok(())
+        }
     }
 }
 

@@ -234,3 +234,25 @@ fn model_bench_writes_html_markdown_and_emf() {
         assert_eq!(record["InstanceType"], "unknown");
     }
 }
+
+#[test]
+fn merge_pools_runs_and_recomputes_the_statistics() {
+    let _timing = timing_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let int8 = dir.path().join("int8");
+    run_ok(&["quantize", arg(test_model()), "-o", arg(&int8)]);
+    let first = bench_report(&int8, &dir.path().join("1.json"), None);
+    let second = bench_report(&int8, &dir.path().join("2.json"), None);
+    let merged: Value = serde_json::from_str(&run_ok(&["bench", "merge", arg(&first), arg(&second)])).unwrap();
+    let count = |path: &std::path::Path| -> usize {
+        let report: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        report["workloads"][0]["samples_ns"].as_array().unwrap().len()
+    };
+    let samples = merged["workloads"][0]["samples_ns"].as_array().unwrap();
+    assert_eq!(samples.len(), count(&first) + count(&second));
+    assert_eq!(merged["workloads"][0]["stats"]["count"], samples.len());
+    assert_eq!(merged["merged_runs"], 2);
+
+    let stderr = run_err(&["bench", "merge", arg(&first), arg(&dir.path().join("missing.json"))]);
+    assert!(stderr.contains("missing.json"), "{stderr}");
+}

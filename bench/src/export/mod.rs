@@ -81,6 +81,8 @@ pub(crate) mod test_report {
             int8: true,
             kernel: Some("avx512vnni".into()),
             threads: 2,
+            merged_runs: 1,
+            merged_runs: 1,
             injected_slowdown: None,
             workloads: vec![workload("b1xs128", 1, 11e6), workload("b32xs128", 32, 300e6)],
         }

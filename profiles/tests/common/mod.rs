@@ -73,6 +73,7 @@ pub fn report(
         int8: true,
         kernel: Some(kernel.into()),
         threads: cores,
+        merged_runs: 1,
         injected_slowdown: None,
         workloads,
     }
