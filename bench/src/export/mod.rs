@@ -82,7 +82,6 @@ pub(crate) mod test_report {
             kernel: Some("avx512vnni".into()),
             threads: 2,
             merged_runs: 1,
-            merged_runs: 1,
             injected_slowdown: None,
             workloads: vec![workload("b1xs128", 1, 11e6), workload("b32xs128", 32, 300e6)],
         }
