@@ -15,7 +15,7 @@ use qtier_kernels::{KernelKind, limits};
 use qtier_models::Int8Options;
 
 use crate::cli::{BenchCommand, BenchKernelsArgs, BenchLimitsArgs, BenchModelArgs};
-use crate::commands::compare::{RegressionDetected, parse_threshold, read_report, report_comparison};
+use crate::commands::compare::{fail_on_regression, parse_threshold, read_report, report_comparison};
 use crate::progress::spinner;
 
 /// Samples per shape at least, whatever `--seconds` says: enough for a stable median and p10/p90.
@@ -110,11 +110,7 @@ fn model(args: BenchModelArgs, threads: usize) -> anyhow::Result<()> {
             let comparison = compare(&baseline, &report, max_regression);
             if machine_readable {
                 eprintln!("{}", to_markdown(&comparison));
-                if comparison.regressed {
-                    let names = comparison.workloads.iter().filter(|w| w.regression).map(|w| w.name.clone()).collect();
-                    return Err(RegressionDetected(names).into());
-                }
-                Ok(())
+                fail_on_regression(&comparison)
             } else {
                 report_comparison(&comparison, false, false)
             }

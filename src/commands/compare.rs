@@ -65,6 +65,11 @@ pub fn report_comparison(comparison: &Comparison, json: bool, markdown: bool) ->
             );
         }
     }
+    fail_on_regression(comparison)
+}
+
+/// [`RegressionDetected`] naming the regressed workloads, if any.
+pub fn fail_on_regression(comparison: &Comparison) -> anyhow::Result<()> {
     if comparison.regressed {
         let names = comparison.workloads.iter().filter(|w| w.regression).map(|w| w.name.clone()).collect();
         return Err(RegressionDetected(names).into());
