@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-
 /// Everything that can go wrong publishing or pulling an artifact. Each variant names the file,
 /// object or location involved.
 #[derive(Debug, thiserror::Error)]

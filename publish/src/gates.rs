@@ -84,17 +84,18 @@ pub fn check(policy: &GatePolicy, eval: Option<&EvalSummary>, tiers: Option<&[Ti
     let mut failures = Vec::new();
     match eval {
         None => failures.push("no eval report (give one with --eval; `qtier eval --json` writes it)".to_owned()),
-        // Written so that a NaN cosine fails.
-        Some(eval) if !(eval.cosine_min >= policy.min_cosine) => failures.push(format!(
-            "eval: minimum embedding cosine {:.6} is below {} ({})",
-            eval.cosine_min, policy.min_cosine, eval.report
-        )),
+        // A NaN cosine is not >= anything, so it fails too.
+        Some(eval) if eval.cosine_min.partial_cmp(&policy.min_cosine).is_none_or(|o| o.is_lt()) => {
+            failures.push(format!(
+                "eval: minimum embedding cosine {:.6} is below {} ({})",
+                eval.cosine_min, policy.min_cosine, eval.report
+            ))
+        }
         Some(_) => {}
     }
     match tiers {
-        None => failures.push(
-            "no recommendation (give one with --recommendation; `qtier recommend --json` writes it)".to_owned(),
-        ),
+        None => failures
+            .push("no recommendation (give one with --recommendation; `qtier recommend --json` writes it)".to_owned()),
         Some(tiers) if !tiers.iter().any(|t| t.instance_type.is_some()) => {
             let names: Vec<&str> = tiers.iter().map(|t| t.tier.as_str()).collect();
             failures.push(format!("recommendation: no service tier is met ({})", names.join(", ")));
@@ -149,7 +150,8 @@ mod tests {
             "nearest_neighbour_agreement":1.0,"layers":[],"per_text_cosine":[1,1,1]}"#;
         let summary = parse_eval(eval, "eval.json", "reports/eval.json").unwrap();
         assert_eq!((summary.texts, summary.cosine_min), (3, 0.998));
-        let rec = br#"{"tiers":[{"tier":{"name":"gold"},"chosen":null},{"tier":{"name":"bronze"},"chosen":"c5.large"}]}"#;
+        let rec =
+            br#"{"tiers":[{"tier":{"name":"gold"},"chosen":null},{"tier":{"name":"bronze"},"chosen":"c5.large"}]}"#;
         assert_eq!(
             parse_recommendation(rec, "rec.json").unwrap(),
             vec![tier("gold", None), tier("bronze", Some("c5.large"))]

@@ -117,7 +117,8 @@ impl Manifest {
     /// content digest that matches the file list.
     pub fn parse(bytes: &[u8], what: &str) -> Result<Manifest> {
         let bad = |reason: String| PublishError::BadDocument { what: what.to_owned(), reason };
-        let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(format!("not a qtier manifest: {e}")))?;
+        let manifest: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("not a qtier manifest: {e}")))?;
         if manifest.schema_version != MANIFEST_SCHEMA_VERSION {
             return Err(bad(format!(
                 "schema_version {} is not {MANIFEST_SCHEMA_VERSION}; this qtier cannot read it",

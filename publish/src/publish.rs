@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{PublishError, Result};
 use crate::gates::{self, GatePolicy};
 use crate::manifest::{
-    DEFAULT_VERSION_HEX_DIGITS, FileEntry, ForcedPublish, MANIFEST_FILE, MANIFEST_SCHEMA_VERSION,
-    Manifest, Publisher, SourceFile, TierOutcome, content_digest, hash_file, list_files,
+    DEFAULT_VERSION_HEX_DIGITS, FileEntry, ForcedPublish, MANIFEST_FILE, MANIFEST_SCHEMA_VERSION, Manifest, Publisher,
+    SourceFile, TierOutcome, content_digest, hash_file, list_files,
 };
 use crate::store::{PutOutcome, Store, TransferProgress, Verification};
 
@@ -176,9 +176,7 @@ pub fn prepare(request: &PublishRequest) -> Result<PreparedArtifact> {
     };
     let gate_failures = gates::check(&request.policy, eval.as_ref(), tiers.as_deref());
     let forced = match (&request.force_reason, gate_failures.is_empty()) {
-        (Some(reason), _) => {
-            Some(ForcedPublish { reason: reason.clone(), overridden: gate_failures.clone() })
-        }
+        (Some(reason), _) => Some(ForcedPublish { reason: reason.clone(), overridden: gate_failures.clone() }),
         (None, true) => None,
         (None, false) => return Err(PublishError::GateFailed { failures: gate_failures }),
     };

@@ -56,7 +56,12 @@ pub async fn find_manifest(store: &Store) -> Result<(String, Manifest, Vec<u8>)>
 /// Downloads the artifact at the store's location into `target`, verifying each file's size and
 /// sha256; on any failure nothing appears at `target` (an existing one is replaced only with
 /// `force`, and only after everything verified).
-pub async fn pull(store: &Store, target: &Path, force: bool, progress: Arc<dyn TransferProgress>) -> Result<PullOutcome> {
+pub async fn pull(
+    store: &Store,
+    target: &Path,
+    force: bool,
+    progress: Arc<dyn TransferProgress>,
+) -> Result<PullOutcome> {
     let (prefix, manifest, manifest_bytes) = find_manifest(store).await?;
     let staged = StagedDir::create(target, force)?;
     progress.start(manifest.files.iter().map(|f| f.size).sum());

@@ -53,9 +53,8 @@ impl LocalStore {
     pub async fn write_document(&self, key: &str, bytes: Vec<u8>, if_absent: bool) -> Result<PutOutcome> {
         let path = self.path(key);
         blocking(move || {
-            let staging = write_staging(&path, |file, staging| {
-                file.write_all(&bytes).map_err(|e| PublishError::io(staging, e))
-            })?;
+            let staging =
+                write_staging(&path, |file, staging| file.write_all(&bytes).map_err(|e| PublishError::io(staging, e)))?;
             let outcome = if if_absent {
                 match std::fs::hard_link(&staging, &path) {
                     Ok(()) => Ok(PutOutcome::Written),

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use aws_smithy_types::retry::RetryConfig;
@@ -118,6 +118,10 @@ impl S3Store {
         }
         let config = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(options.path_style)
+            // Downloads are checked against the manifest's sha256 by the caller, which names the
+            // file and both digests; the SDK's own response check would only retry and then fail
+            // with a less useful message.
+            .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
             .retry_config(RetryConfig::standard().with_max_attempts(options.max_attempts.max(1)))
             .timeout_config(
                 TimeoutConfig::builder()
@@ -169,7 +173,7 @@ impl S3Store {
         let bytes = output.body.collect().await.map_err(|e| PublishError::Store {
             operation: "read",
             location: self.describe(key),
-            message: DisplayErrorContext(&e).to_string(),
+            message: cause_chain(&e),
         })?;
         Ok(Some(bytes.into_bytes().to_vec()))
     }
@@ -514,7 +518,7 @@ impl S3Store {
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         while let Some(chunk) = output.body.next().await {
-            let chunk = chunk.map_err(|e| StreamFailure::Transient(DisplayErrorContext(&e).to_string()))?;
+            let chunk = chunk.map_err(|e| StreamFailure::Transient(cause_chain(&e)))?;
             hasher.update(&chunk);
             if let (Some(file), Some(path)) = (file.as_mut(), destination) {
                 file.write_all(&chunk).await.map_err(|e| StreamFailure::Final(PublishError::io(path, e)))?;
@@ -592,7 +596,23 @@ where
             service.message().unwrap_or("(no message)")
         );
     }
-    DisplayErrorContext(error).to_string()
+    cause_chain(error)
+}
+
+/// An error and its sources, `outer: inner: ...`, skipping a source whose text its parent already
+/// includes.
+fn cause_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Standard base64 (S3's checksum headers).

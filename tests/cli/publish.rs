@@ -1,0 +1,473 @@
+//! `qtier publish` and `qtier pull` against a real S3-compatible server on loopback (s3s-fs) and
+//! against the local store: round trips, broken connections, tampering, racing publishers, gates
+//! and secrets.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use crate::common::{arg, run_ok, test_model};
+use crate::s3_server::{ACCESS_KEY, FaultProxy, S3Server, SECRET_KEY, tree};
+
+/// Part size the tests upload with: S3's minimum, so the 58.7 MB MiniLM weights go up in 12 parts.
+const TEST_PART_SIZE: &str = "5MiB";
+const TEST_PART_BYTES: u64 = 5 << 20;
+
+/// The MiniLM int8 artifact with real reports, made once per test process.
+struct Artifact {
+    /// The quantized model directory.
+    dir: PathBuf,
+    /// `qtier eval --json` of it against the float model.
+    eval: PathBuf,
+    /// A short `qtier bench model --json` of it on this machine.
+    bench: PathBuf,
+    /// `qtier recommend --json --allow-projected` from the bench report (this machine is not a
+    /// catalog instance, so only projected figures can meet a tier).
+    recommendation: PathBuf,
+}
+
+impl Artifact {
+    /// The `publish` arguments that attach the reports.
+    fn report_args(&self) -> Vec<String> {
+        vec![
+            "--eval".into(),
+            arg(&self.eval).into(),
+            "--recommendation".into(),
+            arg(&self.recommendation).into(),
+            "--bench".into(),
+            arg(&self.bench).into(),
+        ]
+    }
+}
+
+fn artifact() -> &'static Artifact {
+    static ARTIFACT: OnceLock<Artifact> = OnceLock::new();
+    ARTIFACT.get_or_init(|| {
+        let root = tempfile::tempdir().unwrap().keep();
+        let dir = root.join("minilm-w8a8");
+        run_ok(&["quantize", arg(test_model()), "-o", arg(&dir), "--json"]);
+        let write = |name: &str, args: &[&str]| {
+            let path = root.join(name);
+            std::fs::write(&path, run_ok(args)).unwrap();
+            path
+        };
+        let eval = write("eval.json", &["eval", arg(test_model()), arg(&dir), "--json"]);
+        let bench = write(
+            "bench-this-host.json",
+            &["bench", "model", arg(&dir), "--seq", "32", "--min-seconds", "1", "--tail", "90", "--json"],
+        );
+        let recommendation = write("recommendation.json", &["recommend", arg(&bench), "--allow-projected", "--json"]);
+        Artifact { dir, eval, bench, recommendation }
+    })
+}
+
+/// Where a test publishes.
+enum Destination {
+    S3(S3Server),
+    Local(tempfile::TempDir),
+}
+
+impl Destination {
+    fn both() -> [Destination; 2] {
+        [Destination::S3(S3Server::start()), Destination::Local(tempfile::tempdir().unwrap())]
+    }
+
+    /// The store URI for `prefix`.
+    fn uri(&self, prefix: &str) -> String {
+        match self {
+            Destination::S3(server) => server.uri(prefix),
+            Destination::Local(dir) => format!("file://{}", dir.path().join(prefix).display()),
+        }
+    }
+
+    /// A qtier command set up for this destination: `args` then the endpoint flags.
+    fn qtier(&self, args: &[&str]) -> Command {
+        match self {
+            Destination::S3(server) => {
+                let mut command = server.qtier();
+                command.args(args).args(["--endpoint-url", &server.endpoint, "--path-style"]);
+                command
+            }
+            Destination::Local(_) => {
+                let mut command = crate::common::qtier();
+                command.args(args);
+                command
+            }
+        }
+    }
+
+    /// Where the bytes of `key` (relative to the bucket or the store root) live on disk.
+    fn object_path(&self, key: &str) -> PathBuf {
+        match self {
+            Destination::S3(server) => server.object_path(key),
+            Destination::Local(dir) => dir.path().join(key),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Destination::S3(_) => "s3",
+            Destination::Local(_) => "local",
+        }
+    }
+}
+
+fn output(mut command: Command) -> Output {
+    command.output().expect("the qtier binary runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn succeeded(command: Command) -> Output {
+    let output = output(command);
+    assert!(output.status.success(), "{}", text(&output));
+    output
+}
+
+fn failed(command: Command) -> String {
+    let output = output(command);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Publishes the artifact (with its reports and `extra` arguments) to `prefix`; returns the
+/// outcome JSON.
+fn publish(destination: &Destination, dir: &Path, prefix: &str, extra: &[&str]) -> serde_json::Value {
+    let uri = destination.uri(prefix);
+    let mut args = vec!["publish", arg(dir), "--to", &uri, "--part-size", TEST_PART_SIZE];
+    args.extend(["--multipart-threshold", TEST_PART_SIZE, "--json"]);
+    args.extend(extra);
+    let reports = artifact().report_args();
+    args.extend(reports.iter().map(String::as_str));
+    let out = succeeded(destination.qtier(&args));
+    serde_json::from_slice(&out.stdout).expect("publish --json prints JSON")
+}
+
+/// The model directory plus the reports as they appear in a published artifact.
+fn expected_tree() -> std::collections::BTreeMap<String, Vec<u8>> {
+    let artifact = artifact();
+    let mut files = tree(&artifact.dir);
+    files.insert("reports/eval.json".into(), std::fs::read(&artifact.eval).unwrap());
+    files.insert("reports/recommendation.json".into(), std::fs::read(&artifact.recommendation).unwrap());
+    files.insert("reports/bench/bench-this-host.json".into(), std::fs::read(&artifact.bench).unwrap());
+    files
+}
+
+/// Checks a pulled directory against the artifact, byte for byte, and returns its manifest.
+fn assert_pulled_exactly(target: &Path) -> serde_json::Value {
+    let mut pulled = tree(target);
+    let manifest_bytes = pulled.remove("qtier-manifest.json").expect("the pull keeps the manifest");
+    let expected = expected_tree();
+    assert_eq!(pulled.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
+    for (path, bytes) in &expected {
+        assert!(pulled[path] == *bytes, "{path} differs after the round trip");
+    }
+    serde_json::from_slice(&manifest_bytes).unwrap()
+}
+
+#[test]
+fn publish_then_pull_round_trips_byte_for_byte_on_s3_and_local() {
+    for destination in Destination::both() {
+        let artifact = artifact();
+        let outcome = publish(&destination, &artifact.dir, "team/prod", &[]);
+        let version = outcome["version"].as_str().unwrap().to_owned();
+        assert_eq!(version.len(), 12, "default version is a short content hash");
+        assert_eq!(outcome["already_published"], false);
+        // Every file was verified after upload: by the store's SHA-256 or by reading it back.
+        let kinds: Vec<&str> = match &destination {
+            Destination::S3(_) => vec!["uploaded-verified-by-store", "uploaded-verified-by-read-back"],
+            Destination::Local(_) => vec!["copied"],
+        };
+        for file in outcome["files"].as_array().unwrap() {
+            assert!(kinds.contains(&file[1].as_str().unwrap()), "{file}");
+        }
+
+        // Pull by version and by model (through the latest pointer).
+        let scratch = tempfile::tempdir().unwrap();
+        for (uri, target) in [
+            (destination.uri(&format!("team/prod/minilm-w8a8/{version}")), scratch.path().join("by-version")),
+            (destination.uri("team/prod/minilm-w8a8"), scratch.path().join("by-latest")),
+        ] {
+            succeeded(destination.qtier(&["pull", &uri, arg(&target)]));
+            let manifest = assert_pulled_exactly(&target);
+            assert_eq!(manifest["version"], version.as_str());
+            assert_eq!(manifest["model_name"], "minilm-w8a8");
+            assert_eq!(manifest["quantization_config"]["format"], "int-quantized");
+            assert!(manifest["eval"]["cosine_min"].as_f64().unwrap() >= 0.99);
+            assert!(!manifest["tiers_met"].as_array().unwrap().is_empty());
+            assert_eq!(manifest["bench_reports"][0], "reports/bench/bench-this-host.json");
+            assert!(manifest["forced"].is_null());
+        }
+        let latest = std::fs::read_to_string(destination.object_path("team/prod/minilm-w8a8/latest")).unwrap();
+        assert_eq!(latest, format!("{version}\n"));
+
+        // A file above the threshold went up in parts.
+        if let Destination::S3(server) = &destination {
+            let weights = std::fs::metadata(artifact.dir.join("model.safetensors")).unwrap().len();
+            let parts = weights.div_ceil(TEST_PART_BYTES) as u32;
+            assert!(parts >= 3);
+            assert_eq!(server.multipart_part_counts(), vec![parts], "only model.safetensors is multipart");
+            assert!(server.incomplete_uploads().is_empty());
+        }
+
+        // Publishing again is idempotent: nothing re-uploaded.
+        let again = publish(&destination, &artifact.dir, "team/prod", &[]);
+        assert_eq!(again["already_published"], true, "{}", destination.name());
+        assert_eq!(again["uploaded_bytes"], 0);
+
+        // The target exists now: pull refuses without --force, replaces with it.
+        let target = scratch.path().join("by-version");
+        let uri = destination.uri(&format!("team/prod/minilm-w8a8/{version}"));
+        let message = failed(destination.qtier(&["pull", &uri, arg(&target)]));
+        assert!(message.contains("exists") && message.contains("--force"), "{message}");
+        succeeded(destination.qtier(&["pull", &uri, arg(&target), "--force"]));
+        assert_pulled_exactly(&target);
+    }
+}
+
+#[test]
+fn an_interrupted_publish_resumes_without_uploading_twice() {
+    // A publish that died after the weights went up: the version is claimed, some files are in
+    // place, no manifest. Running it again completes it and skips what is already there.
+    let destination = Destination::Local(tempfile::tempdir().unwrap());
+    let artifact = artifact();
+    let first = publish(&destination, &artifact.dir, "p", &[]);
+    let version = first["version"].as_str().unwrap();
+    let manifest = destination.object_path(&format!("p/minilm-w8a8/{version}/qtier-manifest.json"));
+    std::fs::remove_file(&manifest).unwrap();
+    std::fs::remove_file(destination.object_path(&format!("p/minilm-w8a8/{version}/vocab.txt"))).unwrap();
+    let second = publish(&destination, &artifact.dir, "p", &[]);
+    assert_eq!(second["already_published"], false);
+    let vocab = std::fs::metadata(artifact.dir.join("vocab.txt")).unwrap().len();
+    assert_eq!(second["uploaded_bytes"], vocab, "only the missing file is uploaded again");
+    assert!(manifest.is_file());
+}
+
+#[test]
+fn broken_connections_are_retried_and_leave_no_partial_upload() {
+    let server = S3Server::start();
+    // Three connections cut after 1 MiB of request bytes each: inside a 5 MiB part.
+    let proxy = FaultProxy::start(server.address, 1 << 20, 3);
+    let artifact = artifact();
+    let uri = server.uri("flaky");
+    let mut command = server.qtier();
+    command.args(["publish", arg(&artifact.dir), "--to", &uri, "--endpoint-url", &proxy.endpoint, "--path-style"]);
+    command.args(["--part-size", TEST_PART_SIZE, "--multipart-threshold", TEST_PART_SIZE, "--json"]);
+    command.args(artifact.report_args());
+    let out = succeeded(command);
+    assert_eq!(proxy.cuts_made(), 3, "the faults happened");
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(server.incomplete_uploads().is_empty(), "{:?}", server.incomplete_uploads());
+    let target = tempfile::tempdir().unwrap().path().join("pulled");
+    let version_uri = server.uri(&format!("flaky/minilm-w8a8/{}", outcome["version"].as_str().unwrap()));
+    let mut pull = server.qtier();
+    pull.args(["pull", &version_uri, arg(&target), "--endpoint-url", &server.endpoint, "--path-style"]);
+    succeeded(pull);
+    assert_pulled_exactly(&target);
+}
+
+#[test]
+fn a_publish_that_cannot_get_through_fails_clearly_and_shows_nothing() {
+    let server = S3Server::start();
+    // Every connection that carries more than 1 MiB is cut: small files get through, no part does.
+    let proxy = FaultProxy::start(server.address, 1 << 20, usize::MAX);
+    let artifact = artifact();
+    let uri = server.uri("down");
+    let mut command = server.qtier();
+    command.args(["publish", arg(&artifact.dir), "--to", &uri, "--endpoint-url", &proxy.endpoint, "--path-style"]);
+    command.args(["--part-size", TEST_PART_SIZE, "--multipart-threshold", TEST_PART_SIZE, "--attempts", "2"]);
+    command.args(artifact.report_args());
+    let message = failed(command);
+    assert!(message.contains("model.safetensors") && message.contains("upload"), "{message}");
+    assert!(proxy.cuts_made() >= 2);
+    let keys = server.keys();
+    assert!(!keys.iter().any(|k| k.ends_with("qtier-manifest.json") || k.ends_with("/latest")), "{keys:?}");
+    assert!(!keys.iter().any(|k| k.ends_with("model.safetensors")), "no partial object: {keys:?}");
+    assert!(server.incomplete_uploads().is_empty(), "aborted: {:?}", server.incomplete_uploads());
+}
+
+#[test]
+fn a_tampered_object_fails_the_pull_naming_the_file_and_leaves_nothing() {
+    for destination in Destination::both() {
+        let outcome = publish(&destination, &artifact().dir, "t", &[]);
+        let version = outcome["version"].as_str().unwrap();
+        let object = destination.object_path(&format!("t/minilm-w8a8/{version}/tokenizer.json"));
+        let mut bytes = std::fs::read(&object).unwrap();
+        bytes[100] ^= 0x20;
+        std::fs::write(&object, bytes).unwrap();
+
+        let parent = tempfile::tempdir().unwrap();
+        let target = parent.path().join("model");
+        let uri = destination.uri(&format!("t/minilm-w8a8/{version}"));
+        let message = failed(destination.qtier(&["pull", &uri, arg(&target)]));
+        assert!(message.contains("tokenizer.json") && message.contains("sha256"), "{message}");
+        assert!(std::fs::read_dir(parent.path()).unwrap().next().is_none(), "nothing left beside the target");
+    }
+}
+
+#[test]
+fn two_concurrent_publishes_of_different_content_to_one_version_one_wins() {
+    let artifact = artifact();
+    let scratch = tempfile::tempdir().unwrap();
+    let variants: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            let dir = scratch.path().join(format!("variant-{i}"));
+            for (path, bytes) in tree(&artifact.dir) {
+                let file = dir.join(path);
+                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+                std::fs::write(file, bytes).unwrap();
+            }
+            std::fs::write(dir.join("build-notes.txt"), format!("variant {i}\n")).unwrap();
+            dir
+        })
+        .collect();
+    for destination in Destination::both() {
+        let uri = destination.uri("race");
+        let children: Vec<_> = variants
+            .iter()
+            .map(|dir| {
+                let mut command = destination.qtier(&["publish", arg(dir), "--to", &uri, "--name", "minilm"]);
+                command.args(["--version", "v1", "--part-size", TEST_PART_SIZE, "--json"]);
+                command.args(artifact.report_args());
+                command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+                command.spawn().unwrap()
+            })
+            .collect();
+        let outputs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+        let winners: Vec<usize> = (0..2).filter(|&i| outputs[i].status.success()).collect();
+        assert_eq!(winners.len(), 1, "{}: {}\n{}", destination.name(), text(&outputs[0]), text(&outputs[1]));
+        let loser = 1 - winners[0];
+        let message = String::from_utf8_lossy(&outputs[loser].stderr);
+        assert!(message.contains("v1") && message.contains("different"), "{message}");
+
+        // The version holds exactly the winner's artifact.
+        let target = scratch.path().join(format!("pulled-{}", destination.name()));
+        succeeded(destination.qtier(&["pull", &destination.uri("race/minilm/v1"), arg(&target)]));
+        let notes = std::fs::read_to_string(target.join("build-notes.txt")).unwrap();
+        assert_eq!(notes, format!("variant {}\n", winners[0]));
+    }
+}
+
+#[test]
+fn gates_refuse_a_low_eval_and_force_records_the_reason() {
+    for destination in Destination::both() {
+        let artifact = artifact();
+        let uri = destination.uri("gated");
+        let mut args = vec!["publish", arg(&artifact.dir), "--to", &uri, "--min-cosine", "0.99999"];
+        let reports = artifact.report_args();
+        args.extend(reports.iter().map(String::as_str));
+        let message = failed(destination.qtier(&args));
+        assert!(message.contains("minimum embedding cosine") && message.contains("0.99999"), "{message}");
+        assert!(message.contains("--force"), "{message}");
+        assert!(!destination.object_path("gated").exists(), "nothing published");
+
+        // --force alone is a usage error: a reason is required.
+        let mut forced = args.clone();
+        forced.push("--force");
+        let out = output(destination.qtier(&forced));
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+        forced.extend(["--reason", "accepted by the search team for the canary (ticket 42)", "--json"]);
+        let outcome: serde_json::Value = serde_json::from_slice(&succeeded(destination.qtier(&forced)).stdout).unwrap();
+        let version = outcome["version"].as_str().unwrap();
+        let target = tempfile::tempdir().unwrap().path().join("m");
+        succeeded(destination.qtier(&[
+            "pull",
+            &destination.uri(&format!("gated/minilm-w8a8/{version}")),
+            arg(&target),
+        ]));
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(target.join("qtier-manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest["forced"]["reason"], "accepted by the search team for the canary (ticket 42)");
+        let overridden = manifest["forced"]["overridden"].as_array().unwrap();
+        assert_eq!(overridden.len(), 1, "{overridden:?}");
+        assert!(overridden[0].as_str().unwrap().contains("0.99999"));
+    }
+}
+
+#[test]
+fn gates_refuse_an_artifact_without_reports() {
+    let destination = Destination::Local(tempfile::tempdir().unwrap());
+    let uri = destination.uri("x");
+    let message = failed(destination.qtier(&["publish", arg(&artifact().dir), "--to", &uri]));
+    assert!(message.contains("no eval report") && message.contains("no recommendation"), "{message}");
+}
+
+#[test]
+fn credentials_never_appear_in_outputs_manifests_or_objects() {
+    let server = S3Server::start();
+    let destination = Destination::S3(server);
+    let artifact = artifact();
+    let uri = destination.uri("secret");
+    let mut args = vec!["publish", arg(&artifact.dir), "--to", &uri, "--part-size", TEST_PART_SIZE];
+    let reports = artifact.report_args();
+    args.extend(reports.iter().map(String::as_str));
+    let published = succeeded(destination.qtier(&args));
+    // A failing request too: a wrong bucket.
+    let failing = output(destination.qtier(&["pull", "s3://no-such-bucket/x", "/tmp/qtier-never-created"]));
+    assert!(!failing.status.success());
+    let target = tempfile::tempdir().unwrap().path().join("m");
+    let pulled = succeeded(destination.qtier(&["pull", &destination.uri("secret/minilm-w8a8"), arg(&target)]));
+    let Destination::S3(server) = &destination else { unreachable!() };
+    let mut haystacks: Vec<(String, Vec<u8>)> = vec![
+        ("publish stdout".into(), published.stdout),
+        ("publish stderr".into(), published.stderr),
+        ("failing stderr".into(), failing.stderr),
+        ("pull stdout".into(), pulled.stdout),
+    ];
+    haystacks.extend(server.all_files().into_iter().filter(|(name, _)| !name.starts_with(".upload")));
+    haystacks.extend(tree(&target));
+    for (name, bytes) in haystacks {
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains(SECRET_KEY), "the secret key leaked into {name}");
+        assert!(!text.contains(ACCESS_KEY), "the access key id leaked into {name}");
+    }
+}
+
+#[test]
+fn plain_http_is_refused_except_to_loopback() {
+    let server = S3Server::start();
+    let mut command = server.qtier();
+    command.args(["pull", "s3://models/x", "/tmp/qtier-never-created", "--endpoint-url", "http://192.0.2.1:9000"]);
+    let message = failed(command);
+    assert!(message.contains("plain http") && message.contains("--allow-http"), "{message}");
+    let mut from_env = server.qtier();
+    from_env.env("AWS_ENDPOINT_URL", "http://192.0.2.1:9000").args(["pull", "s3://models/x", "/tmp/qtier-x"]);
+    assert!(failed(from_env).contains("--allow-http"));
+}
+
+#[test]
+fn pull_refuses_a_manifest_that_escapes_the_target() {
+    let store = tempfile::tempdir().unwrap();
+    let version = store.path().join("m/v1");
+    std::fs::create_dir_all(&version).unwrap();
+    std::fs::write(store.path().join("m/evil"), b"x").unwrap();
+    let sha = "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"; // sha256("x")
+    let files = serde_json::json!([{ "path": "../evil", "size": 1, "sha256": sha }]);
+    // A correct content digest, so only the path check can refuse it.
+    let digest = {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(format!("../evil\x001\x00{sha}\n"));
+        hasher.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let manifest = serde_json::json!({
+        "schema_version": 1, "model_name": "m", "version": "v1", "content_sha256": digest, "files": files,
+        "quantization_config": null, "eval": null, "recommendation": null, "tiers": [], "tiers_met": [],
+        "bench_reports": [], "forced": null,
+        "publisher": { "qtier_version": "0", "qtier_git_revision": "x", "published_by": "a@b", "published_at": "t" }
+    });
+    std::fs::write(version.join("qtier-manifest.json"), manifest.to_string()).unwrap();
+    let parent = tempfile::tempdir().unwrap();
+    let target = parent.path().join("inner");
+    let message = crate::common::run_err(&["pull", arg(&version), arg(&target)]);
+    assert!(message.contains("../evil") && message.contains("'..'"), "{message}");
+    assert!(std::fs::read_dir(parent.path()).unwrap().next().is_none());
+}
