@@ -43,10 +43,25 @@ pub enum Command {
     /// Maintain the instance catalog (import prices from an AWS Price List offer file).
     #[command(subcommand)]
     Profiles(crate::commands::profiles::ProfilesCommand),
+    /// Publish a verified artifact (gates: eval accuracy, a service tier met) to S3 or a local
+    /// store, with a sha256 manifest written last.
+    Publish(crate::commands::publish::PublishArgs),
+    /// Download a published artifact, verify every file against its manifest, and rename it into
+    /// place (for init containers).
+    Pull(crate::commands::publish::PullArgs),
+    /// Upload one report file to S3 or a local store (bench jobs use it to collect results).
+    PublishReport(crate::commands::publish::PublishReportArgs),
     /// Run the flow on the bundled test model (all-MiniLM-L6-v2) with local defaults.
     Demo(DemoArgs),
     /// Fetch and verify the test model (all-MiniLM-L6-v2) into the cache and print its directory.
     TestModel(TestModelArgs),
+    /// Print Kubernetes manifests (YAML) for EKS: serve an artifact on a tier's instance type, or
+    /// benchmark it on several instance types.
+    #[command(subcommand)]
+    K8s(crate::commands::k8s::K8sCommand),
+    /// Serve a model over HTTP: OpenAI-compatible /v1/embeddings with dynamic batching, health and
+    /// readiness probes and Prometheus metrics.
+    Serve(crate::commands::serve::ServeArgs),
 }
 
 /// `qtier quantize`.
@@ -166,6 +181,9 @@ pub enum BenchCommand {
     /// Pool several `bench model` reports of the same model into one (e.g. interleaved runs,
     /// see scripts/bench-ab.sh), recomputing the statistics; prints JSON.
     Merge(BenchMergeArgs),
+    /// Load a running server's /v1/embeddings over HTTP (open-loop Poisson arrivals or closed-loop
+    /// clients) and report its latency and throughput.
+    Server(crate::commands::bench_server::BenchServerArgs),
 }
 
 /// `qtier bench merge`.

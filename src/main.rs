@@ -23,7 +23,9 @@ macro_rules! out {
 
 mod cli;
 mod commands;
+mod k8s;
 mod progress;
+mod serve;
 mod test_model;
 
 use std::process::ExitCode;
@@ -63,8 +65,13 @@ fn main() -> ExitCode {
         Command::Compare(args) => commands::compare::run(args),
         Command::Recommend(args) => commands::recommend::run(args),
         Command::Profiles(command) => commands::profiles::run(command),
+        Command::Publish(args) => commands::publish::run_publish(args),
+        Command::Pull(args) => commands::publish::run_pull(args),
+        Command::PublishReport(args) => commands::publish::run_publish_report(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::TestModel(args) => commands::test_model::run(args),
+        Command::Serve(args) => commands::serve::run(args),
+        Command::K8s(command) => commands::k8s::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -42,6 +42,7 @@ pub fn run(command: BenchCommand, threads: Option<NonZeroUsize>) -> anyhow::Resu
         BenchCommand::Kernels(args) => kernels(args, threads),
         BenchCommand::Limits(args) => machine_limits(args, threads),
         BenchCommand::Model(args) => model(args, threads),
+        BenchCommand::Server(args) => crate::commands::bench_server::run(args),
         BenchCommand::Merge(args) => {
             let reports = args.reports.iter().map(|path| read_report(path)).collect::<anyhow::Result<Vec<_>>>()?;
             let merged = merge_reports(&reports).context("merging reports")?;

@@ -2,12 +2,16 @@
 //! result.
 
 pub mod bench;
+pub mod bench_server;
 pub mod compare;
 pub mod demo;
 pub mod embed;
 pub mod eval;
 pub mod inspect;
+pub mod k8s;
 pub mod profiles;
+pub mod publish;
 pub mod quantize;
 pub mod recommend;
+pub mod serve;
 pub mod test_model;

@@ -5,6 +5,10 @@ mod common;
 
 mod bad_input;
 mod bench;
+mod k8s;
 mod models;
+mod publish;
 mod quantize;
 mod recommend;
+mod s3_server;
+mod serve;

@@ -1,0 +1,105 @@
+//! `qtier serve`: the HTTP inference server (see [`crate::serve`]).
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::serve::{BatchPolicy, LOAD_DELAY_ENV, RequestLimits, ServeConfig, serve, shutdown_signal};
+
+/// Threads of the async runtime: they only parse HTTP and JSON, which is small next to the
+/// model's forward pass; the cores belong to the model's worker threads (`--threads`).
+const HTTP_THREADS: usize = 2;
+
+/// Default `--max-request-bytes`: 2048 texts (OpenAI's per-request limit) of about 1000 bytes.
+const DEFAULT_MAX_REQUEST_BYTES: usize = 2 << 20;
+
+/// `qtier serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// A model or int8 artifact directory (sentence-transformers layout).
+    pub model: PathBuf,
+    /// The TCP port (0: any free port; the address is printed on stderr).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// The address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub host: String,
+    /// Texts per batched encode at most.
+    #[arg(long, value_name = "N", default_value = "32")]
+    pub max_batch: NonZeroUsize,
+    /// How long the batching worker waits for more requests after the first of a batch arrived,
+    /// milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 2)]
+    pub max_wait_ms: u64,
+    /// Requests that may wait for the model; beyond that requests are answered 503 at once.
+    #[arg(long, value_name = "N", default_value = "256")]
+    pub queue: NonZeroUsize,
+    /// Largest request body, bytes (larger: 413).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
+    /// Most texts in one request (more: 413).
+    #[arg(long, value_name = "N", default_value_t = 2048)]
+    pub max_inputs: usize,
+    /// The model name responses carry (default: the directory's name).
+    #[arg(long, value_name = "NAME")]
+    pub model_name: Option<String>,
+}
+
+/// Runs `qtier serve` until SIGTERM or Ctrl-C.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = config(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(HTTP_THREADS)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("listening on {}:{}", args.host, args.port))?;
+        eprintln!("listening on http://{}", listener.local_addr()?);
+        serve(listener, config, shutdown_signal()).await
+    });
+    // Everything a request needs has finished; a model load still running at shutdown is dropped.
+    runtime.shutdown_background();
+    result
+}
+
+/// Validates the arguments into the server's configuration.
+fn config(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
+    if !args.model.join("config.json").is_file() {
+        bail!("{}: not a model directory (no config.json)", args.model.display());
+    }
+    if args.max_inputs == 0 {
+        bail!("--max-inputs must be at least 1");
+    }
+    let model_name = match &args.model_name {
+        Some(name) => name.clone(),
+        None => std::fs::canonicalize(&args.model)
+            .ok()
+            .and_then(|dir| dir.file_name().map(|name| name.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| args.model.display().to_string()),
+    };
+    Ok(ServeConfig {
+        model_dir: args.model.clone(),
+        model_name,
+        batching: BatchPolicy { max_batch: args.max_batch, max_wait: Duration::from_millis(args.max_wait_ms) },
+        queue: args.queue,
+        limits: RequestLimits { max_body_bytes: args.max_request_bytes, max_inputs: args.max_inputs },
+        load_delay: load_delay()?,
+    })
+}
+
+/// The test-only delay from [`LOAD_DELAY_ENV`], if set.
+fn load_delay() -> anyhow::Result<Duration> {
+    match std::env::var(LOAD_DELAY_ENV) {
+        Ok(text) => {
+            let ms: u64 = text.parse().with_context(|| format!("{LOAD_DELAY_ENV}: `{text}` is not milliseconds"))?;
+            eprintln!("warning: {LOAD_DELAY_ENV}={ms}: the model loads {ms} ms late (test-only knob)");
+            Ok(Duration::from_millis(ms))
+        }
+        Err(_) => Ok(Duration::ZERO),
+    }
+}
