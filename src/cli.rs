@@ -51,6 +51,9 @@ pub enum Command {
     Pull(crate::commands::publish::PullArgs),
     /// Upload one report file to S3 or a local store (bench jobs use it to collect results).
     PublishReport(crate::commands::publish::PublishReportArgs),
+    /// The whole flow: quantize -> eval -> bench (this host) -> recommend -> publish, with every
+    /// intermediate file in a work directory; stops at the first failed gate.
+    Run(crate::commands::run::RunArgs),
     /// Run the flow on the bundled test model (all-MiniLM-L6-v2) with local defaults.
     Demo(DemoArgs),
     /// Fetch and verify the test model (all-MiniLM-L6-v2) into the cache and print its directory.
@@ -110,14 +113,22 @@ pub struct InspectArgs {
 /// `qtier demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Where the demo writes its artifacts. A previous demo artifact there is replaced; anything
-    /// else is refused unless --force.
+    /// The local store the demo publishes to (a directory; also file:///dir or s3://bucket/prefix).
     #[arg(long, value_name = "DIR", default_value = "qtier-artifacts")]
-    pub out: PathBuf,
-    /// Replace whatever is at the output path.
+    pub out: std::path::PathBuf,
+    /// The work directory for intermediate files (default: qtier-work/all-MiniLM-L6-v2-w8a8).
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Use a work directory that an earlier run did not create.
     #[arg(long)]
     pub force: bool,
-    /// Print the report as JSON on stdout.
+    /// How the bench measures and the recommendation is sized.
+    #[command(flatten)]
+    pub flow: crate::commands::run::FlowArgs,
+    /// How to reach S3 and upload (when --out is an s3:// URI).
+    #[command(flatten)]
+    pub upload: crate::commands::publish::UploadArgs,
+    /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -68,6 +68,7 @@ fn main() -> ExitCode {
         Command::Publish(args) => commands::publish::run_publish(args),
         Command::Pull(args) => commands::publish::run_pull(args),
         Command::PublishReport(args) => commands::publish::run_publish_report(args),
+        Command::Run(args) => commands::run::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::TestModel(args) => commands::test_model::run(args),
         Command::Serve(args) => commands::serve::run(args),

@@ -106,6 +106,8 @@ pub struct PublishOutcome {
     pub content_sha256: String,
     /// Each file and what happened to it.
     pub files: Vec<(String, FileOutcome)>,
+    /// Bytes of all the artifact's files.
+    pub total_bytes: u64,
     /// Bytes uploaded (skipped files not counted).
     pub uploaded_bytes: u64,
     /// The version was already complete with this content.
@@ -248,6 +250,7 @@ pub async fn publish(
         version: manifest.version.clone(),
         content_sha256: manifest.content_sha256.clone(),
         files: Vec::new(),
+        total_bytes: artifact.total_bytes(),
         uploaded_bytes: 0,
         already_published: false,
         forced: manifest.forced.clone(),

@@ -24,7 +24,7 @@ const MIN_KERNEL_SAMPLES: usize = 100;
 const KERNEL_WARMUP: Duration = Duration::from_millis(500);
 
 /// Provenance of a report produced by this process.
-fn provenance() -> Provenance {
+pub fn provenance() -> Provenance {
     Provenance {
         qtier_version: env!("CARGO_PKG_VERSION").to_string(),
         git_revision: env!("QTIER_GIT_REVISION").to_string(),
@@ -53,7 +53,7 @@ pub fn run(command: BenchCommand, threads: Option<NonZeroUsize>) -> anyhow::Resu
 }
 
 /// Warm-up bound per model workload.
-const MODEL_WARMUP: Duration = Duration::from_secs(5);
+pub const MODEL_WARMUP: Duration = Duration::from_secs(5);
 
 fn model(args: BenchModelArgs, threads: usize) -> anyhow::Result<()> {
     for (flag, value) in [("--min-seconds", args.min_seconds), ("--max-seconds", args.max_seconds)] {

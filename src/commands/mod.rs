@@ -13,5 +13,6 @@ pub mod profiles;
 pub mod publish;
 pub mod quantize;
 pub mod recommend;
+pub mod run;
 pub mod serve;
 pub mod test_model;

@@ -11,7 +11,7 @@ use qtier_publish::{GatePolicy, Location, PublishRequest, PullOutcome, S3Options
 
 /// How to reach S3 (shared by the commands that talk to a store).
 #[derive(Debug, Clone, clap::Args)]
-pub struct StoreArgs {
+pub struct S3Args {
     /// AWS region (default: the standard chain: AWS_REGION, the profile, instance metadata).
     #[arg(long, value_name = "REGION")]
     pub region: Option<String>,
@@ -30,6 +30,28 @@ pub struct StoreArgs {
     /// connections are retried with exponential backoff).
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub attempts: u32,
+}
+
+impl S3Args {
+    /// The library's options, with default upload settings.
+    pub fn options(&self) -> S3Options {
+        S3Options {
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            path_style: self.path_style,
+            allow_http: self.allow_http,
+            max_attempts: self.attempts,
+            ..S3Options::default()
+        }
+    }
+}
+
+/// How to upload (publishing commands).
+#[derive(Debug, Clone, clap::Args)]
+pub struct UploadArgs {
+    /// How to reach S3.
+    #[command(flatten)]
+    pub s3: S3Args,
     /// Files above this size go up in parts (bytes; K, M, G, KiB, MiB, GiB suffixes).
     #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
     pub multipart_threshold: u64,
@@ -41,19 +63,14 @@ pub struct StoreArgs {
     pub concurrency: u16,
 }
 
-impl StoreArgs {
+impl UploadArgs {
     /// The library's options.
-    fn options(&self) -> S3Options {
+    pub fn options(&self) -> S3Options {
         S3Options {
-            region: self.region.clone(),
-            endpoint_url: self.endpoint_url.clone(),
-            path_style: self.path_style,
-            allow_http: self.allow_http,
             multipart_threshold: self.multipart_threshold,
             part_size: self.part_size,
             concurrency: usize::from(self.concurrency),
-            max_attempts: self.attempts,
-            ..S3Options::default()
+            ..self.s3.options()
         }
     }
 }
@@ -91,9 +108,9 @@ pub struct PublishArgs {
     /// Why the gates are overridden.
     #[arg(long, value_name = "TEXT", requires = "force")]
     pub reason: Option<String>,
-    /// How to reach S3.
+    /// How to reach S3 and upload.
     #[command(flatten)]
-    pub store: StoreArgs,
+    pub upload: UploadArgs,
     /// Print the outcome as JSON (and no progress bar).
     #[arg(long)]
     pub json: bool,
@@ -112,7 +129,7 @@ pub struct PullArgs {
     pub force: bool,
     /// How to reach S3.
     #[command(flatten)]
-    pub store: StoreArgs,
+    pub s3: S3Args,
     /// Print the outcome as JSON (and no progress bar).
     #[arg(long)]
     pub json: bool,
@@ -128,7 +145,7 @@ pub struct PublishReportArgs {
     pub uri: String,
     /// How to reach S3.
     #[command(flatten)]
-    pub store: StoreArgs,
+    pub s3: S3Args,
 }
 
 /// Runs `qtier publish`.
@@ -152,41 +169,60 @@ pub fn run_publish(args: PublishArgs) -> anyhow::Result<()> {
         tool_version: env!("CARGO_PKG_VERSION").to_owned(),
         tool_git_revision: env!("QTIER_GIT_REVISION").to_owned(),
     };
-    let location = Location::parse(&args.to)?;
-    let prepared = qtier_publish::publish::prepare(&request)?;
-    let bar = crate::progress::byte_bar("publish", args.json);
-    let outcome = runtime()?.block_on(async {
-        let store = Store::open(&location, &args.store.options()).await?;
-        qtier_publish::publish::publish(&prepared, &store, Arc::new(BarProgress(bar.clone()))).await
-    });
-    bar.finish_and_clear();
-    let outcome = outcome.with_context(|| format!("publishing {} to {}", args.artifact.display(), args.to))?;
+    let outcome = publish_artifact(&request, &args.to, &args.upload.options(), args.json)?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {
-        print_publish(&outcome, prepared.total_bytes());
+        print_publish(&outcome);
     }
     Ok(())
 }
 
+/// Applies the gates to the artifact `request` describes and publishes it to `to`, with a
+/// progress bar unless `quiet`.
+pub fn publish_artifact(
+    request: &PublishRequest,
+    to: &str,
+    options: &S3Options,
+    quiet: bool,
+) -> anyhow::Result<PublishOutcome> {
+    let location = Location::parse(to)?;
+    let prepared = qtier_publish::publish::prepare(request)?;
+    let bar = crate::progress::byte_bar("publish", quiet);
+    let outcome = runtime()?.block_on(async {
+        let store = Store::open(&location, options).await?;
+        qtier_publish::publish::publish(&prepared, &store, Arc::new(BarProgress(bar.clone()))).await
+    });
+    bar.finish_and_clear();
+    outcome.with_context(|| format!("publishing {} to {to}", request.artifact.display()))
+}
+
 /// Prints a publish outcome for people.
-fn print_publish(outcome: &PublishOutcome, total_bytes: u64) {
+pub fn print_publish(outcome: &PublishOutcome) {
     let count = |kind: FileOutcome| outcome.files.iter().filter(|(_, o)| *o == kind).count();
     if outcome.already_published {
         outln!("{} version {} was already published at {}", outcome.model_name, outcome.version, outcome.location);
     } else {
         outln!("published {} version {} to {}", outcome.model_name, outcome.version, outcome.location);
     }
+    let mut uploaded = Vec::new();
+    for (kind, words) in [
+        (FileOutcome::UploadedVerifiedByStore, "verified by the store's sha256"),
+        (FileOutcome::UploadedVerifiedByReadBack, "read back and verified"),
+        (FileOutcome::Copied, "copied and verified"),
+    ] {
+        let n = count(kind);
+        if n > 0 {
+            uploaded.push(format!("{n} {words}"));
+        }
+    }
     outln!(
-        "  {} files, {:.1} MB: {} uploaded ({:.1} MB; {} verified by the store's sha256, {} read back and \
-         verified, {} copied locally), {} already in place",
+        "  {} files, {:.1} MB: {} uploaded ({:.1} MB{}), {} already in place",
         outcome.files.len(),
-        total_bytes as f64 / 1e6,
+        outcome.total_bytes as f64 / 1e6,
         outcome.files.len() - count(FileOutcome::Skipped),
         outcome.uploaded_bytes as f64 / 1e6,
-        count(FileOutcome::UploadedVerifiedByStore),
-        count(FileOutcome::UploadedVerifiedByReadBack),
-        count(FileOutcome::Copied),
+        if uploaded.is_empty() { String::new() } else { format!("; {}", uploaded.join(", ")) },
         count(FileOutcome::Skipped),
     );
     outln!("  manifest: {}", outcome.manifest_location);
@@ -204,7 +240,7 @@ pub fn run_pull(args: PullArgs) -> anyhow::Result<()> {
     let location = Location::parse(&args.uri)?;
     let bar = crate::progress::byte_bar("pull", args.json);
     let outcome: anyhow::Result<PullOutcome> = runtime()?.block_on(async {
-        let store = Store::open(&location, &args.store.options()).await?;
+        let store = Store::open(&location, &args.s3.options()).await?;
         Ok(qtier_publish::pull::pull(&store, &args.target, args.force, Arc::new(BarProgress(bar.clone()))).await?)
     });
     bar.finish_and_clear();
@@ -237,7 +273,7 @@ pub fn run_publish_report(args: PublishReportArgs) -> anyhow::Result<()> {
         .with_context(|| format!("{}: name the object to write (…/<name>.json)", args.uri))?;
     let location = Location::parse(parent)?;
     runtime()?.block_on(async {
-        let store = Store::open(&location, &args.store.options()).await?;
+        let store = Store::open(&location, &args.s3.options()).await?;
         store.write_document(name, bytes, false).await?;
         anyhow::Ok(())
     })?;
@@ -246,7 +282,7 @@ pub fn run_publish_report(args: PublishReportArgs) -> anyhow::Result<()> {
 }
 
 /// The async runtime for store I/O.
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
 }
 

@@ -13,9 +13,14 @@ use qtier_profiles::{InstanceCatalog, LabelledReport, RecommendOptions, Recommen
 /// `qtier recommend`.
 #[derive(Debug, clap::Args)]
 pub struct RecommendArgs {
-    /// Bench reports (`qtier bench model --json` output), one or more, of one model.
+    /// Bench reports (`qtier bench model --json` output), one or more, of one model; or an
+    /// `s3://bucket/prefix` (or `file:///dir`) whose `.json` objects are reports, as
+    /// `qtier k8s bench-jobs` collects them.
     #[arg(required = true, value_name = "REPORT")]
     pub reports: Vec<PathBuf>,
+    /// How to reach S3 for report prefixes.
+    #[command(flatten)]
+    pub s3: crate::commands::publish::S3Args,
     /// An instance catalog (TOML) replacing the built-in one.
     #[arg(long, value_name = "FILE")]
     pub catalog: Option<PathBuf>,
@@ -54,28 +59,7 @@ pub struct RecommendArgs {
 
 /// Runs `qtier recommend`.
 pub fn run(args: RecommendArgs) -> anyhow::Result<()> {
-    let catalog = match &args.catalog {
-        Some(path) => InstanceCatalog::parse(&read(path, "catalog")?, &path.display().to_string())?,
-        None => InstanceCatalog::builtin()?,
-    };
-    let mut tiers = match &args.tiers {
-        Some(path) => Tiers::parse(&read(path, "tiers")?, &path.display().to_string())?,
-        None => Tiers::builtin()?,
-    };
-    if let Some(qps) = &args.qps {
-        tiers.apply_qps(qps)?;
-    }
-    let reports = read_reports(&args.reports)?;
-    let (model_shape, model_shape_source) = model_shape(args.model_config.as_deref(), &reports)?;
-    let options = RecommendOptions {
-        batch: args.batch,
-        seq: args.seq,
-        allow_spot: args.allow_spot,
-        allow_projected: args.allow_projected,
-        model_shape,
-        model_shape_source,
-    };
-    let recommendation = recommend(&reports, &catalog, &tiers, &options)?;
+    let recommendation = compute(&args)?;
     let written = match &args.out {
         Some(dir) => write_exports(dir, &recommendation, args.force)?,
         None => Vec::new(),
@@ -91,24 +75,120 @@ pub fn run(args: RecommendArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The recommendation `args` ask for (nothing printed or written).
+pub fn compute(args: &RecommendArgs) -> anyhow::Result<Recommendation> {
+    let catalog = match &args.catalog {
+        Some(path) => InstanceCatalog::parse(&read(path, "catalog")?, &path.display().to_string())?,
+        None => InstanceCatalog::builtin()?,
+    };
+    let mut tiers = match &args.tiers {
+        Some(path) => Tiers::parse(&read(path, "tiers")?, &path.display().to_string())?,
+        None => Tiers::builtin()?,
+    };
+    if let Some(qps) = &args.qps {
+        tiers.apply_qps(qps)?;
+    }
+    let reports = read_reports(&fetch_reports(&args.reports, &args.s3)?)?;
+    let (model_shape, model_shape_source) = model_shape(args.model_config.as_deref(), &reports)?;
+    let options = RecommendOptions {
+        batch: args.batch,
+        seq: args.seq,
+        allow_spot: args.allow_spot,
+        allow_projected: args.allow_projected,
+        model_shape,
+        model_shape_source,
+    };
+    Ok(recommend(&reports, &catalog, &tiers, &options)?)
+}
+
 fn read(path: &Path, what: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {what} {}", path.display()))
 }
 
-/// Reads each report, labelled by its file name (by its path when two names collide).
-fn read_reports(paths: &[PathBuf]) -> anyhow::Result<Vec<LabelledReport>> {
-    let mut names: BTreeMap<String, usize> = BTreeMap::new();
-    for path in paths {
-        *names.entry(file_name(path)).or_default() += 1;
+/// Where a bench report comes from.
+enum ReportSource {
+    /// A local file.
+    File(PathBuf),
+    /// An object below a store prefix, already downloaded.
+    Object {
+        /// Its location (`s3://...`).
+        location: String,
+        /// Its bytes.
+        bytes: Vec<u8>,
+    },
+}
+
+impl ReportSource {
+    /// The file or object name.
+    fn name(&self) -> String {
+        match self {
+            ReportSource::File(path) => file_name(path),
+            ReportSource::Object { location, .. } => location.rsplit('/').next().unwrap_or_default().to_owned(),
+        }
     }
-    paths
+
+    /// The full path or location.
+    fn full_name(&self) -> String {
+        match self {
+            ReportSource::File(path) => path.display().to_string(),
+            ReportSource::Object { location, .. } => location.clone(),
+        }
+    }
+
+    /// The report's text.
+    fn text(&self) -> anyhow::Result<String> {
+        match self {
+            ReportSource::File(path) => read(path, "bench report"),
+            ReportSource::Object { location, bytes } => {
+                String::from_utf8(bytes.clone()).with_context(|| format!("{location}: not UTF-8 text"))
+            }
+        }
+    }
+}
+
+/// Report sources: local paths as given, and for each `s3://` or `file://` prefix every `.json`
+/// object below it, downloaded.
+fn fetch_reports(sources: &[PathBuf], s3: &crate::commands::publish::S3Args) -> anyhow::Result<Vec<ReportSource>> {
+    let mut reports = Vec::new();
+    for source in sources {
+        let text = source.to_string_lossy();
+        if !(text.starts_with("s3://") || text.starts_with("file://")) {
+            reports.push(ReportSource::File(source.clone()));
+            continue;
+        }
+        let location = qtier_publish::Location::parse(&text)?;
+        let found = crate::commands::publish::runtime()?.block_on(async {
+            let store = qtier_publish::Store::open(&location, &s3.options()).await?;
+            let mut found = Vec::new();
+            for key in store.list("").await?.into_iter().filter(|k| k.ends_with(".json")) {
+                if let Some(bytes) = store.read_document(&key).await? {
+                    found.push(ReportSource::Object { location: store.describe(&key), bytes });
+                }
+            }
+            anyhow::Ok(found)
+        })?;
+        if found.is_empty() {
+            bail!("{text}: no .json reports below this prefix");
+        }
+        reports.extend(found);
+    }
+    Ok(reports)
+}
+
+/// Reads each report, labelled by its file name (by its path when two names collide).
+fn read_reports(sources: &[ReportSource]) -> anyhow::Result<Vec<LabelledReport>> {
+    let mut names: BTreeMap<String, usize> = BTreeMap::new();
+    for source in sources {
+        *names.entry(source.name()).or_default() += 1;
+    }
+    sources
         .iter()
-        .map(|path| {
-            let text = read(path, "bench report")?;
-            let report: ModelBenchReport = serde_json::from_str(&text)
-                .with_context(|| format!("{}: not a `qtier bench model --json` report", path.display()))?;
-            let name = file_name(path);
-            let label = if names[&name] > 1 { path.display().to_string() } else { name };
+        .map(|source| {
+            let full_name = source.full_name();
+            let report: ModelBenchReport = serde_json::from_str(&source.text()?)
+                .with_context(|| format!("{full_name}: not a `qtier bench model --json` report"))?;
+            let name = source.name();
+            let label = if names[&name] > 1 { full_name } else { name };
             Ok(LabelledReport { label, report })
         })
         .collect()
@@ -145,7 +225,7 @@ fn model_shape(
 
 /// Writes every export into `dir` (created if missing), each through a temporary file renamed
 /// into place. Existing files are refused, before anything is written, unless `force`.
-fn write_exports(dir: &Path, recommendation: &Recommendation, force: bool) -> anyhow::Result<Vec<PathBuf>> {
+pub fn write_exports(dir: &Path, recommendation: &Recommendation, force: bool) -> anyhow::Result<Vec<PathBuf>> {
     let exports = all_exports();
     let targets: Vec<PathBuf> = exports.iter().map(|e| dir.join(e.file_name())).collect();
     if !force && let Some(existing) = targets.iter().find(|t| t.exists()) {

@@ -10,5 +10,6 @@ mod models;
 mod publish;
 mod quantize;
 mod recommend;
+mod run;
 mod s3_server;
 mod serve;

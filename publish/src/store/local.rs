@@ -70,6 +70,40 @@ impl LocalStore {
         .await
     }
 
+    /// See [`super::Store::list`]. Skips qtier's temporary files.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        blocking(move || {
+            let mut keys = Vec::new();
+            let start = root.join(&prefix);
+            let mut pending = vec![(prefix.trim_end_matches('/').to_owned(), start)];
+            while let Some((relative, dir)) = pending.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(entries) => entries,
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(error) => return Err(PublishError::io(&dir, error)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(|e| PublishError::io(&dir, e))?;
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if name.contains(".qtier-partial-") {
+                        continue;
+                    }
+                    let key = if relative.is_empty() { name } else { format!("{relative}/{name}") };
+                    if entry.file_type().map_err(|e| PublishError::io(entry.path(), e))?.is_dir() {
+                        pending.push((key, entry.path()));
+                    } else {
+                        keys.push(key);
+                    }
+                }
+            }
+            keys.sort();
+            Ok(keys)
+        })
+        .await
+    }
+
     /// See [`super::Store::holds`].
     pub async fn holds(&self, key: &str, entry: &FileEntry) -> Result<bool> {
         let path = self.path(key);

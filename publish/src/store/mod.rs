@@ -99,6 +99,15 @@ impl Store {
         }
     }
 
+    /// Every key below `prefix` (a `/`-terminated key prefix, or empty for all), relative to the
+    /// store's root, sorted.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        match self {
+            Store::Local(store) => store.list(prefix).await,
+            Store::S3(store) => store.list(prefix).await,
+        }
+    }
+
     /// Whether `key` already holds exactly the file `entry` describes.
     pub async fn holds(&self, key: &str, entry: &FileEntry) -> Result<bool> {
         match self {

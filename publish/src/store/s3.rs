@@ -208,6 +208,34 @@ impl S3Store {
         }
     }
 
+    /// See [`super::Store::list`]: `ListObjectsV2`, page by page.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let full_prefix = if self.prefix.is_empty() { prefix.to_owned() } else { format!("{}/{prefix}", self.prefix) };
+        let mut keys = Vec::new();
+        let mut continuation = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&full_prefix)
+                .set_continuation_token(continuation.take())
+                .send()
+                .await
+                .map_err(|e| self.error("list", prefix, &e))?;
+            let strip = if self.prefix.is_empty() { 0 } else { self.prefix.len() + 1 };
+            keys.extend(
+                page.contents().iter().filter_map(|o| o.key()).filter_map(|k| k.get(strip..)).map(str::to_owned),
+            );
+            match page.next_continuation_token() {
+                Some(token) if page.is_truncated() == Some(true) => continuation = Some(token.to_owned()),
+                _ => break,
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
     /// See [`super::Store::holds`]: same size and the same SHA-256 recorded at upload.
     pub async fn holds(&self, key: &str, entry: &FileEntry) -> Result<bool> {
         let response = self.client.head_object().bucket(&self.bucket).key(self.object_key(key)).send().await;
