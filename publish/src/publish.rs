@@ -32,6 +32,10 @@ pub const LATEST_POINTER: &str = "latest";
 /// The claim object of a version (not part of the artifact).
 pub const CLAIM_FILE: &str = ".qtier-publish-claim.json";
 
+/// How long a fresh claim is left to settle before it is read back, on stores whose conditional
+/// writes may not be atomic: far longer than one small PUT takes on a working connection.
+const CLAIM_SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// What to publish.
 #[derive(Debug, Clone)]
 pub struct PublishRequest {
@@ -271,7 +275,14 @@ pub async fn publish(
         published_by: manifest.publisher.published_by.clone(),
     };
     let claim_bytes = serde_json::to_vec_pretty(&claim).expect("a claim serializes");
-    store.write_document(&claim_key, claim_bytes, true).await?;
+    let claimed = store.write_document(&claim_key, claim_bytes, true).await?;
+    if claimed == PutOutcome::Written && !store.conditional_writes_are_atomic() {
+        // A store may check If-None-Match and then write non-atomically (s3s-fs does), letting a
+        // concurrent claimant that checked before our write overwrite us right after it. Such a
+        // write lands within its own request time; once it has, the read-back below sees it and
+        // the loser gives up before uploading anything.
+        tokio::time::sleep(CLAIM_SETTLE).await;
+    }
     // Whether written now or found from an earlier run: the claim must be for this content.
     check_claim(store, &claim_key, manifest).await?;
 

@@ -43,21 +43,40 @@ impl Artifact {
 fn artifact() -> &'static Artifact {
     static ARTIFACT: OnceLock<Artifact> = OnceLock::new();
     ARTIFACT.get_or_init(|| {
-        let root = tempfile::tempdir().unwrap().keep();
-        let dir = root.join("minilm-w8a8");
-        run_ok(&["quantize", arg(test_model()), "-o", arg(&dir), "--json"]);
-        let write = |name: &str, args: &[&str]| {
-            let path = root.join(name);
-            std::fs::write(&path, run_ok(args)).unwrap();
-            path
+        // nextest runs each test in its own process: the fixture is made once per build of the
+        // binary and shared through the target directory (made in a temporary directory and renamed
+        // into place, so a racing process either wins the rename or uses the winner's).
+        let binary = std::fs::metadata(env!("CARGO_BIN_EXE_qtier")).unwrap();
+        let stamp = binary.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let shared =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("publish-fixture-{stamp:x}-{:x}", binary.len()));
+        let artifact = |root: &Path| Artifact {
+            dir: root.join("minilm-w8a8"),
+            eval: root.join("eval.json"),
+            bench: root.join("bench-this-host.json"),
+            recommendation: root.join("recommendation.json"),
         };
-        let eval = write("eval.json", &["eval", arg(test_model()), arg(&dir), "--json"]);
-        let bench = write(
-            "bench-this-host.json",
-            &["bench", "model", arg(&dir), "--seq", "32", "--min-seconds", "1", "--tail", "90", "--json"],
+        if shared.join("complete").is_file() {
+            return artifact(&shared);
+        }
+        std::fs::create_dir_all(shared.parent().unwrap()).unwrap();
+        let building = tempfile::tempdir_in(shared.parent().unwrap()).unwrap();
+        let made = artifact(building.path());
+        run_ok(&["quantize", arg(test_model()), "-o", arg(&made.dir), "--json"]);
+        let write = |path: &Path, args: &[&str]| std::fs::write(path, run_ok(args)).unwrap();
+        write(&made.eval, &["eval", arg(test_model()), arg(&made.dir), "--json"]);
+        write(
+            &made.bench,
+            &["bench", "model", arg(&made.dir), "--seq", "32", "--min-seconds", "1", "--tail", "90", "--json"],
         );
-        let recommendation = write("recommendation.json", &["recommend", arg(&bench), "--allow-projected", "--json"]);
-        Artifact { dir, eval, bench, recommendation }
+        write(&made.recommendation, &["recommend", arg(&made.bench), "--allow-projected", "--json"]);
+        std::fs::write(building.path().join("complete"), b"").unwrap();
+        // Losing the race is fine: the winner's fixture is as good.
+        let built = building.keep();
+        if std::fs::rename(&built, &shared).is_err() {
+            let _ = std::fs::remove_dir_all(&built);
+        }
+        artifact(&shared)
     })
 }
 
@@ -329,29 +348,32 @@ fn two_concurrent_publishes_of_different_content_to_one_version_one_wins() {
         })
         .collect();
     for destination in Destination::both() {
-        let uri = destination.uri("race");
-        let children: Vec<_> = variants
-            .iter()
-            .map(|dir| {
-                let mut command = destination.qtier(&["publish", arg(dir), "--to", &uri, "--name", "minilm"]);
-                command.args(["--version", "v1", "--part-size", TEST_PART_SIZE, "--json"]);
-                command.args(artifact.report_args());
-                command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-                command.spawn().unwrap()
-            })
-            .collect();
-        let outputs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
-        let winners: Vec<usize> = (0..2).filter(|&i| outputs[i].status.success()).collect();
-        assert_eq!(winners.len(), 1, "{}: {}\n{}", destination.name(), text(&outputs[0]), text(&outputs[1]));
-        let loser = 1 - winners[0];
-        let message = String::from_utf8_lossy(&outputs[loser].stderr);
-        assert!(message.contains("v1") && message.contains("different"), "{message}");
+        for version in ["v1", "v2"] {
+            let uri = destination.uri("race");
+            let children: Vec<_> = variants
+                .iter()
+                .map(|dir| {
+                    let mut command = destination.qtier(&["publish", arg(dir), "--to", &uri, "--name", "minilm"]);
+                    command.args(["--version", version, "--part-size", TEST_PART_SIZE, "--json"]);
+                    command.args(artifact.report_args());
+                    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+                    command.spawn().unwrap()
+                })
+                .collect();
+            let outputs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+            let winners: Vec<usize> = (0..2).filter(|&i| outputs[i].status.success()).collect();
+            assert_eq!(winners.len(), 1, "{}: {}\n{}", destination.name(), text(&outputs[0]), text(&outputs[1]));
+            let loser = 1 - winners[0];
+            let message = String::from_utf8_lossy(&outputs[loser].stderr);
+            assert!(message.contains(version) && message.contains("different"), "{message}");
 
-        // The version holds exactly the winner's artifact.
-        let target = scratch.path().join(format!("pulled-{}", destination.name()));
-        succeeded(destination.qtier(&["pull", &destination.uri("race/minilm/v1"), arg(&target)]));
-        let notes = std::fs::read_to_string(target.join("build-notes.txt")).unwrap();
-        assert_eq!(notes, format!("variant {}\n", winners[0]));
+            // The version holds exactly the winner's artifact, and it verifies.
+            let target = scratch.path().join(format!("pulled-{}-{version}", destination.name()));
+            let version_uri = destination.uri(&format!("race/minilm/{version}"));
+            succeeded(destination.qtier(&["pull", &version_uri, arg(&target)]));
+            let notes = std::fs::read_to_string(target.join("build-notes.txt")).unwrap();
+            assert_eq!(notes, format!("variant {}\n", winners[0]));
+        }
     }
 }
 

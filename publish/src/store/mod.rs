@@ -74,6 +74,12 @@ impl Store {
         })
     }
 
+    /// Whether an `if_absent` write is known to be atomic (a local hard link is; an S3-compatible
+    /// server may check and write in two steps).
+    pub fn conditional_writes_are_atomic(&self) -> bool {
+        matches!(self, Store::Local(_))
+    }
+
     /// Where `key` is, for messages.
     pub fn describe(&self, key: &str) -> String {
         match self {
