@@ -18,8 +18,16 @@ const DEFAULT_MAX_REQUEST_BYTES: usize = 2 << 20;
 /// `qtier serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// A model or int8 artifact directory (sentence-transformers layout).
+    /// A model or int8 artifact directory (sentence-transformers layout), or a published
+    /// artifact (`s3://...`, `file:///...` as `qtier pull` takes it), pulled and verified first.
     pub model: PathBuf,
+    /// Where a published artifact is pulled to (default: a directory under the system's temporary
+    /// directory, removed at exit).
+    #[arg(long, value_name = "DIR")]
+    pub pull_to: Option<PathBuf>,
+    /// How to reach S3 for a published artifact.
+    #[command(flatten)]
+    pub s3: crate::commands::publish::S3Args,
     /// The TCP port (0: any free port; the address is printed on stderr).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
@@ -48,8 +56,43 @@ pub struct ServeArgs {
 }
 
 /// Runs `qtier serve` until SIGTERM or Ctrl-C.
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let config = config(&args)?;
+pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
+    let uri = args.model.to_string_lossy().into_owned();
+    let pulled_temporary = if uri.starts_with("s3://") || uri.starts_with("file://") {
+        let temporary = args.pull_to.is_none();
+        let target = args
+            .pull_to
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("qtier-serve-{}", std::process::id())));
+        let location = qtier_publish::Location::parse(&uri)?;
+        let outcome = crate::commands::publish::runtime()?.block_on(async {
+            let store = qtier_publish::Store::open(&location, &args.s3.options()).await?;
+            qtier_publish::pull::pull(&store, &target, true, std::sync::Arc::new(qtier_publish::store::NoProgress))
+                .await
+        });
+        let outcome = outcome.with_context(|| format!("pulling {uri} into {}", target.display()))?;
+        eprintln!(
+            "pulled {} version {} into {} (every sha256 verified)",
+            outcome.model_name,
+            outcome.version,
+            target.display()
+        );
+        args.model_name.get_or_insert(outcome.model_name);
+        args.model = target.clone();
+        temporary.then_some(target)
+    } else {
+        None
+    };
+    let result = serve_dir(&args);
+    if let Some(dir) = pulled_temporary {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
+}
+
+/// Serves the model directory `args.model` until SIGTERM or Ctrl-C.
+fn serve_dir(args: &ServeArgs) -> anyhow::Result<()> {
+    let config = config(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(HTTP_THREADS)
         .enable_all()

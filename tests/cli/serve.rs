@@ -468,3 +468,31 @@ fn bench_server_reports_consistent_statistics_against_a_running_server() {
     assert!(closed.contains("closed loop, 2 concurrent clients"), "{closed}");
     assert!(closed.contains("errors: none") && closed.contains("p99"), "{closed}");
 }
+
+#[test]
+fn serves_a_published_artifact_after_pulling_and_verifying_it() {
+    let scratch = tempfile::tempdir().unwrap();
+    let store = scratch.path().join("store");
+    crate::common::run_ok(&[
+        "publish",
+        arg(test_model()),
+        "--to",
+        arg(&store),
+        "--name",
+        "minilm",
+        "--force",
+        "--reason",
+        "float model served by the serve test",
+    ]);
+    let uri = format!("file://{}/minilm", store.display());
+    let pulled = scratch.path().join("pulled");
+    let server = Server::start(Path::new(&uri), &["--pull-to", arg(&pulled)], &[]);
+    server.wait_for_log("every sha256 verified");
+    server.wait_ready();
+    let response = server.embeddings(&serde_json::json!({"input": ["pulled from the store"]}));
+    let vectors = embeddings_of(&response);
+    assert_eq!(vectors.len(), 1);
+    assert_eq!(vectors[0].len(), 384);
+    assert_eq!(response.json()["model"], "minilm", "the manifest's model name");
+    assert!(pulled.join("qtier-manifest.json").is_file());
+}
