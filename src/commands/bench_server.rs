@@ -361,7 +361,7 @@ pub fn run(args: BenchServerArgs) -> anyhow::Result<()> {
         Sample::new(tally.samples_ns.clone()).ok().and_then(|s| Summary::compute(&s, args.tail, BOOTSTRAP_SEED).ok());
     let report = ServerBenchReport {
         schema_version: SERVER_REPORT_SCHEMA_VERSION,
-        provenance: provenance(),
+        provenance: crate::commands::bench::provenance(),
         url: uri.to_string(),
         load,
         duration_s: args.duration,
@@ -387,17 +387,6 @@ pub fn run(args: BenchServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Provenance of the client run.
-fn provenance() -> Provenance {
-    Provenance {
-        qtier_version: env!("CARGO_PKG_VERSION").to_string(),
-        git_revision: env!("QTIER_GIT_REVISION").to_string(),
-        command: std::env::args().collect(),
-        started_unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-    }
-}
 
 fn print_report(report: &ServerBenchReport) {
     let load = match report.load {
