@@ -363,24 +363,17 @@ fn report_files_and_inspect_describe_the_artifact() {
 }
 
 #[test]
-fn demo_quantizes_the_test_model_and_can_run_again() {
+fn demo_reports_the_whole_flow_as_json() {
     let dir = tempfile::tempdir().unwrap();
-    for _ in 0..2 {
-        let output = qtier().arg("demo").current_dir(dir.path()).output().unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(stdout.contains("37 Linear layers"), "{stdout}");
-    }
-    assert_eq!(entries(&dir.path().join("qtier-artifacts")), ["all-MiniLM-L6-v2-w8a8"]);
-}
-
-#[test]
-fn demo_reports_the_evaluation_as_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let output = qtier().args(["demo", "--json"]).current_dir(dir.path()).output().unwrap();
+    let quick_bench = ["--bench-seconds", "1", "--tail", "90", "--seq", "32"];
+    let output = qtier().args(["demo", "--json"]).args(quick_bench).current_dir(dir.path()).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(report["quantize"]["totals"]["layers_quantized"], 37);
-    assert_eq!(report["eval"]["texts"], 20);
-    assert!(report["eval"]["cosine"]["min"].as_f64().unwrap() >= 0.996);
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["layers_quantized"], 37);
+    assert!(summary["eval_cosine_min"].as_f64().unwrap() >= 0.996);
+    assert_eq!(summary["bench_tail_percentile"], 90.0);
+    assert_eq!(summary["publish"]["model_name"], "all-MiniLM-L6-v2-w8a8");
+    let version = summary["publish"]["version"].as_str().unwrap();
+    let manifest = dir.path().join("qtier-artifacts/all-MiniLM-L6-v2-w8a8").join(version).join("qtier-manifest.json");
+    assert!(manifest.is_file(), "{} is published", manifest.display());
 }
