@@ -31,3 +31,45 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --release --no-fail-fast
 fi
+
+# The CUDA kernels (kernels/cuda/*.cu, the `cuda` feature of qtier-kernels) need no GPU to be
+# checked: kernels/tests/nvrtc.rs compiles every .cu file with NVRTC for sm_75, sm_86 and sm_90
+# and fails on any error or warning. NVRTC comes from its pip wheel, installed once into a venv
+# outside the repository; cudarc loads libnvrtc.so.13 at run time through LD_LIBRARY_PATH.
+# QTIER_NVRTC_LIB_DIR, when already set, names a directory holding libnvrtc.so.13 instead.
+NVRTC_WHEEL_VERSION=13.0.88
+CUDA_RUNTIME_WHEEL_VERSION=13.0.96
+if [ -z "${QTIER_NVRTC_LIB_DIR:-}" ]; then
+  nvrtc_venv="${XDG_CACHE_HOME:-$HOME/.cache}/qtier/nvrtc-venv"
+  nvrtc_stamp="$nvrtc_venv/.qtier-nvrtc-$NVRTC_WHEEL_VERSION-$CUDA_RUNTIME_WHEEL_VERSION"
+  if [ ! -f "$nvrtc_stamp" ]; then
+    rm -rf "$nvrtc_venv"
+    "${QTIER_PYTHON:-python3}" -m venv "$nvrtc_venv" || {
+      echo "error: cannot create a Python venv at $nvrtc_venv (Debian: apt-get install python3-venv)" >&2
+      exit 1
+    }
+    "$nvrtc_venv/bin/python3" -m pip install --quiet --disable-pip-version-check \
+      "nvidia-cuda-nvrtc==$NVRTC_WHEEL_VERSION" "nvidia-cuda-runtime==$CUDA_RUNTIME_WHEEL_VERSION"
+    touch "$nvrtc_stamp"
+  fi
+  nvrtc_lib="$(find "$nvrtc_venv" -name 'libnvrtc.so.13' -print -quit)"
+  if [ -z "$nvrtc_lib" ]; then
+    echo "error: libnvrtc.so.13 not found in $nvrtc_venv after installing nvidia-cuda-nvrtc==$NVRTC_WHEEL_VERSION" >&2
+    exit 1
+  fi
+  QTIER_NVRTC_LIB_DIR="$(dirname "$nvrtc_lib")"
+  # The wheel's CUDA headers (nvidia-cuda-runtime), for NVRTC's --include-path should a kernel
+  # ever include one; today's kernels include only their own header, handed over from memory.
+  cuda_runtime_h="$(find "$nvrtc_venv" -name 'cuda_runtime.h' -print -quit)"
+  if [ -n "$cuda_runtime_h" ]; then
+    export QTIER_CUDA_INCLUDE_DIR="$(dirname "$cuda_runtime_h")"
+  fi
+fi
+export QTIER_NVRTC_LIB_DIR
+if cargo nextest --version >/dev/null 2>&1; then
+  LD_LIBRARY_PATH="$QTIER_NVRTC_LIB_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+    cargo nextest run --release -p qtier-kernels --features cuda --no-fail-fast -E 'test(nvrtc)'
+else
+  LD_LIBRARY_PATH="$QTIER_NVRTC_LIB_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+    cargo test --release -p qtier-kernels --features cuda --no-fail-fast nvrtc
+fi

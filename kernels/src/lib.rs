@@ -1,4 +1,5 @@
-//! qtier-kernels: fused int8 Linear layers for x86-64 CPUs.
+//! qtier-kernels: fused int8 Linear layers for x86-64 CPUs, and for NVIDIA GPUs through NVRTC
+//! ([`cuda`], compiled in with the `cuda` feature).
 //!
 //! [`QuantizedLinear`] holds symmetric per-channel int8 weights packed once ([`pack`]) and runs
 //! `y = act(x_q W_q^T * x_scale * w_scale + bias) + residual` in one pass over each output tile:
@@ -42,6 +43,7 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avxvnni;
+pub mod cuda;
 pub mod dispatch;
 pub mod error;
 mod gemm;

@@ -1,0 +1,348 @@
+// Int8 GEMM with the fused Linear epilogue:
+//   out[m][n] = act(acc * x_scales[m] * w_scales[n] + bias[n]) + residual[m][n],
+//   acc = sum_k A[m][k] * W[n][k] (exact i32).
+//
+// A (activations): int8 row-major [m, kp], kp a multiple of QTIER_KTILE, zero past k (written
+// by qtier_quantize_rows / qtier_layernorm_rows).
+// B (weights, `qtier_kernels::cuda::layout`): tiles of QTIER_NTILE columns x QTIER_KTILE k,
+// stored [column tile][k tile]; inside a tile, 32-bit word `2 * lane + h` holds
+// W[n0 + lane / 4][k0 + 16 h + 4 (lane % 4) .. + 4] (4 consecutive k of one column). That is
+// exactly lane `lane`'s B fragment of mma.m16n8k32 (h = register b0/b1), of two consecutive
+// mma.m8n8k16 (h = k16 step), and of the dp4a kernel, so every kernel loads B with one
+// coalesced 8-byte load per lane per tile. Columns are zero-padded to QTIER_N_ALIGN.
+//
+// Kernels: mma.m16n8k32 with a cp.async pipeline (sm_80+), mma.m8n8k16 (sm_75+), and dp4a
+// (all; also the small-m path, where the GEMM is a weight stream and tensor cores idle).
+// Output: f32 `out`, or f16 `out_f16`, or (test hook) the raw accumulators `acc_out`.
+#include "qtier_common.cuh"
+
+#define QTIER_KTILE 32
+#define QTIER_NTILE 8
+#define QTIER_TILE_WORDS 64
+#define QTIER_N_ALIGN 128
+// Bytes per A row in shared memory: 32 data + 16 padding, so the 8 rows x 4 words of a
+// fragment load hit 32 distinct banks (row stride 12 words); a multiple of 16 for cp.async.
+#define QTIER_A_STRIDE 48
+#define QTIER_STAGES 4
+#define QTIER_DP4A_ROWS 8
+#define QTIER_DP4A_WARPS 8
+
+#define QTIER_GEMM_PARAMS                                                                        \
+    const qtier_s8 *__restrict__ a, const qtier_u32 *__restrict__ b, int m, int n, int kp,      \
+        const float *__restrict__ x_scales, const float *__restrict__ w_scales,                  \
+        const float *__restrict__ bias, const float *__restrict__ residual, int act,             \
+        float *__restrict__ out, unsigned short *__restrict__ out_f16, int *__restrict__ acc_out
+#define QTIER_GEMM_ARGS a, b, m, n, kp, x_scales, w_scales, bias, residual, act, out, out_f16, acc_out
+
+struct __align__(16) QtierChunk {
+    unsigned long long lo;
+    unsigned long long hi;
+};
+
+__device__ __forceinline__ void qtier_store(int m, int n, const float* __restrict__ x_scales,
+                                            const float* __restrict__ w_scales, const float* __restrict__ bias,
+                                            const float* __restrict__ residual, int act, float* __restrict__ out,
+                                            unsigned short* __restrict__ out_f16, int* __restrict__ acc_out, int row,
+                                            int col, int acc) {
+    if (row >= m || col >= n) {
+        return;
+    }
+    const long long idx = (long long)row * n + col;
+    if (acc_out != nullptr) {
+        acc_out[idx] = acc;
+        return;
+    }
+    float v = fmaf((float)acc, x_scales[row] * w_scales[col], bias != nullptr ? bias[col] : 0.0f);
+    v = qtier_activation(v, act);
+    if (residual != nullptr) {
+        v += residual[idx];
+    }
+    if (out_f16 != nullptr) {
+        out_f16[idx] = qtier_f32_to_f16_bits(v);
+    } else {
+        out[idx] = v;
+    }
+}
+
+__device__ __forceinline__ unsigned qtier_smem_addr(const void* p) {
+    unsigned long long s;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(s) : "l"(p));
+    return (unsigned)s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// sm_80+: mma.m16n8k32, QTIER_STAGES-deep cp.async pipeline over k tiles of 32.
+
+template <int BM, int BN, int WARPS_M, int WARPS_N>
+__device__ __forceinline__ void qtier_gemm_mma16832(QTIER_GEMM_PARAMS) {
+#if __CUDA_ARCH__ >= 800
+    constexpr int WM = BM / WARPS_M;
+    constexpr int WN = BN / WARPS_N;
+    constexpr int MI = WM / 16;
+    constexpr int NI = WN / QTIER_NTILE;
+    constexpr int THREADS = WARPS_M * WARPS_N * 32;
+    constexpr int A_STAGE = BM * QTIER_A_STRIDE;
+    constexpr int B_STAGE = (BN / QTIER_NTILE) * QTIER_TILE_WORDS * 4;
+    constexpr int STAGE = A_STAGE + B_STAGE;
+    __shared__ __align__(16) unsigned char smem[QTIER_STAGES * STAGE];
+
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    const int wm = warp / WARPS_N;
+    const int wn = warp % WARPS_N;
+    const int row0 = blockIdx.y * BM;
+    const int col0 = blockIdx.x * BN;
+    const int ktiles = kp / QTIER_KTILE;
+    const qtier_u32* b_block = b + (long long)(col0 / QTIER_NTILE) * ktiles * QTIER_TILE_WORDS;
+
+    auto load_stage = [&](int slot, int kt) {
+        unsigned char* as = smem + slot * STAGE;
+        unsigned char* bs = as + A_STAGE;
+        for (int c = threadIdx.x; c < BM * 2; c += THREADS) {
+            const int r = c >> 1;
+            const int half = c & 1;
+            const bool valid = row0 + r < m;
+            const qtier_s8* src = a + (long long)(valid ? row0 + r : 0) * kp + kt * QTIER_KTILE + half * 16;
+            // Rows past m are zero-filled (source size 0).
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
+                             qtier_smem_addr(as + r * QTIER_A_STRIDE + half * 16)),
+                         "l"(src), "r"(valid ? 16 : 0));
+        }
+        for (int c = threadIdx.x; c < (BN / QTIER_NTILE) * 16; c += THREADS) {
+            const int tile = c >> 4;
+            const int part = c & 15;
+            const qtier_u32* src = b_block + ((long long)tile * ktiles + kt) * QTIER_TILE_WORDS + part * 4;
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
+                             qtier_smem_addr(bs + tile * QTIER_TILE_WORDS * 4 + part * 16)),
+                         "l"(src));
+        }
+    };
+
+    int acc[MI][NI][4];
+#pragma unroll
+    for (int i = 0; i < MI; ++i) {
+#pragma unroll
+        for (int j = 0; j < NI; ++j) {
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                acc[i][j][r] = 0;
+            }
+        }
+    }
+
+#pragma unroll
+    for (int s = 0; s < QTIER_STAGES - 1; ++s) {
+        if (s < ktiles) {
+            load_stage(s, s);
+        }
+        asm volatile("cp.async.commit_group;\n" ::);
+    }
+    for (int kt = 0; kt < ktiles; ++kt) {
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(QTIER_STAGES - 2));
+        __syncthreads();
+        // The slot refilled here was read in iteration kt - 1, which every warp has finished.
+        const int next = kt + QTIER_STAGES - 1;
+        if (next < ktiles) {
+            load_stage(next % QTIER_STAGES, next);
+        }
+        asm volatile("cp.async.commit_group;\n" ::);
+
+        const unsigned char* as = smem + (kt % QTIER_STAGES) * STAGE;
+        const unsigned char* bs = as + A_STAGE;
+        qtier_u32 af[MI][4];
+#pragma unroll
+        for (int i = 0; i < MI; ++i) {
+            const unsigned char* ar = as + (wm * WM + i * 16 + g) * QTIER_A_STRIDE + t * 4;
+            af[i][0] = *(const qtier_u32*)(ar);
+            af[i][1] = *(const qtier_u32*)(ar + 8 * QTIER_A_STRIDE);
+            af[i][2] = *(const qtier_u32*)(ar + 16);
+            af[i][3] = *(const qtier_u32*)(ar + 8 * QTIER_A_STRIDE + 16);
+        }
+#pragma unroll
+        for (int j = 0; j < NI; ++j) {
+            const unsigned long long w =
+                *(const unsigned long long*)(bs + (wn * NI + j) * QTIER_TILE_WORDS * 4 + lane * 8);
+            const qtier_u32 b0 = (qtier_u32)w;
+            const qtier_u32 b1 = (qtier_u32)(w >> 32);
+#pragma unroll
+            for (int i = 0; i < MI; ++i) {
+                asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, "
+                             "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                             : "+r"(acc[i][j][0]), "+r"(acc[i][j][1]), "+r"(acc[i][j][2]), "+r"(acc[i][j][3])
+                             : "r"(af[i][0]), "r"(af[i][1]), "r"(af[i][2]), "r"(af[i][3]), "r"(b0), "r"(b1));
+            }
+        }
+    }
+    asm volatile("cp.async.wait_group 0;\n" ::);
+
+#pragma unroll
+    for (int i = 0; i < MI; ++i) {
+#pragma unroll
+        for (int j = 0; j < NI; ++j) {
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int row = row0 + wm * WM + i * 16 + g + (r >= 2 ? 8 : 0);
+                const int col = col0 + wn * WN + j * QTIER_NTILE + t * 2 + (r & 1);
+                qtier_store(m, n, x_scales, w_scales, bias, residual, act, out, out_f16, acc_out, row, col,
+                            acc[i][j][r]);
+            }
+        }
+    }
+#else
+    // Never launched below sm_80 (the host picks qtier_gemm_s8_mma8816_64x64 there).
+    __trap();
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(256) qtier_gemm_s8_mma16832_128x128(QTIER_GEMM_PARAMS) {
+    qtier_gemm_mma16832<128, 128, 2, 4>(QTIER_GEMM_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(128) qtier_gemm_s8_mma16832_64x64(QTIER_GEMM_PARAMS) {
+    qtier_gemm_mma16832<64, 64, 2, 2>(QTIER_GEMM_ARGS);
+}
+
+// ---------------------------------------------------------------------------------------------
+// sm_75+: mma.m8n8k16 (Turing), 64x64 block tile, 4 warps of 32x32, one shared stage with the
+// next k tile prefetched into registers during the mma loop.
+
+extern "C" __global__ void __launch_bounds__(128) qtier_gemm_s8_mma8816_64x64(QTIER_GEMM_PARAMS) {
+    constexpr int BM = 64;
+    constexpr int BN = 64;
+    constexpr int MI = 4;
+    constexpr int NI = 4;
+    __shared__ __align__(16) unsigned char as[BM * QTIER_A_STRIDE];
+    __shared__ __align__(16) unsigned char bs[(BN / QTIER_NTILE) * QTIER_TILE_WORDS * 4];
+
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    const int wm = warp >> 1;
+    const int wn = warp & 1;
+    const int row0 = blockIdx.y * BM;
+    const int col0 = blockIdx.x * BN;
+    const int ktiles = kp / QTIER_KTILE;
+    // 128 threads move one 16-byte chunk of A (64 rows x 2) and one of B (8 tiles x 16) each.
+    const int a_row = threadIdx.x >> 1;
+    const int a_half = threadIdx.x & 1;
+    const bool a_valid = row0 + a_row < m;
+    const qtier_s8* a_src = a + (long long)(a_valid ? row0 + a_row : 0) * kp + a_half * 16;
+    const int b_tile = threadIdx.x >> 4;
+    const int b_part = threadIdx.x & 15;
+    const qtier_u32* b_src =
+        b + ((long long)(col0 / QTIER_NTILE + b_tile) * ktiles) * QTIER_TILE_WORDS + b_part * 4;
+
+    QtierChunk ra = {0, 0};
+    QtierChunk rb;
+    if (a_valid) {
+        ra = *(const QtierChunk*)(a_src);
+    }
+    rb = *(const QtierChunk*)(b_src);
+
+    int acc[MI][NI][2];
+#pragma unroll
+    for (int i = 0; i < MI; ++i) {
+#pragma unroll
+        for (int j = 0; j < NI; ++j) {
+            acc[i][j][0] = 0;
+            acc[i][j][1] = 0;
+        }
+    }
+    for (int kt = 0; kt < ktiles; ++kt) {
+        __syncthreads();
+        *(QtierChunk*)(as + a_row * QTIER_A_STRIDE + a_half * 16) = ra;
+        *(QtierChunk*)(bs + b_tile * QTIER_TILE_WORDS * 4 + b_part * 16) = rb;
+        __syncthreads();
+        if (kt + 1 < ktiles) {
+            if (a_valid) {
+                ra = *(const QtierChunk*)(a_src + (kt + 1) * QTIER_KTILE);
+            }
+            rb = *(const QtierChunk*)(b_src + (long long)(kt + 1) * QTIER_TILE_WORDS);
+        }
+#pragma unroll
+        for (int ks = 0; ks < 2; ++ks) {
+            qtier_u32 af[MI];
+#pragma unroll
+            for (int i = 0; i < MI; ++i) {
+                af[i] = *(const qtier_u32*)(as + (wm * 32 + i * 8 + g) * QTIER_A_STRIDE + ks * 16 + t * 4);
+            }
+#pragma unroll
+            for (int j = 0; j < NI; ++j) {
+                const qtier_u32 bf = *(const qtier_u32*)(bs + (wn * NI + j) * QTIER_TILE_WORDS * 4 + lane * 8 + ks * 4);
+#pragma unroll
+                for (int i = 0; i < MI; ++i) {
+                    asm volatile("mma.sync.aligned.m8n8k16.row.col.s32.s8.s8.s32 {%0,%1}, {%2}, {%3}, {%0,%1};\n"
+                                 : "+r"(acc[i][j][0]), "+r"(acc[i][j][1])
+                                 : "r"(af[i]), "r"(bf));
+                }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int i = 0; i < MI; ++i) {
+#pragma unroll
+        for (int j = 0; j < NI; ++j) {
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const int row = row0 + wm * 32 + i * 8 + g;
+                const int col = col0 + wn * 32 + j * QTIER_NTILE + t * 2 + r;
+                qtier_store(m, n, x_scales, w_scales, bias, residual, act, out, out_f16, acc_out, row, col,
+                            acc[i][j][r]);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// dp4a: one warp per 8-column tile and QTIER_DP4A_ROWS rows. Lane (g, t) multiplies column g's
+// k groups t and t + 4 of every k tile (its B fragment) and the 4 lanes of a column reduce with
+// two shuffles. Each weight byte is read once per QTIER_DP4A_ROWS rows, coalesced.
+
+extern "C" __global__ void __launch_bounds__(QTIER_DP4A_WARPS * 32) qtier_gemm_s8_dp4a(QTIER_GEMM_PARAMS) {
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    const int ntile = blockIdx.x * QTIER_DP4A_WARPS + warp;
+    if (ntile * QTIER_NTILE >= n) {
+        return;
+    }
+    const int row0 = blockIdx.y * QTIER_DP4A_ROWS;
+    const int rows = min(QTIER_DP4A_ROWS, m - row0);
+    const int ktiles = kp / QTIER_KTILE;
+    const qtier_u32* bt = b + (long long)ntile * ktiles * QTIER_TILE_WORDS + lane * 2;
+    const qtier_s8* a0 = a + (long long)row0 * kp + t * 4;
+    int acc[QTIER_DP4A_ROWS];
+#pragma unroll
+    for (int r = 0; r < QTIER_DP4A_ROWS; ++r) {
+        acc[r] = 0;
+    }
+#pragma unroll 4
+    for (int kt = 0; kt < ktiles; ++kt) {
+        const unsigned long long w = *(const unsigned long long*)(bt + (long long)kt * QTIER_TILE_WORDS);
+        const int b0 = (int)(qtier_u32)w;
+        const int b1 = (int)(qtier_u32)(w >> 32);
+#pragma unroll
+        for (int r = 0; r < QTIER_DP4A_ROWS; ++r) {
+            if (r < rows) {
+                const qtier_s8* ar = a0 + (long long)r * kp + kt * QTIER_KTILE;
+                acc[r] = __dp4a(*(const int*)ar, b0, acc[r]);
+                acc[r] = __dp4a(*(const int*)(ar + 16), b1, acc[r]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < QTIER_DP4A_ROWS; ++r) {
+        int v = acc[r];
+        v += __shfl_xor_sync(0xffffffffu, v, 1);
+        v += __shfl_xor_sync(0xffffffffu, v, 2);
+        if (t == 0 && r < rows) {
+            qtier_store(m, n, x_scales, w_scales, bias, residual, act, out, out_f16, acc_out, row0 + r,
+                        ntile * QTIER_NTILE + g, v);
+        }
+    }
+}

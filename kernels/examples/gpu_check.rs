@@ -1,0 +1,239 @@
+//! GPU check of the CUDA int8 Linear (run by `scripts/gpu-check.sh` on a machine with an NVIDIA
+//! GPU; needs the `cuda` feature, the driver, and libnvrtc on `LD_LIBRARY_PATH`).
+//!
+//! 1. Correctness on the 7 reference shapes and odd ones: the GPU's i32 accumulators (every
+//!    GEMM path) must equal the CPU kernels' exactly (which equal the scalar reference's, see
+//!    the CPU test suite), the GPU activation quantization must equal the CPU's bit for bit,
+//!    and the fused outputs (bias, GELU, residual) must match the CPU layer within
+//!    [`OUTPUT_TOLERANCE`].
+//! 2. Timing of the fused Linear (quantize + GEMM + epilogue, hot weights, one stream) and of
+//!    the GEMM alone on already-quantized activations, as medians over repeated batches of
+//!    launches, with achieved TOPS (2 m n k / time).
+//!
+//! Prints one JSON object per line; `--out FILE` also writes them there.
+//! Usage: `gpu_check [--out FILE] [--quick]` (`--quick`: fewer timing repeats).
+
+use std::io::Write;
+use std::time::Instant;
+
+use qtier_kernels::cuda::{CudaDevice, CudaError, CudaQuantizedLinear, GemmPath, QuantizedActivations, linear};
+use qtier_kernels::quant::quantize_row;
+use qtier_kernels::{Activation, QuantizedLinear};
+
+/// Largest difference between the GPU and CPU fused outputs, per unit of `max(1, |cpu|)`:
+/// the activations quantize bit-identically and the accumulators are exact, so only the
+/// epilogue's float rounding (FMA contraction) and the erf implementations differ (the CPU's
+/// A&S erf is within 1.5e-7; see `qtier_kernels::activation::ACTIVATION_ABS_TOLERANCE`).
+const OUTPUT_TOLERANCE: f32 = 1e-4;
+
+/// The reference shapes (m x k x n) of the bench suite: MiniLM (384 / 1536), BERT-base
+/// (768 / 3072) and Llama-7B (4096 / 11008) Linear layers.
+const REFERENCE_SHAPES: [(usize, usize, usize); 7] = [
+    (1, 384, 1536),
+    (32, 384, 1536),
+    (128, 768, 3072),
+    (1, 4096, 4096),
+    (1, 4096, 11008),
+    (16, 4096, 11008),
+    (128, 4096, 4096),
+];
+
+/// Odd shapes: partial tiles in every dimension, K not a multiple of 32, m on both sides of the
+/// dp4a / tensor-core switch (8).
+const ODD_SHAPES: [(usize, usize, usize); 6] =
+    [(3, 77, 129), (9, 1000, 333), (17, 33, 8), (65, 130, 31), (129, 4095, 250), (8, 5, 1)];
+
+/// Minimum wall time of one timed batch of launches (so launch jitter and timer resolution
+/// stay under 1%).
+const BATCH_SECONDS: f64 = 0.02;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn i8(&mut self) -> i8 {
+        ((self.next() % 255) as i32 - 127) as i8
+    }
+    fn f32(&mut self) -> f32 {
+        (self.next() % 2_000_001) as f32 / 1_000_000.0 - 1.0
+    }
+}
+
+fn emit(out: &mut Option<std::fs::File>, line: String) {
+    println!("{line}");
+    if let Some(f) = out {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+/// Median seconds per call of `f` over `repeats` batches, each at least [`BATCH_SECONDS`].
+fn time_calls(
+    dev: &CudaDevice,
+    repeats: usize,
+    mut f: impl FnMut() -> Result<(), CudaError>,
+) -> Result<f64, CudaError> {
+    for _ in 0..3 {
+        f()?;
+    }
+    dev.synchronize()?;
+    let mut calls = 1usize;
+    loop {
+        let t = Instant::now();
+        for _ in 0..calls {
+            f()?;
+        }
+        dev.synchronize()?;
+        if t.elapsed().as_secs_f64() >= BATCH_SECONDS || calls >= 1 << 16 {
+            break;
+        }
+        calls *= 2;
+    }
+    let mut samples: Vec<f64> = (0..repeats)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..calls {
+                f()?;
+            }
+            dev.synchronize()?;
+            Ok(t.elapsed().as_secs_f64() / calls as f64)
+        })
+        .collect::<Result<_, CudaError>>()?;
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[samples.len() / 2])
+}
+
+struct Case {
+    m: usize,
+    k: usize,
+    n: usize,
+    w: Vec<i8>,
+    scales: Vec<f32>,
+    bias: Vec<f32>,
+    x: Vec<f32>,
+}
+
+impl Case {
+    fn new(m: usize, k: usize, n: usize, seed: u64) -> Case {
+        let mut r = Rng(seed);
+        Case {
+            m,
+            k,
+            n,
+            w: (0..n * k).map(|_| r.i8()).collect(),
+            scales: (0..n).map(|_| 0.001 + r.f32().abs() * 0.01).collect(),
+            bias: (0..n).map(|_| r.f32()).collect(),
+            x: (0..m * k).map(|_| r.f32() * 3.0).collect(),
+        }
+    }
+}
+
+fn check(dev: &CudaDevice, c: &Case) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let (m, k, n) = (c.m, c.k, c.n);
+    let mut failures = Vec::new();
+    // Quantized activations, CPU reference.
+    let mut xq = vec![0i8; m * k];
+    let mut xs = vec![0f32; m];
+    for r in 0..m {
+        xs[r] = quantize_row(&c.x[r * k..(r + 1) * k], &mut xq[r * k..(r + 1) * k]);
+    }
+    let cpu = QuantizedLinear::new(&c.w, &c.scales, Some(&c.bias), n, k)?.with_activation(Activation::GeluErf);
+    let cpu_acc = cpu.accumulate_i32(cpu.kernel(), &xq, m)?;
+    let gpu = CudaQuantizedLinear::new(dev, &c.w, &c.scales, Some(&c.bias), n, k)?.with_activation(Activation::GeluErf);
+    for path in [GemmPath::TensorCore, GemmPath::Dp4a] {
+        let acc = gpu.accumulate_i32(dev, &xq, m, path)?;
+        let bad = acc.iter().zip(&cpu_acc).filter(|(a, b)| a != b).count();
+        if bad > 0 {
+            failures.push(format!("{m}x{k}x{n} {path:?}: {bad} of {} accumulators differ", acc.len()));
+        }
+    }
+    // Activation quantization on the device.
+    let x_dev = dev.upload(&c.x)?;
+    let mut qa = QuantizedActivations::new(dev, m, k)?;
+    linear::quantize_rows(dev, &x_dev, &mut qa)?;
+    let (gq, gs) = (dev.download(qa.values())?, dev.download(qa.scales())?);
+    let kp = qa.k_padded();
+    let q_bad =
+        (0..m).flat_map(|r| (0..k).map(move |j| (r, j))).filter(|&(r, j)| gq[r * kp + j] != xq[r * k + j]).count();
+    let s_bad = gs.iter().zip(&xs).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    if q_bad + s_bad > 0 {
+        failures.push(format!("{m}x{k}x{n} quantization: {q_bad} values and {s_bad} scales differ from the CPU"));
+    }
+    // Fused outputs with a residual.
+    let residual: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32 * 0.25).collect();
+    let mut cpu_out = vec![0f32; m * n];
+    cpu.forward_into(&c.x, m, &mut cpu_out, Some(&residual))?;
+    let res_dev = dev.upload(&residual)?;
+    let mut out = dev.zeros::<f32>(m * n)?;
+    gpu.forward(dev, &x_dev, m, Some(&res_dev), &mut out)?;
+    let gpu_out = dev.download(&out)?;
+    let worst = gpu_out.iter().zip(&cpu_out).map(|(g, c)| (g - c).abs() / c.abs().max(1.0)).fold(0f32, f32::max);
+    if worst.is_nan() || worst > OUTPUT_TOLERANCE {
+        failures.push(format!("{m}x{k}x{n} fused output: worst relative error {worst:e} > {OUTPUT_TOLERANCE:e}"));
+    }
+    Ok(failures)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let out_path = args.iter().position(|a| a == "--out").and_then(|i| args.get(i + 1)).cloned();
+    let repeats = if args.iter().any(|a| a == "--quick") { 5 } else { 11 };
+    let mut out = out_path.map(std::fs::File::create).transpose()?;
+
+    let dev = CudaDevice::new(0)?;
+    let t = Instant::now();
+    dev.preload()?;
+    emit(
+        &mut out,
+        format!(
+            "{{\"device\":{:?},\"arch\":\"{}\",\"sm_count\":{},\"preload_s\":{:.3}}}",
+            dev.name(),
+            dev.arch(),
+            dev.sm_count(),
+            t.elapsed().as_secs_f64()
+        ),
+    );
+
+    let mut failures = Vec::new();
+    for (i, &(m, k, n)) in REFERENCE_SHAPES.iter().chain(&ODD_SHAPES).enumerate() {
+        let case = Case::new(m, k, n, 0x9e37_79b9_7f4a_7c15 ^ i as u64);
+        let f = check(&dev, &case)?;
+        emit(&mut out, format!("{{\"check\":\"{m}x{k}x{n}\",\"ok\":{},\"failures\":{:?}}}", f.is_empty(), f));
+        failures.extend(f);
+    }
+
+    for (i, &(m, k, n)) in REFERENCE_SHAPES.iter().enumerate() {
+        let c = Case::new(m, k, n, 0x51ed ^ i as u64);
+        let layer = CudaQuantizedLinear::new(&dev, &c.w, &c.scales, Some(&c.bias), n, k)?;
+        let x = dev.upload(&c.x)?;
+        let mut y = dev.zeros::<f32>(m * n)?;
+        let mut qa = QuantizedActivations::new(&dev, m, k)?;
+        linear::quantize_rows(&dev, &x, &mut qa)?;
+        let fused = time_calls(&dev, repeats, || layer.forward(&dev, &x, m, None, &mut y))?;
+        let gemm = time_calls(&dev, repeats, || layer.forward_quantized(&dev, &qa, None, &mut y))?;
+        let ops = 2.0 * (m * n * k) as f64;
+        emit(
+            &mut out,
+            format!(
+                "{{\"bench\":\"{m}x{k}x{n}\",\"kernel\":\"{:?}\",\"fused_us\":{:.2},\"fused_tops\":{:.2},\"gemm_us\":{:.2},\"gemm_tops\":{:.2},\"weight_gb_s\":{:.0}}}",
+                layer.kernel_for(&dev, m),
+                fused * 1e6,
+                ops / fused / 1e12,
+                gemm * 1e6,
+                ops / gemm / 1e12,
+                (n * k) as f64 / gemm / 1e9
+            ),
+        );
+    }
+    if failures.is_empty() {
+        emit(&mut out, "{\"result\":\"pass\"}".to_owned());
+        Ok(())
+    } else {
+        emit(&mut out, format!("{{\"result\":\"fail\",\"failures\":{failures:?}}}"));
+        Err(format!("{} GPU checks failed", failures.len()).into())
+    }
+}

@@ -1,0 +1,249 @@
+//! Launch configuration: which GEMM kernel runs, block tiles, and grid arithmetic for every
+//! kernel (pure functions, tested on the CPU against the constants in the `.cu` files).
+
+use super::arch::GpuArch;
+use super::error::CudaError;
+use super::layout::NTILE;
+use super::source::{self, KernelFn};
+
+/// Threads of the one-block-per-row kernels (`QTIER_ROW_THREADS`): quantization, LayerNorm,
+/// embeddings. 256 covers a 384- or 768-wide row in 1-3 strided passes.
+pub const ROW_THREADS: u32 = 256;
+/// Threads of the elementwise kernels and mean pooling (`QTIER_ELEMENTWISE_THREADS`).
+pub const ELEMENTWISE_THREADS: u32 = 256;
+/// Grid cap of the grid-stride elementwise kernels: enough blocks to fill any current GPU
+/// several times over, without a grid as long as a huge tensor.
+pub const ELEMENTWISE_MAX_BLOCKS: u32 = 65_535;
+/// Rows per dp4a warp (`QTIER_DP4A_ROWS`); batches of up to this many rows take the dp4a
+/// kernel, which streams the weights once at full width, while a tensor-core tile would be
+/// mostly padding (at 1-8 rows the GEMM is a weight stream, bound by memory bandwidth).
+pub const DP4A_ROWS: usize = 8;
+/// Warps per dp4a block (`QTIER_DP4A_WARPS`), each on its own 8-column tile.
+pub const DP4A_WARPS: usize = 8;
+/// Query rows per attention block (`QTIER_ATT_WARPS`, one warp each).
+pub const ATTENTION_WARPS: u32 = 8;
+/// Longest sequence the fused attention kernel handles (`QTIER_ATT_MAX_SEQ`): BERT's 512.
+pub const ATTENTION_MAX_SEQ: usize = 512;
+/// Largest head dimension of the fused attention kernel (`QTIER_ATT_MAX_HEAD_DIM`).
+pub const ATTENTION_MAX_HEAD_DIM: usize = 128;
+/// Largest grid extent in y and z.
+const MAX_GRID_YZ: usize = 65_535;
+
+/// A kernel launch: grid and block extents (x, y, z) and dynamic shared memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchDims {
+    /// Blocks per grid dimension.
+    pub grid: (u32, u32, u32),
+    /// Threads per block dimension.
+    pub block: (u32, u32, u32),
+    /// Dynamic shared memory per block (all kernels use static shared memory: 0).
+    pub shared_bytes: u32,
+}
+
+/// Which GEMM algorithm to run (callers may force one; see [`select_gemm`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GemmPath {
+    /// Tensor cores: `mma.m16n8k32` on sm_80+, `mma.m8n8k16` on sm_75.
+    TensorCore,
+    /// `dp4a` on the CUDA cores.
+    Dp4a,
+}
+
+/// A concrete GEMM kernel with its block tile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GemmKernel {
+    /// `mma.m16n8k32`, 128 x 128 block tile, 8 warps of 64 x 32 (sm_80+).
+    Mma16832Large,
+    /// `mma.m16n8k32`, 64 x 64 block tile, 4 warps of 32 x 32 (sm_80+).
+    Mma16832Small,
+    /// `mma.m8n8k16`, 64 x 64 block tile, 4 warps of 32 x 32 (sm_75+).
+    Mma8816,
+    /// `dp4a`, [`DP4A_ROWS`] rows x 64 columns per block.
+    Dp4a,
+}
+
+impl GemmKernel {
+    /// The entry point.
+    pub fn function(self) -> KernelFn {
+        match self {
+            GemmKernel::Mma16832Large => source::GEMM_MMA16832_128,
+            GemmKernel::Mma16832Small => source::GEMM_MMA16832_64,
+            GemmKernel::Mma8816 => source::GEMM_MMA8816_64,
+            GemmKernel::Dp4a => source::GEMM_DP4A,
+        }
+    }
+
+    /// Output rows x columns per block.
+    pub fn block_tile(self) -> (usize, usize) {
+        match self {
+            GemmKernel::Mma16832Large => (128, 128),
+            GemmKernel::Mma16832Small | GemmKernel::Mma8816 => (64, 64),
+            GemmKernel::Dp4a => (DP4A_ROWS, DP4A_WARPS * NTILE),
+        }
+    }
+
+    /// Threads per block.
+    pub fn threads(self) -> u32 {
+        match self {
+            GemmKernel::Mma16832Large => 256,
+            GemmKernel::Mma16832Small | GemmKernel::Mma8816 => 128,
+            GemmKernel::Dp4a => (DP4A_WARPS * 32) as u32,
+        }
+    }
+
+    /// The algorithm family.
+    pub fn path(self) -> GemmPath {
+        match self {
+            GemmKernel::Dp4a => GemmPath::Dp4a,
+            _ => GemmPath::TensorCore,
+        }
+    }
+}
+
+/// The kernel for an `m x n` output on `arch` with `sm_count` multiprocessors: dp4a for at most
+/// [`DP4A_ROWS`] rows (or when forced), else tensor cores; on sm_80+ the 128 x 128 tile when it
+/// still gives every multiprocessor a block, else the 64 x 64 tile (more, smaller blocks).
+pub fn select_gemm(arch: GpuArch, m: usize, n: usize, sm_count: usize, forced: Option<GemmPath>) -> GemmKernel {
+    let path = forced.unwrap_or(if m <= DP4A_ROWS { GemmPath::Dp4a } else { GemmPath::TensorCore });
+    match path {
+        GemmPath::Dp4a => GemmKernel::Dp4a,
+        GemmPath::TensorCore if !arch.has_mma_m16n8k32() => GemmKernel::Mma8816,
+        GemmPath::TensorCore => {
+            let large_blocks = m.div_ceil(128) * n.div_ceil(128);
+            if large_blocks >= sm_count { GemmKernel::Mma16832Large } else { GemmKernel::Mma16832Small }
+        }
+    }
+}
+
+fn grid_extent(what: &'static str, value: usize, max: usize) -> Result<u32, CudaError> {
+    if value == 0 || value > max {
+        return Err(CudaError::InvalidArgument { what, value, reason: "outside the CUDA grid limits" });
+    }
+    Ok(value as u32)
+}
+
+/// Grid of `kernel` for an `m x n` output: column blocks on x, row blocks on y.
+pub fn gemm_dims(kernel: GemmKernel, m: usize, n: usize) -> Result<LaunchDims, CudaError> {
+    let (bm, bn) = kernel.block_tile();
+    Ok(LaunchDims {
+        grid: (grid_extent("n", n.div_ceil(bn), i32::MAX as usize)?, grid_extent("m", m.div_ceil(bm), MAX_GRID_YZ)?, 1),
+        block: (kernel.threads(), 1, 1),
+        shared_bytes: 0,
+    })
+}
+
+/// One block of [`ROW_THREADS`] per row.
+pub fn row_dims(rows: usize) -> Result<LaunchDims, CudaError> {
+    Ok(LaunchDims {
+        grid: (grid_extent("rows", rows, i32::MAX as usize)?, 1, 1),
+        block: (ROW_THREADS, 1, 1),
+        shared_bytes: 0,
+    })
+}
+
+/// Grid-stride elementwise launch over `len` values.
+pub fn elementwise_dims(len: usize) -> Result<LaunchDims, CudaError> {
+    let blocks = len.div_ceil(ELEMENTWISE_THREADS as usize).min(ELEMENTWISE_MAX_BLOCKS as usize);
+    Ok(LaunchDims {
+        grid: (grid_extent("len", blocks, ELEMENTWISE_MAX_BLOCKS as usize)?, 1, 1),
+        block: (ELEMENTWISE_THREADS, 1, 1),
+        shared_bytes: 0,
+    })
+}
+
+/// Fused attention: (query blocks of [`ATTENTION_WARPS`], heads, batch).
+pub fn attention_dims(batch: usize, seq: usize, heads: usize) -> Result<LaunchDims, CudaError> {
+    Ok(LaunchDims {
+        grid: (
+            grid_extent("seq", seq.div_ceil(ATTENTION_WARPS as usize), i32::MAX as usize)?,
+            grid_extent("heads", heads, MAX_GRID_YZ)?,
+            grid_extent("batch", batch, MAX_GRID_YZ)?,
+        ),
+        block: (ATTENTION_WARPS * 32, 1, 1),
+        shared_bytes: 0,
+    })
+}
+
+/// Mean pooling: (column blocks, batch).
+pub fn mean_pool_dims(batch: usize, hidden: usize) -> Result<LaunchDims, CudaError> {
+    Ok(LaunchDims {
+        grid: (
+            grid_extent("hidden", hidden.div_ceil(ELEMENTWISE_THREADS as usize), i32::MAX as usize)?,
+            grid_extent("batch", batch, MAX_GRID_YZ)?,
+            1,
+        ),
+        block: (ELEMENTWISE_THREADS, 1, 1),
+        shared_bytes: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::source::{ENCODER, GEMM, QUANT, define_value};
+
+    #[test]
+    fn constants_match_the_kernel_sources() {
+        let checks: [(&str, &str, i64); 8] = [
+            (QUANT.text, "QTIER_ROW_THREADS", ROW_THREADS.into()),
+            (ENCODER.text, "QTIER_ROW_THREADS", ROW_THREADS.into()),
+            (ENCODER.text, "QTIER_ELEMENTWISE_THREADS", ELEMENTWISE_THREADS.into()),
+            (ENCODER.text, "QTIER_ATT_WARPS", ATTENTION_WARPS.into()),
+            (ENCODER.text, "QTIER_ATT_MAX_SEQ", ATTENTION_MAX_SEQ as i64),
+            (ENCODER.text, "QTIER_ATT_MAX_HEAD_DIM", ATTENTION_MAX_HEAD_DIM as i64),
+            (GEMM.text, "QTIER_DP4A_ROWS", DP4A_ROWS as i64),
+            (GEMM.text, "QTIER_DP4A_WARPS", DP4A_WARPS as i64),
+        ];
+        for (text, name, value) in checks {
+            assert_eq!(define_value(text, name), Some(value), "{name}");
+        }
+        // Block sizes in the kernels' __launch_bounds__ and template arguments.
+        assert!(GEMM.text.contains("__launch_bounds__(256) qtier_gemm_s8_mma16832_128x128"));
+        assert!(GEMM.text.contains("qtier_gemm_mma16832<128, 128, 2, 4>"));
+        assert!(GEMM.text.contains("__launch_bounds__(128) qtier_gemm_s8_mma16832_64x64"));
+        assert!(GEMM.text.contains("qtier_gemm_mma16832<64, 64, 2, 2>"));
+        assert!(GEMM.text.contains("__launch_bounds__(128) qtier_gemm_s8_mma8816_64x64"));
+    }
+
+    #[test]
+    fn gemm_selection() {
+        let h200 = (GpuArch::SM90, 132);
+        assert_eq!(select_gemm(h200.0, 1, 4096, h200.1, None), GemmKernel::Dp4a);
+        assert_eq!(select_gemm(h200.0, 8, 4096, h200.1, None), GemmKernel::Dp4a);
+        assert_eq!(select_gemm(h200.0, 16, 11008, h200.1, None), GemmKernel::Mma16832Small);
+        assert_eq!(select_gemm(h200.0, 128, 4096, h200.1, None), GemmKernel::Mma16832Small);
+        assert_eq!(select_gemm(h200.0, 2048, 4096, h200.1, None), GemmKernel::Mma16832Large);
+        assert_eq!(select_gemm(GpuArch::SM75, 128, 4096, 40, None), GemmKernel::Mma8816);
+        assert_eq!(select_gemm(GpuArch::SM75, 1, 4096, 40, Some(GemmPath::TensorCore)), GemmKernel::Mma8816);
+        assert_eq!(select_gemm(h200.0, 512, 4096, h200.1, Some(GemmPath::Dp4a)), GemmKernel::Dp4a);
+        for k in [GemmKernel::Mma16832Large, GemmKernel::Mma16832Small, GemmKernel::Mma8816, GemmKernel::Dp4a] {
+            assert_eq!(k.function().source.file, "gemm_s8.cu");
+            assert_eq!(k.path() == GemmPath::Dp4a, k == GemmKernel::Dp4a);
+        }
+    }
+
+    #[test]
+    fn grids_cover_every_output_exactly_once() {
+        for kernel in [GemmKernel::Mma16832Large, GemmKernel::Mma16832Small, GemmKernel::Mma8816, GemmKernel::Dp4a] {
+            for (m, n) in [(1, 1), (1, 384), (32, 1536), (127, 4097), (128, 11008), (300, 8)] {
+                let d = gemm_dims(kernel, m, n).unwrap();
+                let (bm, bn) = kernel.block_tile();
+                let (gx, gy) = (d.grid.0 as usize, d.grid.1 as usize);
+                assert!(gx * bn >= n && (gx - 1) * bn < n, "{kernel:?} {m}x{n}");
+                assert!(gy * bm >= m && (gy - 1) * bm < m, "{kernel:?} {m}x{n}");
+                assert_eq!(d.block.0, kernel.threads());
+            }
+        }
+        // The dp4a block is DP4A_WARPS warps of one 8-column tile each.
+        assert_eq!(GemmKernel::Dp4a.block_tile().1, DP4A_WARPS * NTILE);
+        assert!(gemm_dims(GemmKernel::Dp4a, 0, 8).is_err());
+        assert!(gemm_dims(GemmKernel::Mma16832Small, 64 * 65_536, 8).is_err());
+        assert_eq!(row_dims(384).unwrap().grid, (384, 1, 1));
+        assert!(row_dims(0).is_err());
+        assert_eq!(elementwise_dims(1000).unwrap().grid.0, 4);
+        assert_eq!(elementwise_dims(usize::MAX / 2).unwrap().grid.0, ELEMENTWISE_MAX_BLOCKS);
+        assert_eq!(attention_dims(2, 128, 12).unwrap().grid, (16, 12, 2));
+        assert_eq!(attention_dims(1, 9, 1).unwrap().grid.0, 2);
+        assert_eq!(mean_pool_dims(3, 384).unwrap().grid, (2, 3, 1));
+    }
+}
