@@ -65,6 +65,12 @@ pub enum Command {
     /// Serve a model over HTTP: OpenAI-compatible /v1/embeddings with dynamic batching, health and
     /// readiness probes and Prometheus metrics.
     Serve(crate::commands::serve::ServeArgs),
+    /// Greedy decoding with a Llama-family decoder (float or int8 artifact): tokens, prefill
+    /// time and time per output token.
+    Generate(crate::commands::generate::GenerateArgs),
+    /// Write a random-weight checkpoint with the real shapes of a published model size
+    /// (`--arch llama --preset 1b|3b|8b`), for benchmarks.
+    Synth(crate::commands::synth::SynthArgs),
 }
 
 /// `qtier quantize`.
@@ -220,6 +226,13 @@ pub struct BenchModelArgs {
     /// Tokens per sequence.
     #[arg(long, default_value_t = 128)]
     pub seq: usize,
+    /// Decoders: prompt tokens of the time-to-first-token workload (default 512 for a Llama-family
+    /// model directory).
+    #[arg(long, value_name = "N")]
+    pub prompt_len: Option<usize>,
+    /// Decoders: tokens generated per run; all but the first are time-per-output-token samples.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub gen_len: usize,
     /// Minimum seconds of measurement per workload (the run also continues until the tail
     /// percentile has enough samples: 662 for p99).
     #[arg(long, value_name = "S", default_value_t = 10.0)]

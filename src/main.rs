@@ -73,6 +73,8 @@ fn main() -> ExitCode {
         Command::TestModel(args) => commands::test_model::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::K8s(command) => commands::k8s::run(command),
+        Command::Generate(args) => commands::generate::run(args),
+        Command::Synth(args) => commands::synth::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,10 +6,12 @@
 //! - [`kernel_bench`]: `qtier bench kernels`, the int8 Linear against the machine's limits and
 //!   candle's f32 and Q8_0 matmuls.
 //! - [`model_bench`]: `qtier bench model`, end-to-end latency of a model per batch size.
+//! - [`decoder_bench`]: `qtier bench model` on a decoder: TTFT and TPOT against the memory bound.
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
 pub mod compare;
+pub mod decoder_bench;
 mod error;
 pub mod export;
 pub mod hardware;

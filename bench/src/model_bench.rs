@@ -87,6 +87,9 @@ pub struct ModelWorkload {
     /// The highest rate meeting the SLA, when asked for (`--find-max-qps`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_qps: Option<MaxQps>,
+    /// For a decoder, which latency the samples are (time to first token or per output token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder_metric: Option<crate::decoder_bench::DecoderMetric>,
     /// Every sample, ns, in order.
     pub samples_ns: Vec<f64>,
 }
@@ -120,7 +123,10 @@ pub struct ModelBenchReport {
     /// Test-only slowdown that was injected, if any (see [`INJECT_SLOWDOWN_ENV`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub injected_slowdown: Option<f64>,
-    /// One entry per batch size.
+    /// For a decoder: the generation shape, weights and TPOT's memory bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder: Option<crate::decoder_bench::DecoderBenchInfo>,
+    /// One entry per batch size (encoders), or TTFT and TPOT (decoders).
     pub workloads: Vec<ModelWorkload>,
 }
 
@@ -144,7 +150,7 @@ pub fn benchmark_ids(encoder: &SentenceEncoder, seq: usize) -> Result<Vec<u32>> 
 }
 
 /// sha256 of every `*.safetensors` file directly in `dir`.
-fn weights_sha256(dir: &Path) -> Result<std::collections::BTreeMap<String, String>> {
+pub(crate) fn weights_sha256(dir: &Path) -> Result<std::collections::BTreeMap<String, String>> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
     let io_error = |path: &Path, e: std::io::Error| BenchError::Model(format!("{}: {e}", path.display()));
@@ -251,6 +257,7 @@ pub fn run_model_bench(
             warmup_calls: timings.warmup_calls,
             stopped_by_time_limit: timings.stopped_by_time_limit,
             stats: Summary::compute(&sample, config.tail_percentile, BOOTSTRAP_SEED)?,
+            decoder_metric: None,
             samples_ns: timings.samples_ns,
         });
     }
@@ -267,6 +274,7 @@ pub fn run_model_bench(
         threads: config.threads,
         merged_runs: 1,
         injected_slowdown: config.injected_slowdown,
+        decoder: None,
         workloads,
     })
 }

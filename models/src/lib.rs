@@ -19,6 +19,7 @@ pub mod config;
 mod error;
 pub mod eval;
 pub mod linear;
+pub mod llama;
 pub mod sentence;
 pub mod tokenize;
 pub mod weights;

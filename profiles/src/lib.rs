@@ -5,6 +5,7 @@
 //! - [`tiers`]: the service tiers' latency limits, spot policy and required throughput.
 //! - [`prices`]: refreshing the catalog's prices from an AWS Price List offer file.
 //! - [`workload`]: the roofline model of an encoder forward (FLOPs and bytes per operation).
+//! - [`decoder`]: decoder TTFT and TPOT, measured and projected from TPOT's memory bound.
 //! - [`projection`]: efficiency calibrated on measured reports, projected onto unmeasured types.
 //! - [`recommend`](mod@recommend): the engine (pure functions) and the [`recommend::Recommendation`] it returns.
 //! - [`export`]: JSON, Markdown and HTML (with a hand-written SVG plot) of a recommendation.
@@ -12,6 +13,7 @@
 #![deny(unsafe_code)]
 
 pub mod catalog;
+pub mod decoder;
 mod error;
 pub mod export;
 pub mod prices;

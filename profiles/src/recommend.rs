@@ -26,6 +26,7 @@ use qtier_bench::model_bench::ModelBenchReport;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{InstanceCatalog, InstanceProfile, Service};
+use crate::decoder::{DecoderLatency, project_decoder};
 use crate::error::{ProfilesError, Result};
 use crate::projection::{
     Calibration, ComputeTarget, DeviceClass, Int8Isa, MeasuredLatency, Projection, calibrate, cpu_target, gpu_target,
@@ -84,6 +85,9 @@ pub enum Evidence {
         latency: MeasuredLatency,
         /// Measured maximum sustainable throughput of one replica, when the report has one.
         max_qps: Option<MeasuredMaxQps>,
+        /// TTFT and TPOT, for a decoder (`latency` is then one whole request).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        decoder: Option<DecoderLatency>,
     },
     /// Projected from a calibration (the slowest over the classes and calibrations that apply).
     Projected {
@@ -91,6 +95,9 @@ pub enum Evidence {
         projection: Projection,
         /// Caveats (which ISA was assumed, why).
         notes: Vec<String>,
+        /// Projected TTFT and TPOT, for a decoder (`projection` is then one whole request).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        decoder: Option<DecoderLatency>,
     },
     /// Neither measured nor projectable.
     Unavailable {
@@ -412,11 +419,15 @@ fn evidence_for(
         .iter()
         .filter(|r| measured_instance_type(&r.report) == Some(name))
         .filter_map(|r| {
+            if let Some(decoder) = DecoderLatency::measured(&r.report) {
+                return (request.batch == 1 && decoder.prompt_len == request.seq)
+                    .then(|| (r, decoder.request(), Some(decoder)));
+            }
             let workload = r.report.workloads.iter().find(|w| w.batch == request.batch && w.seq == request.seq)?;
-            Some((r, MeasuredLatency::of(workload)))
+            Some((r, MeasuredLatency::of(workload), None))
         })
         .min_by(|a, b| a.1.p99_ms.total_cmp(&b.1.p99_ms));
-    if let Some((report, latency)) = measured {
+    if let Some((report, latency, decoder)) = measured {
         let max_qps = report
             .report
             .workloads
@@ -424,7 +435,10 @@ fn evidence_for(
             .find(|w| w.batch == request.batch && w.seq == request.seq)
             .and_then(|w| w.max_qps.as_ref())
             .map(|m| MeasuredMaxQps { qps: m.max_qps, tail_percentile: m.tail_percentile, sla_ms: m.sla_ns / 1e6 });
-        return Evidence::Measured { report: report.label.clone(), latency, max_qps };
+        return Evidence::Measured { report: report.label.clone(), latency, max_qps, decoder };
+    }
+    if reports.iter().any(|r| r.report.decoder.is_some()) {
+        return project_decoder_evidence(instance, reports);
     }
     let Some(shape) = shape else {
         return Evidence::Unavailable {
@@ -480,8 +494,52 @@ fn evidence_for(
         }
     }
     match worst {
-        Some(projection) => Evidence::Projected { projection, notes },
+        Some(projection) => Evidence::Projected { projection, notes, decoder: None },
         None => Evidence::Unavailable { reason: "nothing to project from".into() },
+    }
+}
+
+/// The slowest TPOT projection of `instance` from the decoder reports of each device class it
+/// may run on ([`crate::decoder`]: TPOT from its memory bound at the catalog's bandwidth).
+fn project_decoder_evidence(instance: &InstanceProfile, reports: &[LabelledReport]) -> Evidence {
+    let kinds: Vec<TargetKind> = match gpu_target(instance) {
+        Some(target) => vec![TargetKind::Gpu(target)],
+        None => possible_isas(&instance.cpu).into_iter().map(TargetKind::Cpu).collect(),
+    };
+    let mut worst: Option<(Projection, DecoderLatency)> = None;
+    for kind in &kinds {
+        let class = match kind {
+            TargetKind::Gpu(target) => target.class,
+            TargetKind::Cpu(isa) => isa.device_class(),
+        };
+        for r in reports.iter().filter(|r| r.report.decoder.is_some() && report_class(&r.report) == class) {
+            let host_cores = crate::projection::MeasuringHost::of(&r.report.hardware, r.report.threads).cores;
+            let target = match kind {
+                TargetKind::Gpu(target) => target.clone(),
+                TargetKind::Cpu(isa) => cpu_target(instance, *isa, host_cores),
+            };
+            let Some(decoder) = project_decoder(&r.report, &target) else { continue };
+            if worst.as_ref().is_some_and(|(_, w)| w.tpot_p99_ms >= decoder.tpot_p99_ms) {
+                continue;
+            }
+            let request = decoder.request();
+            let projection = Projection {
+                calibration: r.label.clone(),
+                target,
+                roofline_ms: decoder.tpot_bound_ms,
+                efficiency: decoder.tpot_bound_ms / decoder.tpot_p50_ms,
+                p50_ms: request.p50_ms,
+                p99_ms: request.p99_ms,
+                range: [crate::projection::PROJECTION_RANGE_LOW, crate::projection::PROJECTION_RANGE_HIGH],
+            };
+            worst = Some((projection, decoder));
+        }
+    }
+    match worst {
+        Some((projection, decoder)) => Evidence::Projected { projection, notes: Vec::new(), decoder: Some(decoder) },
+        None => Evidence::Unavailable {
+            reason: "no measured decoder report of this type or of its device class to project from".into(),
+        },
     }
 }
 
@@ -499,6 +557,14 @@ struct EvaluationContext<'a> {
     options: &'a RecommendOptions,
     int8: bool,
     request: RequestShape,
+}
+
+/// `tier` with the limits a model of this kind is judged on: request latency (p50, p99) for an
+/// encoder, TTFT and TPOT for a decoder. A tier naming no metric of the kind keeps all its limits
+/// (none can be measured, so every candidate is rejected with the reason).
+fn judged_limits(tier: &TierSla, decoder: bool) -> TierSla {
+    let applicable: Vec<_> = tier.limit.iter().filter(|l| l.metric.is_decoder_metric() == decoder).copied().collect();
+    if applicable.is_empty() { tier.clone() } else { TierSla { limit: applicable, ..tier.clone() } }
 }
 
 /// Evaluates `instance` with `evidence` for `tier`; the verdict is set later by [`choose`].
@@ -520,6 +586,25 @@ fn evaluate(
         .map(|limit| {
             let limit_ms = limit.max_ms.get();
             let (value_ms, range_ms, decision_ms, basis) = match (evidence, limit.metric) {
+                (
+                    Evidence::Measured { decoder: Some(decoder), .. },
+                    metric @ (LatencyMetric::TtftP99 | LatencyMetric::TpotP99),
+                ) => {
+                    let value = decoder.value(metric);
+                    (value, None, value, decoder.basis.clone())
+                }
+                (
+                    Evidence::Projected { decoder: Some(decoder), projection, .. },
+                    metric @ (LatencyMetric::TtftP99 | LatencyMetric::TpotP99),
+                ) => {
+                    let range = decoder.value(metric).map(|v| projection.range_of(v));
+                    (
+                        decoder.value(metric),
+                        range,
+                        range.map(|r| r[1]),
+                        format!("{}; high end of the range", decoder.basis),
+                    )
+                }
                 (Evidence::Measured { latency, .. }, LatencyMetric::P50) => (
                     Some(latency.p50_ms),
                     None,
@@ -724,6 +809,10 @@ pub fn recommend(
         }
     }
     let int8 = first.report.int8;
+    let decoder = first.report.decoder.is_some();
+    if let Some(other) = reports.iter().find(|r| r.report.decoder.is_some() != decoder) {
+        return Err(report_error(&other.label, format!("mixes decoder and encoder reports with {}", first.label)));
+    }
     let request = request_shape(reports, options)?;
     let shape = options.model_shape.as_ref();
     let mut notes = Vec::new();
@@ -748,6 +837,13 @@ pub fn recommend(
             )),
         }
         match (class, shape) {
+            _ if decoder => roles.push(match &r.report.decoder {
+                Some(info) => format!(
+                    "calibrates decoder projections (TPOT at {:.0}% of its memory bound)",
+                    info.tpot_percent_of_bound
+                ),
+                None => "decoder report".into(),
+            }),
             (DeviceClass::Gpu, _) => roles.push("GPU reports cannot calibrate yet: they do not name the GPU".into()),
             (_, None) => roles.push("cannot calibrate: no model config".into()),
             (_, Some(shape)) => {
@@ -794,6 +890,7 @@ pub fn recommend(
         .tiers
         .iter()
         .map(|tier| {
+            let tier = &judged_limits(tier, decoder);
             let required_qps = tier.required_qps.map(|q| q.get());
             let mut candidates: Vec<Candidate> = evidence
                 .iter()

@@ -4,7 +4,8 @@
 //! The built-in tiers are `profiles/data/tiers.toml` ([`BUILTIN_TIERS_TOML`]): gold (real-time,
 //! p99 <= 16 ms, on-demand, int8), silver (interactive, p99 <= 250 ms and p50 <= 80 ms, spot only
 //! with `--allow-spot`), bronze (async, p99 <= 10 s, spot). A tier's limits name their metric, so
-//! decoder tiers can bound `ttft_p99` and `tpot_p99` once decoder reports measure them.
+//! each tier also bounds `ttft_p99` and `tpot_p99`, the metrics decoder reports are judged on
+//! (an encoder is judged on the p50/p99 limits, a decoder on the TTFT/TPOT ones).
 
 use std::fmt;
 
@@ -34,6 +35,12 @@ pub enum LatencyMetric {
 }
 
 impl LatencyMetric {
+    /// True for the decoder metrics (TTFT, TPOT), which only decoder reports measure; p50 and
+    /// p99 apply to encoders.
+    pub fn is_decoder_metric(self) -> bool {
+        matches!(self, LatencyMetric::TtftP99 | LatencyMetric::TpotP99)
+    }
+
     /// The name used in the data files and reports.
     pub fn name(self) -> &'static str {
         match self {

@@ -89,9 +89,17 @@ fn model(args: BenchModelArgs, threads: usize) -> anyhow::Result<()> {
     let max_regression = parse_threshold(&args.max_regression)?;
     let bar = spinner(args.json || args.markdown || args.emf);
     let hardware = detect(threads, args.instance_type.as_deref());
-    let report =
-        run_model_bench(&args.model, &config, provenance(), hardware, &|step| bar.set_message(step.to_string()))
-            .with_context(|| format!("benchmarking {}", args.model.display()))?;
+    let report = match decoder_config(&args, &config)? {
+        Some(decoder) => {
+            qtier_bench::decoder_bench::run_decoder_bench(&args.model, &decoder, provenance(), hardware, &|step| {
+                bar.set_message(step.to_string())
+            })
+        }
+        None => {
+            run_model_bench(&args.model, &config, provenance(), hardware, &|step| bar.set_message(step.to_string()))
+        }
+    }
+    .with_context(|| format!("benchmarking {}", args.model.display()))?;
     bar.finish_and_clear();
     if let Some(path) = &args.html {
         write_new_file(path, Html.export(&report).as_bytes(), args.force)?;
@@ -118,6 +126,36 @@ fn model(args: BenchModelArgs, threads: usize) -> anyhow::Result<()> {
         }
         None => Ok(()),
     }
+}
+
+/// Default prompt tokens of a decoder's time-to-first-token workload.
+const DEFAULT_PROMPT_LEN: usize = 512;
+
+/// The decoder benchmark's settings when the model directory holds a Llama-family decoder (or
+/// `--prompt-len` is given); `None` for encoders.
+fn decoder_config(
+    args: &BenchModelArgs,
+    config: &ModelBenchConfig,
+) -> anyhow::Result<Option<qtier_bench::decoder_bench::DecoderBenchConfig>> {
+    let config_path = args.model.join("config.json");
+    let is_decoder = config_path.is_file()
+        && qtier_models::llama::config::DECODER_MODEL_TYPES
+            .contains(&qtier_models::config::model_type(&config_path)?.as_str());
+    if !is_decoder && args.prompt_len.is_none() {
+        return Ok(None);
+    }
+    if args.qps.is_some() || args.find_max_qps {
+        bail!("--qps and --find-max-qps measure encoders; decoders are measured by TTFT and TPOT");
+    }
+    Ok(Some(qtier_bench::decoder_bench::DecoderBenchConfig {
+        prompt_len: args.prompt_len.unwrap_or(DEFAULT_PROMPT_LEN),
+        gen_len: args.gen_len,
+        tail_percentile: config.tail_percentile,
+        min_duration: config.timing.min_duration,
+        max_duration: config.timing.max_duration,
+        int8: config.int8,
+        threads: config.threads,
+    }))
 }
 
 /// Writes `bytes` to `path` through a temporary file beside it, refusing to replace an existing
@@ -219,6 +257,25 @@ fn print_model_report(report: &qtier_bench::model_bench::ModelBenchReport) {
         "p99 bound",
         "outliers"
     );
+    if let Some(decoder) = &report.decoder {
+        outln!(
+            "decoder: prompt {} tokens, {} generated per run, {} runs; weights {} ({:.3} GB read per token)",
+            decoder.prompt_len,
+            decoder.gen_len,
+            decoder.runs,
+            decoder.weight_dtype,
+            decoder.weight_bytes_per_token as f64 / 1e9
+        );
+        outln!(
+            "TPOT median {:.2} ms; memory bound {:.2} ms (read {:.1} GB/s on {} threads, {} MB probe): {:.0}% of bound",
+            decoder.tpot_p50_ms,
+            decoder.tpot_bound_ms,
+            decoder.read_gb_per_s,
+            report.threads,
+            decoder.read_probe_bytes >> 20,
+            decoder.tpot_percent_of_bound
+        );
+    }
     for w in &report.workloads {
         let s = &w.stats;
         outln!(

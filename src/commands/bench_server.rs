@@ -387,7 +387,6 @@ pub fn run(args: BenchServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-
 fn print_report(report: &ServerBenchReport) {
     let load = match report.load {
         OfferedLoad::OpenLoop { qps } => format!("open loop, {qps:.1} requests/s offered (Poisson)"),

@@ -6,6 +6,7 @@ mod common;
 mod bad_input;
 mod bench;
 mod k8s;
+mod llama;
 mod models;
 mod publish;
 mod quantize;

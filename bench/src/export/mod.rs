@@ -51,6 +51,7 @@ pub(crate) mod test_report {
                 stats,
                 open_loop: None,
                 max_qps: None,
+                decoder_metric: None,
                 samples_ns: samples,
             }
         };
@@ -83,6 +84,7 @@ pub(crate) mod test_report {
             threads: 2,
             merged_runs: 1,
             injected_slowdown: None,
+            decoder: None,
             workloads: vec![workload("b1xs128", 1, 11e6), workload("b32xs128", 32, 300e6)],
         }
     }

@@ -29,6 +29,7 @@ pub fn workload(batch: usize, seq: usize, p50_ms: f64, p99_ms: f64) -> ModelWork
         stats,
         open_loop: None,
         max_qps: None,
+        decoder_metric: None,
         samples_ns: samples,
     }
 }
@@ -75,6 +76,7 @@ pub fn report(
         threads: cores,
         merged_runs: 1,
         injected_slowdown: None,
+        decoder: None,
         workloads,
     }
 }
