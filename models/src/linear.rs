@@ -28,8 +28,11 @@ impl Default for Int8Options {
 /// The weights behind a [`Linear`].
 #[derive(Debug, Clone)]
 enum LinearKind {
-    /// `x @ weight_t + bias` in f32; `weight_t` is `[in, out]`, contiguous.
-    Float { weight_t: Tensor, bias: Tensor },
+    /// `x @ weight^T + bias` in f32; `weight` is `[out, in]`, contiguous, as checkpoints store
+    /// it. The matmul reads it through a transposed view: measured with candle 0.11 on 2 threads,
+    /// that is 20-35% faster than a contiguous `[in, out]` copy at one row (1x2048 @ 128256 lm_head:
+    /// 30.1 vs 38.4 ms; 1x2048 @ 8192: 1.7 vs 2.6 ms) and within noise at 128 to 4096 rows.
+    Float { weight: Tensor, bias: Tensor },
     /// The fused int8 kernel (bias and activation inside).
     Int8(Box<Int8Weights>),
 }
@@ -60,10 +63,10 @@ impl Linear {
     /// A float layer from `weight` `[out, in]` and `bias` `[out]`.
     pub fn float(name: &str, weight: &Tensor, bias: Tensor, activation: Activation) -> Result<Linear> {
         let out_features = weight.dim(0)?;
-        let weight_t = weight.t()?.contiguous()?;
+        let weight = weight.contiguous()?;
         Ok(Linear {
             name: name.to_string(),
-            kind: LinearKind::Float { weight_t, bias },
+            kind: LinearKind::Float { weight, bias },
             activation,
             out_features,
             outlier_decomposition: false,
@@ -110,8 +113,8 @@ impl Linear {
     /// `act(x W^T + b) (+ residual)` for `x` `[rows, in]`; returns `[rows, out]`.
     pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         match &self.kind {
-            LinearKind::Float { weight_t, bias } => {
-                let y = x.matmul(weight_t)?.broadcast_add(bias)?;
+            LinearKind::Float { weight, bias } => {
+                let y = x.matmul(&weight.t()?)?.broadcast_add(bias)?;
                 let y = match self.activation {
                     Activation::GeluErf => y.gelu_erf()?,
                     Activation::GeluTanh => y.gelu()?,
