@@ -54,27 +54,7 @@ pub struct PackedWeights {
 impl PackedWeights {
     /// Packs row-major `[n, k]` weights in [-127, 127].
     pub fn new(weights: &[i8], n: usize, k: usize) -> Result<Self, KernelError> {
-        if n == 0 {
-            return Err(KernelError::InvalidDimension { what: "n", value: n, reason: "must be at least 1" });
-        }
-        if k == 0 || k > MAX_K {
-            return Err(KernelError::InvalidDimension {
-                what: "k",
-                value: k,
-                reason: "must be in 1..=131072 so i32 accumulation is exact",
-            });
-        }
-        let expected = n.checked_mul(k).ok_or(KernelError::InvalidDimension {
-            what: "n",
-            value: n,
-            reason: "n * k overflows usize",
-        })?;
-        if weights.len() != expected {
-            return Err(KernelError::ShapeMismatch { what: "weights", expected, found: weights.len() });
-        }
-        if let Some(pos) = weights.iter().position(|&w| w == i8::MIN) {
-            return Err(KernelError::WeightOutOfRange { row: pos / k, col: pos % k });
-        }
+        check_weights(weights, n, k)?;
         let k_groups = k.div_ceil(KGROUP);
         let col_blocks = n.div_ceil(BLOCK_COLS);
         let mut blocks = vec![KGroupBlock::ZERO; col_blocks * k_groups * BLOCK_PANELS];
@@ -143,6 +123,34 @@ impl PackedWeights {
         let (g, b) = (kk / KGROUP, kk % KGROUP);
         Some(self.blocks[(cb * self.k_groups + g) * BLOCK_PANELS + p].bytes[c * KGROUP + b])
     }
+}
+
+/// Checks row-major `[n, k]` int8 weights for every packed layout (CPU and GPU): both dimensions
+/// at least 1, `k` small enough for exact i32 accumulation, the length `n * k`, and no -128 (the
+/// symmetric scheme's range is [-127, 127]).
+pub(crate) fn check_weights(weights: &[i8], n: usize, k: usize) -> Result<(), KernelError> {
+    if n == 0 {
+        return Err(KernelError::InvalidDimension { what: "n", value: n, reason: "must be at least 1" });
+    }
+    if k == 0 || k > MAX_K {
+        return Err(KernelError::InvalidDimension {
+            what: "k",
+            value: k,
+            reason: "must be in 1..=131072 so i32 accumulation is exact",
+        });
+    }
+    let expected = n.checked_mul(k).ok_or(KernelError::InvalidDimension {
+        what: "n",
+        value: n,
+        reason: "n * k overflows usize",
+    })?;
+    if weights.len() != expected {
+        return Err(KernelError::ShapeMismatch { what: "weights", expected, found: weights.len() });
+    }
+    if let Some(pos) = weights.iter().position(|&w| w == i8::MIN) {
+        return Err(KernelError::WeightOutOfRange { row: pos / k, col: pos % k });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

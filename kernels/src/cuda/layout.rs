@@ -13,7 +13,6 @@
 //! weight loads). Activations are row-major int8 with the same padded K as row stride.
 
 use crate::error::KernelError;
-use crate::pack::MAX_K;
 
 /// k values per tile and per pipeline stage (`QTIER_KTILE` in gemm_s8.cu).
 pub const KTILE: usize = 32;
@@ -54,27 +53,7 @@ pub struct GpuPackedWeights {
 impl GpuPackedWeights {
     /// Packs row-major `[n, k]` weights in [-127, 127] (the checks of [`crate::pack::PackedWeights`]).
     pub fn new(weights: &[i8], n: usize, k: usize) -> Result<Self, KernelError> {
-        if n == 0 {
-            return Err(KernelError::InvalidDimension { what: "n", value: n, reason: "must be at least 1" });
-        }
-        if k == 0 || k > MAX_K {
-            return Err(KernelError::InvalidDimension {
-                what: "k",
-                value: k,
-                reason: "must be in 1..=131072 so i32 accumulation is exact",
-            });
-        }
-        let expected = n.checked_mul(k).ok_or(KernelError::InvalidDimension {
-            what: "n",
-            value: n,
-            reason: "n * k overflows usize",
-        })?;
-        if weights.len() != expected {
-            return Err(KernelError::ShapeMismatch { what: "weights", expected, found: weights.len() });
-        }
-        if let Some(pos) = weights.iter().position(|&w| w == i8::MIN) {
-            return Err(KernelError::WeightOutOfRange { row: pos / k, col: pos % k });
-        }
+        crate::pack::check_weights(weights, n, k)?;
         let k_tiles = k.div_ceil(KTILE);
         let n_padded = n.div_ceil(N_ALIGN) * N_ALIGN;
         let mut tiles = vec![MmaTile { words: [0; TILE_WORDS] }; (n_padded / NTILE) * k_tiles];
