@@ -16,6 +16,7 @@ use qtier_models::Int8Options;
 
 use crate::cli::{BenchCommand, BenchKernelsArgs, BenchLimitsArgs, BenchModelArgs};
 use crate::commands::compare::{fail_on_regression, parse_threshold, read_report, report_comparison};
+use crate::commands::write_new_file;
 use crate::progress::spinner;
 
 /// Samples per shape at least, whatever `--seconds` says: enough for a stable median and p10/p90.
@@ -102,7 +103,7 @@ fn model(args: BenchModelArgs, threads: usize) -> anyhow::Result<()> {
     .with_context(|| format!("benchmarking {}", args.model.display()))?;
     bar.finish_and_clear();
     if let Some(path) = &args.html {
-        write_new_file(path, Html.export(&report).as_bytes(), args.force)?;
+        write_new_file(path, Html.export(&report), args.force)?;
     }
     let machine_readable = args.json || args.emf || args.markdown;
     if args.json {
@@ -156,20 +157,6 @@ fn decoder_config(
         int8: config.int8,
         threads: config.threads,
     }))
-}
-
-/// Writes `bytes` to `path` through a temporary file beside it, refusing to replace an existing
-/// file unless `force`.
-fn write_new_file(path: &std::path::Path, bytes: &[u8], force: bool) -> anyhow::Result<()> {
-    if path.exists() && !force {
-        bail!("{}: already exists; pass --force to replace it", path.display());
-    }
-    let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?;
-    let temporary = path.with_file_name(format!(".{}.qtier-partial-{}", name.to_string_lossy(), std::process::id()));
-    std::fs::write(&temporary, bytes).with_context(|| format!("writing {}", temporary.display()))?;
-    std::fs::rename(&temporary, path).with_context(|| format!("renaming into {}", path.display())).inspect_err(|_| {
-        let _ = std::fs::remove_file(&temporary);
-    })
 }
 
 /// The open-loop mode asked for by `--qps` or `--find-max-qps --sla`.

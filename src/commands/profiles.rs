@@ -2,9 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use qtier_profiles::catalog::{BUILTIN_CATALOG_NAME, BUILTIN_CATALOG_TOML};
 use qtier_profiles::prices::import_prices;
+
+use crate::commands::write_new_file;
 
 /// `qtier profiles ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -91,18 +93,4 @@ fn import(args: ImportPricesArgs) -> anyhow::Result<()> {
         None => out!("{}", result.catalog_toml),
     }
     Ok(())
-}
-
-/// Writes `text` to `path` through a temporary file beside it, refusing to replace an existing
-/// file unless `force`.
-fn write_new_file(path: &std::path::Path, text: &str, force: bool) -> anyhow::Result<()> {
-    if path.exists() && !force {
-        bail!("{}: already exists; pass --force to replace it", path.display());
-    }
-    let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?;
-    let temporary = path.with_file_name(format!(".{}.qtier-partial-{}", name.to_string_lossy(), std::process::id()));
-    std::fs::write(&temporary, text).with_context(|| format!("writing {}", temporary.display()))?;
-    std::fs::rename(&temporary, path).with_context(|| format!("renaming into {}", path.display())).inspect_err(|_| {
-        let _ = std::fs::remove_file(&temporary);
-    })
 }

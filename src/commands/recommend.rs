@@ -235,14 +235,8 @@ pub fn write_exports(dir: &Path, recommendation: &Recommendation, force: bool) -
         exports.iter().map(|e: &&dyn RecommendationExport| e.render(recommendation)).collect::<Result<Vec<_>, _>>()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for (target, document) in targets.iter().zip(documents) {
-        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let temporary = dir.join(format!(".{name}.qtier-partial-{}", std::process::id()));
-        std::fs::write(&temporary, document).with_context(|| format!("writing {}", temporary.display()))?;
-        std::fs::rename(&temporary, target)
-            .with_context(|| format!("renaming into {}", target.display()))
-            .inspect_err(|_| {
-                let _ = std::fs::remove_file(&temporary);
-            })?;
+        // Existing files were refused above, before anything was written.
+        crate::commands::write_new_file(target, document, true)?;
     }
     Ok(targets)
 }

@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::commands::bench::{MODEL_WARMUP, provenance};
 use crate::commands::publish::{UploadArgs, print_publish, publish_artifact};
 use crate::commands::recommend::{RecommendArgs, compute, write_exports};
+use crate::commands::write_new_file;
 use crate::progress::spinner;
 
 /// The file in a work directory that marks it as qtier's (and holds the run's summary).
@@ -188,9 +189,9 @@ pub fn run_flow(
     status("bench");
     let bench = run_bench(&artifact, flow, quiet)?;
     let bench_json = reports.join("bench").join("this-host.json");
-    write(&bench_json, serde_json::to_string_pretty(&bench)?.as_bytes())?;
+    write_new_file(&bench_json, serde_json::to_string_pretty(&bench)?, true)?;
     let bench_html = reports.join("bench").join("this-host.html");
-    write(&bench_html, Html.export(&bench).as_bytes())?;
+    write_new_file(&bench_html, Html.export(&bench), true)?;
 
     status("recommend");
     let recommendation = run_recommend(&bench_json, &artifact, flow)?;
@@ -244,7 +245,7 @@ pub fn run_flow(
             .collect(),
         publish: published,
     };
-    write(&work_dir.join(RUN_SUMMARY_FILE), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    write_new_file(&work_dir.join(RUN_SUMMARY_FILE), serde_json::to_string_pretty(&summary)?, true)?;
     Ok(summary)
 }
 
@@ -274,8 +275,8 @@ fn run_eval(model: &Path, artifact: &Path, reports: &Path) -> anyhow::Result<Eva
     let reference = SentenceEncoder::load(model).with_context(|| format!("loading {}", model.display()))?;
     let candidate = SentenceEncoder::load(artifact).with_context(|| format!("loading {}", artifact.display()))?;
     let eval = evaluate(&reference, &candidate, &lines(DEV_SENTENCES))?;
-    write(&reports.join("eval.json"), serde_json::to_string_pretty(&eval)?.as_bytes())?;
-    write(&reports.join("eval.md"), crate::commands::eval::markdown(&eval).as_bytes())?;
+    write_new_file(&reports.join("eval.json"), serde_json::to_string_pretty(&eval)?, true)?;
+    write_new_file(&reports.join("eval.md"), crate::commands::eval::markdown(&eval), true)?;
     Ok(eval)
 }
 
@@ -328,14 +329,6 @@ fn run_recommend(bench_json: &Path, artifact: &Path, flow: &FlowArgs) -> anyhow:
         out: None,
         force: false,
     })
-}
-
-/// Writes a file whole (temporary file renamed into place).
-fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temporary = path.with_file_name(format!(".{name}.qtier-partial-{}", std::process::id()));
-    std::fs::write(&temporary, bytes).with_context(|| format!("writing {}", temporary.display()))?;
-    std::fs::rename(&temporary, path).with_context(|| format!("renaming into {}", path.display()))
 }
 
 /// Prints the summary (JSON or for people).
