@@ -278,7 +278,9 @@ mod tests {
     #[test]
     fn shapes_parse_and_reject_nonsense() {
         let shapes = LinearShape::parse_list(REFERENCE_SHAPES).unwrap();
-        assert_eq!(shapes.len(), 7);
+        let expected: Vec<LinearShape> =
+            qtier_kernels::REFERENCE_SHAPES.iter().map(|&(m, k, n)| LinearShape { m, k, n }).collect();
+        assert_eq!(shapes, expected, "the CLI default lists the kernels' reference shapes");
         assert_eq!(shapes[1], LinearShape { m: 32, k: 384, n: 1536 });
         assert_eq!(shapes[1].to_string(), "32x384x1536");
         for bad in ["1x2", "1x0x3", "axbxc", "1x2x3x4"] {

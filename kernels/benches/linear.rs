@@ -17,17 +17,6 @@ use qtier_kernels::QuantizedLinear;
 /// Threads for every contender (the machine notes' comparison point).
 const THREADS: usize = 2;
 
-/// The reference shapes (M, K, N) of the issue and the ORT peer script.
-const SHAPES: [(usize, usize, usize); 7] = [
-    (1, 384, 1536),
-    (32, 384, 1536),
-    (128, 768, 3072),
-    (1, 4096, 4096),
-    (1, 4096, 11008),
-    (16, 4096, 11008),
-    (128, 4096, 4096),
-];
-
 /// A deterministic value in [-1, 1) (no rand dependency needed for benches).
 fn pseudo(i: usize, salt: usize) -> f32 {
     let h = (i as u64 ^ (salt as u64) << 32).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -43,7 +32,7 @@ fn selected_shapes() -> Vec<(usize, usize, usize)> {
                 (v.len() == 3).then(|| (v[0], v[1], v[2]))
             })
             .collect(),
-        _ => SHAPES.to_vec(),
+        _ => qtier_kernels::REFERENCE_SHAPES.to_vec(),
     }
 }
 

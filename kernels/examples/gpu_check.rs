@@ -26,18 +26,6 @@ use qtier_kernels::{Activation, QuantizedLinear};
 /// A&S erf is within 1.5e-7; see `qtier_kernels::activation::ACTIVATION_ABS_TOLERANCE`).
 const OUTPUT_TOLERANCE: f32 = 1e-4;
 
-/// The reference shapes (m x k x n) of the bench suite: MiniLM (384 / 1536), BERT-base
-/// (768 / 3072) and Llama-7B (4096 / 11008) Linear layers.
-const REFERENCE_SHAPES: [(usize, usize, usize); 7] = [
-    (1, 384, 1536),
-    (32, 384, 1536),
-    (128, 768, 3072),
-    (1, 4096, 4096),
-    (1, 4096, 11008),
-    (16, 4096, 11008),
-    (128, 4096, 4096),
-];
-
 /// Odd shapes: partial tiles in every dimension, K not a multiple of 32, m on both sides of the
 /// dp4a / tensor-core switch (8).
 const ODD_SHAPES: [(usize, usize, usize); 6] =
@@ -199,14 +187,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let mut failures = Vec::new();
-    for (i, &(m, k, n)) in REFERENCE_SHAPES.iter().chain(&ODD_SHAPES).enumerate() {
+    for (i, &(m, k, n)) in qtier_kernels::REFERENCE_SHAPES.iter().chain(&ODD_SHAPES).enumerate() {
         let case = Case::new(m, k, n, 0x9e37_79b9_7f4a_7c15 ^ i as u64);
         let f = check(&dev, &case)?;
         emit(&mut out, format!("{{\"check\":\"{m}x{k}x{n}\",\"ok\":{},\"failures\":{:?}}}", f.is_empty(), f));
         failures.extend(f);
     }
 
-    for (i, &(m, k, n)) in REFERENCE_SHAPES.iter().enumerate() {
+    for (i, &(m, k, n)) in qtier_kernels::REFERENCE_SHAPES.iter().enumerate() {
         let c = Case::new(m, k, n, 0x51ed ^ i as u64);
         let layer = CudaQuantizedLinear::new(&dev, &c.w, &c.scales, Some(&c.bias), n, k)?;
         let x = dev.upload(&c.x)?;

@@ -58,3 +58,16 @@ pub use activation::Activation;
 pub use dispatch::{KERNEL_ENV_VAR, KernelKind, resolve_kernel, selected_kernel};
 pub use error::KernelError;
 pub use linear::QuantizedLinear;
+
+/// The reference Linear shapes `(m, k, n)` every kernel benchmark and check measures: MiniLM's
+/// FFN at batch 1 and 32, BERT-base's at 128 tokens, and Llama-7B's projections at decode (m = 1),
+/// small-batch decode (16) and prefill (128).
+pub const REFERENCE_SHAPES: [(usize, usize, usize); 7] = [
+    (1, 384, 1536),
+    (32, 384, 1536),
+    (128, 768, 3072),
+    (1, 4096, 4096),
+    (1, 4096, 11008),
+    (16, 4096, 11008),
+    (128, 4096, 4096),
+];
