@@ -5,7 +5,7 @@
 //! loads (one contiguous 256-byte run), 6 dword broadcasts and 24 `vpdpbusd`: 12 cycles at two
 //! `vpdpbusd` per cycle, with 10 loads, well under the load ports' budget. 12+ accumulators are
 //! needed to cover the instruction's latency on both ports (machine notes: ~760 GOP/s per core).
-//! The GEMV kernel (one row) reads the same layout and keeps 8 accumulators (4 panels x 2 k
+//! The GEMV kernel (one row) reads the same layout and keeps 16 accumulators (4 panels x 4 k
 //! groups) so the weight stream, not the dependency chain, is the limit.
 
 #![allow(unsafe_op_in_unsafe_fn)]
@@ -117,35 +117,41 @@ pub(crate) unsafe fn tile(job: &TileJob<'_>, tile: &mut Tile) {
     }
 }
 
-/// One activation row x one column block, 8 accumulators (two k groups in flight per panel).
+/// One activation row x one column block: [`GEMV_GROUPS`] k groups in flight per panel, so
+/// 16 independent accumulators cover `vpdpbusd`'s latency at two per cycle.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn gemv_block(job: &TileJob<'_>, tile: &mut Tile) {
-    let mut acc0 = [_mm512_setzero_si512(); BLOCK_PANELS];
-    let mut acc1 = [_mm512_setzero_si512(); BLOCK_PANELS];
-    for (p, v) in acc0.iter_mut().enumerate() {
+    let mut acc = [[_mm512_setzero_si512(); BLOCK_PANELS]; GEMV_GROUPS];
+    for (p, v) in acc[0].iter_mut().enumerate() {
         *v = start(job, 0, p, tile);
     }
     let mut w = job.blocks.as_ptr().cast::<__m512i>();
     let mut x = job.a.as_ptr();
     let mut pf = job.prefetch;
-    for _ in 0..job.k_groups / 2 {
-        pf = prefetch(pf, 2 * job.prefetch_per_group);
-        let x0 = bcast(x);
-        let x1 = bcast(x.add(KGROUP));
-        for p in 0..BLOCK_PANELS {
-            acc0[p] = _mm512_dpbusd_epi32(acc0[p], x0, _mm512_load_si512(w.add(p)));
-            acc1[p] = _mm512_dpbusd_epi32(acc1[p], x1, _mm512_load_si512(w.add(BLOCK_PANELS + p)));
+    for _ in 0..job.k_groups / GEMV_GROUPS {
+        pf = prefetch(pf, GEMV_GROUPS * job.prefetch_per_group);
+        for (g, acc_g) in acc.iter_mut().enumerate() {
+            let xb = bcast(x.add(g * KGROUP));
+            for p in 0..BLOCK_PANELS {
+                acc_g[p] = _mm512_dpbusd_epi32(acc_g[p], xb, _mm512_load_si512(w.add(g * BLOCK_PANELS + p)));
+            }
         }
-        w = w.add(2 * BLOCK_PANELS);
-        x = x.add(2 * KGROUP);
+        w = w.add(GEMV_GROUPS * BLOCK_PANELS);
+        x = x.add(GEMV_GROUPS * KGROUP);
     }
-    if job.k_groups % 2 == 1 {
-        let x0 = bcast(x);
+    for acc_g in acc.iter_mut().take(job.k_groups % GEMV_GROUPS) {
+        let xb = bcast(x);
         for p in 0..BLOCK_PANELS {
-            acc0[p] = _mm512_dpbusd_epi32(acc0[p], x0, _mm512_load_si512(w.add(p)));
+            acc_g[p] = _mm512_dpbusd_epi32(acc_g[p], xb, _mm512_load_si512(w.add(p)));
         }
+        w = w.add(BLOCK_PANELS);
+        x = x.add(KGROUP);
     }
     for p in 0..BLOCK_PANELS {
-        finish(job, _mm512_add_epi32(acc0[p], acc1[p]), 0, p, tile);
+        let sum = acc.iter().fold(_mm512_setzero_si512(), |s, acc_g| _mm512_add_epi32(s, acc_g[p]));
+        finish(job, sum, 0, p, tile);
     }
 }
+
+/// K groups the GEMV kernel keeps in flight.
+const GEMV_GROUPS: usize = 4;
