@@ -47,6 +47,7 @@ pub mod cuda;
 pub mod dispatch;
 pub mod error;
 mod gemm;
+pub mod half_linear;
 pub mod limits;
 mod linear;
 pub mod pack;
@@ -57,6 +58,7 @@ mod scalar;
 pub use activation::Activation;
 pub use dispatch::{KERNEL_ENV_VAR, KernelKind, resolve_kernel, selected_kernel};
 pub use error::KernelError;
+pub use half_linear::{HalfLinear, HalfType};
 pub use linear::QuantizedLinear;
 
 /// The reference Linear shapes `(m, k, n)` every kernel benchmark and check measures: MiniLM's

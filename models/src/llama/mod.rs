@@ -7,7 +7,9 @@
 //! `weight_scale` (weights per channel, activations quantized per token on the fly). Query, key
 //! and value run as one GEMM, and so do gate and up (SiLU-multiply follows on the fused output);
 //! the attention output and down projections add the residual in their epilogue. `lm_head` and
-//! the embeddings stay in float, as `qtier quantize` keeps them.
+//! the embeddings stay in float, as `qtier quantize` keeps them; in an int8 artifact that stores
+//! them as BF16 or F16 they also run from those 16-bit weights ([`HalfLinear`]: f32 arithmetic on
+//! the exactly widened values), which halves the largest single read of a decoding step.
 //!
 //! Keys and values go to a [`KvCache`] preallocated for `max_seq` positions, so decoding one
 //! token attends over the cache without recomputing the prompt.
@@ -16,12 +18,14 @@ pub mod config;
 pub mod synth;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use qtier_kernels::{Activation, QuantizedLinear};
+use qtier_kernels::{Activation, HalfLinear, HalfType, QuantizedLinear};
 use qtier_quantize::Checkpoint;
 use qtier_quantize::artifact::read_quantized_weight;
+use qtier_quantize::dtype::Dtype;
 
 pub use config::{LlamaConfig, RopeScaling};
 
@@ -36,6 +40,22 @@ const F32_BYTES: u64 = 4;
 struct Projection {
     linear: Linear,
     weight_bytes: u64,
+}
+
+/// The output projection to the vocabulary.
+enum LmHead {
+    /// f32 (or, in an artifact that quantized it, int8) through [`Linear`].
+    Linear(Projection),
+    /// The stored BF16/F16 weights of an int8 artifact (shared with the embeddings when tied).
+    Half(Arc<HalfLinear>),
+}
+
+/// The token embedding table.
+enum Embeddings {
+    /// `[vocab, hidden]` in f32.
+    F32(Tensor),
+    /// The stored BF16/F16 rows, widened per lookup.
+    Half(Arc<HalfLinear>),
 }
 
 struct DecoderLayer {
@@ -96,10 +116,10 @@ pub struct Generation {
 /// A Llama-family decoder.
 pub struct LlamaModel {
     config: LlamaConfig,
-    embed_tokens: Tensor,
+    embed_tokens: Embeddings,
     layers: Vec<DecoderLayer>,
     norm: Tensor,
-    lm_head: Projection,
+    lm_head: LmHead,
     inverse_frequencies: Vec<f32>,
 }
 
@@ -117,6 +137,34 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
+    /// Tensor `name` as a [`HalfLinear`] `[n, k]`, when the checkpoint stores it as BF16 or F16.
+    fn half(&self, name: &str, n: usize, k: usize) -> Result<Option<Arc<HalfLinear>>> {
+        let Some(tensor) = self.checkpoint.tensor(name) else {
+            return Ok(None);
+        };
+        let dtype = match tensor.entry.dtype {
+            Dtype::BF16 => HalfType::Bf16,
+            Dtype::F16 => HalfType::F16,
+            _ => return Ok(None),
+        };
+        if tensor.entry.shape != [n, k] {
+            return Err(ModelError::InvalidWeight {
+                path: tensor.shard.path().to_path_buf(),
+                tensor: name.to_string(),
+                problem: format!("shape {:?}, expected [{n}, {k}]", tensor.entry.shape),
+            });
+        }
+        let bits: Vec<u16> =
+            tensor.shard.bytes(tensor.entry).chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+        tensor.shard.release(tensor.entry.file_range.clone());
+        let layer = HalfLinear::new(bits, dtype, n, k).map_err(|e| ModelError::InvalidWeight {
+            path: tensor.shard.path().to_path_buf(),
+            tensor: name.to_string(),
+            problem: e.to_string(),
+        })?;
+        Ok(Some(Arc::new(layer)))
+    }
+
     /// The Linear modules `modules` (`outs[i] x in_features` each, bias when the checkpoint has
     /// `<module>.bias`) run as one layer whose output is theirs side by side: int8 when all are
     /// stored int8, else float (an int8 module among float ones is dequantized).
@@ -215,15 +263,36 @@ impl LlamaModel {
                 down: loader.projection(&mlp("down_proj"), &[mlp("down_proj")], &[h], i)?,
             });
         }
-        let embed_tokens = weights.tensor("model.embed_tokens.weight", &[config.vocab_size, h])?;
-        let lm_head = if config.tie_word_embeddings && checkpoint.tensor("lm_head.weight").is_none() {
-            let bias = Tensor::zeros(config.vocab_size, DType::F32, &Device::Cpu)?;
-            Projection {
-                linear: Linear::float("lm_head", &embed_tokens, bias, Activation::None)?,
-                weight_bytes: (config.vocab_size * h) as u64 * F32_BYTES,
-            }
-        } else {
-            loader.projection("lm_head", &["lm_head".to_string()], &[config.vocab_size], h)?
+        let vocab = config.vocab_size;
+        let tied = config.tie_word_embeddings && checkpoint.tensor("lm_head.weight").is_none();
+        let head_name = if tied { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        // An int8 artifact's float layers run from their stored 16-bit weights; a float checkpoint
+        // is the f32 reference path throughout.
+        let artifact = layers.iter().any(|l| l.qkv.linear.is_int8());
+        let half_head =
+            if artifact && !weights.is_quantized("lm_head") { loader.half(head_name, vocab, h)? } else { None };
+        let half_embeddings = match (&half_head, tied, artifact) {
+            (Some(head), true, _) => Some(Arc::clone(head)),
+            (_, false, true) => loader.half("model.embed_tokens.weight", vocab, h)?,
+            _ => None,
+        };
+        let embed_tokens = match half_embeddings {
+            Some(table) => Embeddings::Half(table),
+            None => Embeddings::F32(weights.tensor("model.embed_tokens.weight", &[vocab, h])?),
+        };
+        // Tied without a 16-bit head means the table is f32 (see half_embeddings).
+        let lm_head = match (half_head, &embed_tokens) {
+            (Some(head), _) => LmHead::Half(head),
+            (None, Embeddings::F32(table)) if tied => LmHead::Linear(Projection {
+                linear: Linear::float(
+                    "lm_head",
+                    table,
+                    Tensor::zeros(vocab, DType::F32, &Device::Cpu)?,
+                    Activation::None,
+                )?,
+                weight_bytes: (vocab * h) as u64 * F32_BYTES,
+            }),
+            _ => LmHead::Linear(loader.projection("lm_head", &["lm_head".to_string()], &[vocab], h)?),
         };
         Ok(LlamaModel {
             norm: weights.tensor("model.norm.weight", &[h])?,
@@ -240,13 +309,29 @@ impl LlamaModel {
         &self.config
     }
 
-    /// Every Linear layer in execution order (query, key and value as one layer, gate and up as
-    /// one), `lm_head` last.
+    /// Every [`Linear`] layer in execution order (query, key and value as one layer, gate and up
+    /// as one), `lm_head` last unless it runs from 16-bit weights (see [`lm_head_dtype`](Self::lm_head_dtype)).
     pub fn linears(&self) -> impl Iterator<Item = &Linear> {
+        let head = match &self.lm_head {
+            LmHead::Linear(projection) => Some(&projection.linear),
+            LmHead::Half(_) => None,
+        };
         self.layers
             .iter()
             .flat_map(|l| [&l.qkv.linear, &l.o_proj.linear, &l.gate_up.linear, &l.down.linear])
-            .chain([&self.lm_head.linear])
+            .chain(head)
+    }
+
+    /// The type of `lm_head`'s weights as it runs: `f32`, `int8`, or the stored `bf16`/`f16`.
+    pub fn lm_head_dtype(&self) -> &'static str {
+        match &self.lm_head {
+            LmHead::Linear(projection) if projection.linear.is_int8() => "int8",
+            LmHead::Linear(_) => "f32",
+            LmHead::Half(head) => match head.dtype() {
+                HalfType::Bf16 => "bf16",
+                HalfType::F16 => "f16",
+            },
+        }
     }
 
     /// True when any Linear layer runs on the int8 kernels.
@@ -263,15 +348,20 @@ impl LlamaModel {
             .iter()
             .map(|l| l.qkv.weight_bytes + l.o_proj.weight_bytes + l.gate_up.weight_bytes + l.down.weight_bytes)
             .sum();
-        layers + self.lm_head.weight_bytes
+        let head = match &self.lm_head {
+            LmHead::Linear(projection) => projection.weight_bytes,
+            LmHead::Half(head) => head.weight_bytes() as u64,
+        };
+        layers + head
     }
 
-    /// The weights' types as they run: `f32`, or `int8 (lm_head f32)` for an artifact.
+    /// The weights' types as they run: `f32`, or e.g. `int8 (lm_head bf16)` for an artifact.
     pub fn weight_dtype(&self) -> String {
-        match (self.layers.iter().any(|l| l.qkv.linear.is_int8()), self.lm_head.linear.is_int8()) {
-            (false, false) => "f32".into(),
-            (true, false) => "int8 (lm_head f32)".into(),
-            (_, true) => "int8".into(),
+        let head = self.lm_head_dtype();
+        match (self.layers.iter().any(|l| l.qkv.linear.is_int8()), head) {
+            (false, _) => head.into(),
+            (true, "int8") => "int8".into(),
+            (true, _) => format!("int8 (lm_head {head})"),
         }
     }
 
@@ -365,8 +455,17 @@ impl LlamaModel {
             })
             .transpose()?;
         let scale = 1.0 / (d as f64).sqrt();
-        let ids = Tensor::from_slice(tokens, s, &device)?;
-        let mut hidden = self.embed_tokens.index_select(&ids, 0)?;
+        let mut hidden = match &self.embed_tokens {
+            Embeddings::F32(table) => table.index_select(&Tensor::from_slice(tokens, s, &device)?, 0)?,
+            Embeddings::Half(table) => {
+                let h = c.hidden_size;
+                let mut rows = vec![0f32; s * h];
+                for (row, &token) in rows.chunks_exact_mut(h).zip(tokens) {
+                    table.row_into(token as usize, row)?;
+                }
+                Tensor::from_vec(rows, (s, h), &device)?
+            }
+        };
         for (n, layer) in self.layers.iter().enumerate() {
             let x = candle_nn::ops::rms_norm(&hidden, &layer.input_norm, eps)?;
             let qkv = layer.qkv.linear.forward(&x, None)?.flatten_all()?.to_vec1::<f32>()?;
@@ -421,7 +520,16 @@ impl LlamaModel {
         cache.len = total;
         let hidden = if last_only { hidden.narrow(0, s - 1, 1)? } else { hidden };
         let x = candle_nn::ops::rms_norm(&hidden, &self.norm, eps)?;
-        self.lm_head.linear.forward(&x, None)
+        match &self.lm_head {
+            LmHead::Linear(projection) => projection.linear.forward(&x, None),
+            LmHead::Half(head) => {
+                let rows = x.dim(0)?;
+                let input = x.flatten_all()?.to_vec1::<f32>()?;
+                let mut logits = vec![0f32; rows * c.vocab_size];
+                head.forward_into(&input, rows, &mut logits)?;
+                Ok(Tensor::from_vec(logits, (rows, c.vocab_size), &device)?)
+            }
+        }
     }
 
     /// cos and sin of every position's rotation angles, `[s, head_dim / 2]` each, for positions
