@@ -11,7 +11,7 @@ pairs=${1:-10}
 seq=${2:-32}
 work=$(mktemp -d)
 cargo build --release --quiet --bin qtier
-qtier=$PWD/target/release/qtier
+qtier="${CARGO_TARGET_DIR:-$PWD/target}/release/qtier"
 model=$($qtier test-model)
 $qtier quantize "$model" -o "$work/int8" --json > /dev/null
 export AWS_EC2_METADATA_DISABLED=true

@@ -11,7 +11,7 @@ seconds=${2:-5}
 batches=${3:-1,32}
 work=$(mktemp -d)
 cargo build --release --quiet --bin qtier
-qtier=target/release/qtier
+qtier="${CARGO_TARGET_DIR:-target}/release/qtier"
 fp32=$($qtier test-model)
 $qtier quantize "$fp32" -o "$work/int8" --json > /dev/null
 export AWS_EC2_METADATA_DISABLED=true

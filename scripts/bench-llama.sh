@@ -18,7 +18,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cargo build --release --quiet --bin qtier
 # A copy, so rebuilding the workspace while this runs cannot swap the binary between runs.
-cp target/release/qtier "$work/qtier"
+cp "${CARGO_TARGET_DIR:-target}/release/qtier" "$work/qtier"
 qtier=$work/qtier
 export AWS_EC2_METADATA_DISABLED=true
 $qtier synth --arch llama --preset "$preset" -o "$work/float"

@@ -16,7 +16,7 @@ fi
 cat "$work"/input/*.safetensors > /dev/null   # warm the page cache
 for run in $(seq "$runs"); do
   sync   # start each run without write-back pending from the previous one
-  /usr/bin/time -v target/release/qtier quantize "$work/input" -o "$work/output" --force --json $QUANTIZE_FLAGS \
+  /usr/bin/time -v "${CARGO_TARGET_DIR:-target}/release/qtier" quantize "$work/input" -o "$work/output" --force --json $QUANTIZE_FLAGS \
     > "$work/report-$run.json" 2> "$work/time-$run.txt"
 done
 python3 - "$work" "$runs" <<'PY'

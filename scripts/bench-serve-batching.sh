@@ -15,7 +15,7 @@ ROUNDS=${ROUNDS:-3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 
 cargo build --release --quiet --bin qtier
-QTIER=target/release/qtier
+QTIER="${CARGO_TARGET_DIR:-target}/release/qtier"
 MODEL=$("$QTIER" test-model)
 WORK=$(mktemp -d)
 SERVER=""

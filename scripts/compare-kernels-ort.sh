@@ -15,7 +15,7 @@ peer_script=${QTIER_ORT_SCRIPT:-../shared/peers/ort_linear.py}
 work=$(mktemp -d)
 cargo build --release --quiet --bin qtier
 for round in $(seq "$rounds"); do
-  target/release/qtier --threads "$threads" bench kernels --json > "$work/qtier-$round.json"
+  "${CARGO_TARGET_DIR:-target}"/release/qtier --threads "$threads" bench kernels --json > "$work/qtier-$round.json"
   "$python" "$peer_script" --threads "$threads" --json "$work/ort-$round.json" > /dev/null
 done
 python3 - "$work" "$rounds" <<'PY'

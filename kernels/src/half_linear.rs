@@ -9,8 +9,8 @@
 //! differs from a plain f32 matmul.
 //!
 //! The kernel reads `W` row-major as stored (`[n, k]`, a dot product per output over contiguous
-//! k), four weight rows x up to four activation rows per pass: sixteen independent accumulators,
-//! each weight vector loaded once per four activation rows. The output rows are split over the
+//! k), one weight row at a time against up to four activation rows (each weight vector loaded
+//! once per four activation rows), with four accumulators per activation row. The output rows are split over the
 //! GEMM pool's threads in contiguous ranges, so each thread streams its own share of the weights.
 
 use std::num::NonZeroUsize;
@@ -275,36 +275,51 @@ mod simd {
         if lanes >= 16 { _mm512_loadu_ps(p) } else { _mm512_maskz_loadu_ps(((1u32 << lanes) - 1) as __mmask16, p) }
     }
 
+    /// `R` activation rows against each weight row of the block in turn, so the weights stream
+    /// strictly sequentially (four rows side by side were four streams, each one 4 KiB page at
+    /// K = 2048, which the hardware prefetchers restart at every page: half the bandwidth).
+    /// Four accumulators per activation row over consecutive 16-lane k chunks.
     #[inline(always)]
-    unsafe fn block_avx512<const R: usize, const C: usize>(
+    unsafe fn block_avx512<const R: usize>(
         block: &Block<'_>,
         dtype: HalfType,
         acc: &mut [[f32; WEIGHT_ROWS]; ACT_ROWS],
     ) {
         let k = block.k;
-        let mut sums = [[_mm512_setzero_ps(); C]; R];
         let (x, w) = (block.x.as_ptr(), block.w.as_ptr());
-        let mut k0 = 0;
-        while k0 < k {
-            let lanes = (k - k0).min(16);
-            let mut wv = [_mm512_setzero_ps(); C];
-            for c in 0..C {
-                wv[c] = load16(w.add(c * k + k0), lanes, dtype);
+        let body = k - k % UNROLL_512;
+        for c in 0..block.wrows {
+            let wc = w.add(c * k);
+            let mut sums = [[_mm512_setzero_ps(); 4]; R];
+            let mut k0 = 0;
+            while k0 < body {
+                for u in 0..4 {
+                    let wv = load16(wc.add(k0 + 16 * u), 16, dtype);
+                    for r in 0..R {
+                        let xv = _mm512_loadu_ps(x.add(r * k + k0 + 16 * u));
+                        sums[r][u] = _mm512_fmadd_ps(xv, wv, sums[r][u]);
+                    }
+                }
+                k0 += UNROLL_512;
+            }
+            while k0 < k {
+                let lanes = (k - k0).min(16);
+                let wv = load16(wc.add(k0), lanes, dtype);
+                for r in 0..R {
+                    let xv = load16_f32(x.add(r * k + k0), lanes);
+                    sums[r][0] = _mm512_fmadd_ps(xv, wv, sums[r][0]);
+                }
+                k0 += 16;
             }
             for r in 0..R {
-                let xv = load16_f32(x.add(r * k + k0), lanes);
-                for c in 0..C {
-                    sums[r][c] = _mm512_fmadd_ps(xv, wv[c], sums[r][c]);
-                }
-            }
-            k0 += 16;
-        }
-        for r in 0..R {
-            for c in 0..C {
-                acc[r][c] = _mm512_reduce_add_ps(sums[r][c]);
+                let [a, b, c2, d] = sums[r];
+                acc[r][c] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c2, d)));
             }
         }
     }
+
+    /// k per unrolled step of the AVX-512 kernel.
+    const UNROLL_512: usize = 64;
 
     /// The AVX-512 kernel (16 lanes; masked loads for the k tail).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
@@ -313,20 +328,12 @@ mod simd {
         dtype: HalfType,
         acc: &mut [[f32; WEIGHT_ROWS]; ACT_ROWS],
     ) {
-        macro_rules! dispatch {
-            ($($r:literal),*) => {
-                match (block.rows, block.wrows) {
-                    $(
-                        ($r, 4) => block_avx512::<$r, 4>(block, dtype, acc),
-                        ($r, 3) => block_avx512::<$r, 3>(block, dtype, acc),
-                        ($r, 2) => block_avx512::<$r, 2>(block, dtype, acc),
-                        ($r, _) => block_avx512::<$r, 1>(block, dtype, acc),
-                    )*
-                    _ => unreachable!("at most {ACT_ROWS} activation rows per block"),
-                }
-            };
+        match block.rows {
+            1 => block_avx512::<1>(block, dtype, acc),
+            2 => block_avx512::<2>(block, dtype, acc),
+            3 => block_avx512::<3>(block, dtype, acc),
+            _ => block_avx512::<4>(block, dtype, acc),
         }
-        dispatch!(1, 2, 3, 4)
     }
 
     /// 8 weights at `p` widened to f32.
@@ -347,58 +354,58 @@ mod simd {
         _mm_cvtss_f32(s)
     }
 
+    /// As [`block_avx512`] with 8 lanes; the k tail in scalar.
     #[inline(always)]
-    unsafe fn block_avx2<const R: usize, const C: usize>(
-        block: &Block<'_>,
-        dtype: HalfType,
-        acc: &mut [[f32; WEIGHT_ROWS]; ACT_ROWS],
-    ) {
+    unsafe fn block_avx2<const R: usize>(block: &Block<'_>, dtype: HalfType, acc: &mut [[f32; WEIGHT_ROWS]; ACT_ROWS]) {
         let k = block.k;
-        let mut sums = [[_mm256_setzero_ps(); C]; R];
         let (x, w) = (block.x.as_ptr(), block.w.as_ptr());
-        let body = k - k % 8;
-        let mut k0 = 0;
-        while k0 < body {
-            let mut wv = [_mm256_setzero_ps(); C];
-            for c in 0..C {
-                wv[c] = load8(w.add(c * k + k0), dtype);
+        let body = k - k % UNROLL_256;
+        let vectors = k - k % 8;
+        for c in 0..block.wrows {
+            let wc = w.add(c * k);
+            let mut sums = [[_mm256_setzero_ps(); 4]; R];
+            let mut k0 = 0;
+            while k0 < body {
+                for u in 0..4 {
+                    let wv = load8(wc.add(k0 + 8 * u), dtype);
+                    for r in 0..R {
+                        let xv = _mm256_loadu_ps(x.add(r * k + k0 + 8 * u));
+                        sums[r][u] = _mm256_fmadd_ps(xv, wv, sums[r][u]);
+                    }
+                }
+                k0 += UNROLL_256;
+            }
+            while k0 < vectors {
+                let wv = load8(wc.add(k0), dtype);
+                for r in 0..R {
+                    let xv = _mm256_loadu_ps(x.add(r * k + k0));
+                    sums[r][0] = _mm256_fmadd_ps(xv, wv, sums[r][0]);
+                }
+                k0 += 8;
             }
             for r in 0..R {
-                let xv = _mm256_loadu_ps(x.add(r * k + k0));
-                for c in 0..C {
-                    sums[r][c] = _mm256_fmadd_ps(xv, wv[c], sums[r][c]);
+                let [a, b, c2, d] = sums[r];
+                let mut sum = hsum256(_mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c2, d)));
+                for kk in vectors..k {
+                    sum = (*x.add(r * k + kk)).mul_add(dtype.to_f32(*wc.add(kk)), sum);
                 }
-            }
-            k0 += 8;
-        }
-        for r in 0..R {
-            for c in 0..C {
-                let mut s = hsum256(sums[r][c]);
-                for kk in body..k {
-                    s = (*x.add(r * k + kk)).mul_add(dtype.to_f32(*w.add(c * k + kk)), s);
-                }
-                acc[r][c] = s;
+                acc[r][c] = sum;
             }
         }
     }
 
+    /// k per unrolled step of the AVX2 kernel.
+    const UNROLL_256: usize = 32;
+
     /// The AVX2 kernel (8 lanes; the k tail in scalar).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_block_avx2(block: &Block<'_>, dtype: HalfType, acc: &mut [[f32; WEIGHT_ROWS]; ACT_ROWS]) {
-        macro_rules! dispatch {
-            ($($r:literal),*) => {
-                match (block.rows, block.wrows) {
-                    $(
-                        ($r, 4) => block_avx2::<$r, 4>(block, dtype, acc),
-                        ($r, 3) => block_avx2::<$r, 3>(block, dtype, acc),
-                        ($r, 2) => block_avx2::<$r, 2>(block, dtype, acc),
-                        ($r, _) => block_avx2::<$r, 1>(block, dtype, acc),
-                    )*
-                    _ => unreachable!("at most {ACT_ROWS} activation rows per block"),
-                }
-            };
+        match block.rows {
+            1 => block_avx2::<1>(block, dtype, acc),
+            2 => block_avx2::<2>(block, dtype, acc),
+            3 => block_avx2::<3>(block, dtype, acc),
+            _ => block_avx2::<4>(block, dtype, acc),
         }
-        dispatch!(1, 2, 3, 4)
     }
 }
 
