@@ -5,9 +5,24 @@
 #      bit-identical, fused outputs within OUTPUT_TOLERANCE), then the fused int8 Linear timed
 #      with achieved TOPS;
 #   2. scripts/gpu/torch_int8_peer.py: PyTorch on the same shapes (torch._int_mm with the
-#      quantize / dequantize ops around it, and fp16 torch.matmul), side by side.
-# Takes about a minute (under 5 minutes with the timeouts below); results go to stdout and, when
-# $OUT is set, to $OUT/gpu-check/{qtier,torch}.jsonl.
+#      quantize / dequantize ops around it, and fp16 torch.matmul), side by side;
+#   3. models/examples/gpu_minilm.rs: all-MiniLM-L6-v2's whole forward on the GPU (fp32 checkpoint
+#      and int8 artifact) against the CPU on the 20 development sentences: min / mean cosine,
+#      pass/fail against 0.995 (issue 9), and the batch-1 x 128-token forward timed.
+# Takes about two minutes (under 9 minutes with the timeouts below); results go to stdout and,
+# when $OUT is set, to $OUT/gpu-check/{qtier,torch,minilm}.jsonl.
+#
+# Prebuilt binaries (copy them to the GPU machine, e.g. carried with the working tree):
+#   cargo build --release -p qtier-kernels --features cuda --example gpu_check
+#   cargo build --release -p qtier-models --features cuda --example gpu_minilm
+# (target/release/examples/{gpu_check,gpu_minilm}: `strip` them before carrying, gpu_minilm is
+# ~70 MiB with line tables and ~7 MiB stripped; QTIER_GPU_CHECK_BIN and QTIER_GPU_MINILM_BIN
+# name others). Step 3 needs the model: QTIER_GPU_MINILM_MODEL=DIR, else
+# ${QTIER_CACHE:-~/.cache/qtier}/models/all-MiniLM-L6-v2 (`qtier test-model` fetches it), else
+# the step is skipped with a warning. The fp32 checkpoint (87 MiB) is over the device tool's
+# 64 MiB carry limit: carry an F16 copy of the directory (the example reads F16 and compares
+# CPU and GPU on the same weights); the example quantizes the int8 artifact itself unless
+# QTIER_GPU_MINILM_ARTIFACT=DIR names one.
 #
 # Needs: the NVIDIA driver; libnvrtc (12.x or 13.x) found from QTIER_NVRTC_LIB_DIR, the
 # scripts/test.sh venv, a pip-installed nvidia-cuda-nvrtc wheel (PyTorch's CUDA wheels bring
@@ -78,4 +93,23 @@ fi
 timeout 90 "$PYTHON" scripts/gpu/torch_int8_peer.py ${results:+--out "$results/torch.jsonl"} "$@" || {
   echo "warning: the PyTorch peer failed (status $?); the qtier results stand alone" >&2
 }
+
+minilm_bin="${QTIER_GPU_MINILM_BIN:-target/release/examples/gpu_minilm}"
+minilm_model="${QTIER_GPU_MINILM_MODEL:-${QTIER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/qtier}/models/all-MiniLM-L6-v2}"
+if [ ! -f "$minilm_model/config.json" ]; then
+  echo "warning: no model at $minilm_model: the MiniLM GPU check is skipped (set QTIER_GPU_MINILM_MODEL)" >&2
+else
+  if [ ! -x "$minilm_bin" ]; then
+    echo "building $minilm_bin" >&2
+    cargo build --release -p qtier-models --features cuda --example gpu_minilm >&2 || exit 1
+  fi
+  minilm_status=0
+  timeout 240 "$minilm_bin" --model "$minilm_model" \
+    ${QTIER_GPU_MINILM_ARTIFACT:+--artifact "$QTIER_GPU_MINILM_ARTIFACT"} \
+    ${results:+--out "$results/minilm.jsonl"} "$@" || minilm_status=$?
+  if [ "$minilm_status" -ne 0 ]; then
+    echo "error: gpu_minilm exited with status $minilm_status" >&2
+    status=$minilm_status
+  fi
+fi
 exit "$status"

@@ -246,6 +246,11 @@ pub struct BenchModelArgs {
     /// Run int8 layers as plain per-token W8A8, without outlier decomposition.
     #[arg(long)]
     pub plain_w8a8: bool,
+    /// Where an encoder runs: `cpu`, or `cuda` / `cuda:N` (GPU N: the whole forward on the GPU,
+    /// int8 layers as plain per-token W8A8; needs a qtier built with `--features cuda`, the NVIDIA
+    /// driver and libnvrtc). A GPU run records the GPU in the report's hardware.
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: qtier_models::gpu::ComputeDevice,
     /// After the closed-loop measurement, offer this many requests per second (Poisson arrivals)
     /// and measure latency including queueing.
     #[arg(long, value_name = "R", conflicts_with = "find_max_qps")]

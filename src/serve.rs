@@ -40,8 +40,9 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use qtier_models::SentenceEncoder;
 use qtier_models::eval::{DEV_SENTENCES, lines};
+use qtier_models::gpu::{ComputeDevice, GpuEncoder};
+use qtier_models::{SentenceEncoder, TokenBatch};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -84,6 +85,8 @@ pub struct ServeConfig {
     pub limits: RequestLimits,
     /// Wait before loading the model ([`LOAD_DELAY_ENV`]; zero outside tests).
     pub load_delay: Duration,
+    /// Where the model runs (the CPU, or a GPU through [`GpuEncoder`]).
+    pub device: ComputeDevice,
 }
 
 /// How the batching worker groups queued requests into one encode.
@@ -238,20 +241,35 @@ pub trait TextEncoder: Send + Sync + 'static {
     fn encode(&self, texts: &[&str]) -> anyhow::Result<Vec<Embedded>>;
 }
 
+/// Real (unpadded) tokens of each text of a tokenized batch.
+fn real_tokens(batch: &TokenBatch) -> Vec<usize> {
+    batch.attention_mask.chunks(batch.seq.max(1)).map(|mask| mask.iter().filter(|m| **m == 1).count()).collect()
+}
+
+/// Pairs each embedding with its text's real token count.
+fn embedded(embeddings: Vec<Vec<f32>>, batch: &TokenBatch) -> Vec<Embedded> {
+    embeddings.into_iter().zip(real_tokens(batch)).map(|(embedding, tokens)| Embedded { embedding, tokens }).collect()
+}
+
 impl TextEncoder for SentenceEncoder {
     fn token_counts(&self, texts: &[&str]) -> anyhow::Result<Vec<usize>> {
-        let batch = self.tokenizer().encode_batch(texts)?;
-        Ok(batch.attention_mask.chunks(batch.seq.max(1)).map(|mask| mask.iter().filter(|m| **m == 1).count()).collect())
+        Ok(real_tokens(&self.tokenizer().encode_batch(texts)?))
     }
 
     fn encode(&self, texts: &[&str]) -> anyhow::Result<Vec<Embedded>> {
         let batch = self.tokenizer().encode_batch(texts)?;
-        let embeddings = self.embed_tokens(&batch)?;
-        Ok(embeddings
-            .into_iter()
-            .zip(batch.attention_mask.chunks(batch.seq.max(1)))
-            .map(|(embedding, mask)| Embedded { embedding, tokens: mask.iter().filter(|m| **m == 1).count() })
-            .collect())
+        Ok(embedded(self.embed_tokens(&batch)?, &batch))
+    }
+}
+
+impl TextEncoder for GpuEncoder {
+    fn token_counts(&self, texts: &[&str]) -> anyhow::Result<Vec<usize>> {
+        Ok(real_tokens(&self.tokenizer().encode_batch(texts)?))
+    }
+
+    fn encode(&self, texts: &[&str]) -> anyhow::Result<Vec<Embedded>> {
+        let batch = self.tokenizer().encode_batch(texts)?;
+        Ok(embedded(self.embed(&batch)?, &batch))
     }
 }
 
@@ -342,7 +360,7 @@ fn encode_batch<E: TextEncoder + ?Sized>(
 }
 
 /// The batching worker: runs until the queue is closed and empty.
-pub async fn run_batcher<E: TextEncoder>(
+pub async fn run_batcher<E: TextEncoder + ?Sized>(
     encoder: Arc<E>,
     mut queue: mpsc::Receiver<Job>,
     policy: BatchPolicy,
@@ -651,22 +669,34 @@ fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Loads the model and warms it up with real encodes: one text (the single-request path), a full
-/// batch (sizes the kernels' scratch buffers and the allocator for the largest batch), and one
-/// text again.
-fn load_and_warm_up(config: &ServeConfig) -> anyhow::Result<SentenceEncoder> {
+/// Loads the model onto its device and warms it up with real encodes: one text (the
+/// single-request path), a full batch (sizes the kernels' scratch buffers and the allocator for
+/// the largest batch), and one text again.
+fn load_and_warm_up(config: &ServeConfig) -> anyhow::Result<Arc<dyn TextEncoder>> {
     let started = Instant::now();
-    let encoder =
-        SentenceEncoder::load(&config.model_dir).with_context(|| format!("loading {}", config.model_dir.display()))?;
+    let loading = || format!("loading {}", config.model_dir.display());
+    let precision = |int8: bool| if int8 { "int8" } else { "float" };
+    let (encoder, description): (Arc<dyn TextEncoder>, String) = match config.device {
+        ComputeDevice::Cpu => {
+            let encoder = SentenceEncoder::load(&config.model_dir).with_context(loading)?;
+            let description = precision(encoder.is_int8()).to_string();
+            (Arc::new(encoder), description)
+        }
+        ComputeDevice::Cuda { ordinal } => {
+            let encoder = GpuEncoder::load(&config.model_dir, ordinal).with_context(loading)?;
+            let description = format!("{} on GPU {ordinal}, {}", precision(encoder.is_int8()), encoder.device().name());
+            (Arc::new(encoder), description)
+        }
+    };
     let max_batch = config.batching.max_batch.get();
     let full: Vec<String> = lines(DEV_SENTENCES).iter().cycle().take(max_batch).map(|s| (*s).to_string()).collect();
     for size in [1, max_batch, 1] {
-        encode_batch(&encoder, &full[..size], max_batch, &Metrics::default()).context("warming up the model")?;
+        encode_batch(encoder.as_ref(), &full[..size], max_batch, &Metrics::default())
+            .context("warming up the model")?;
     }
     eprintln!(
-        "ready: {} ({}) loaded and warmed up in {:.2} s",
+        "ready: {} ({description}) loaded and warmed up in {:.2} s",
         config.model_dir.display(),
-        if encoder.is_int8() { "int8" } else { "float" },
         started.elapsed().as_secs_f64()
     );
     Ok(encoder)
@@ -708,7 +738,7 @@ pub async fn serve(
                     anyhow::bail!("loading the model panicked: {panic}");
                 }
             };
-            tokio::spawn(run_batcher(Arc::new(encoder), receiver, policy, metrics));
+            tokio::spawn(run_batcher(encoder, receiver, policy, metrics));
             state.loaded.store(true, Ordering::Release);
             Ok(())
         }

@@ -53,6 +53,50 @@ pub struct Hardware {
     pub instance_type_source: String,
     /// Operating system and architecture.
     pub os: String,
+    /// The GPU the run used (`--device cuda`); absent for CPU runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuHardware>,
+}
+
+/// The GPU a `--device cuda` run used.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GpuHardware {
+    /// The driver's device name (e.g. `NVIDIA A10G`).
+    pub name: String,
+    /// CUDA compute capability, `major.minor` (e.g. `8.6`).
+    pub compute_capability: String,
+    /// Total device memory in bytes.
+    pub memory_bytes: u64,
+    /// The NVIDIA driver's version (from `/proc/driver/nvidia/version`, e.g. `550.54.15`), or
+    /// `unknown`.
+    pub driver_version: String,
+    /// The newest CUDA version the driver supports (`cuDriverGetVersion`, e.g. `12.4`).
+    pub driver_cuda_version: String,
+    /// The GEMM kernels the model's Linear layers ran (`mma.m16n8k32 64x64`, `mma.m8n8k16
+    /// 64x64`, `dp4a`, `fp32 simt 64x64`), distinct, comma-separated.
+    pub kernel_variant: String,
+}
+
+/// Where Linux's NVIDIA kernel module reports its version.
+const NVIDIA_DRIVER_VERSION_FILE: &str = "/proc/driver/nvidia/version";
+
+/// The NVIDIA driver's version, or `unknown` where the kernel module does not say.
+pub fn nvidia_driver_version() -> String {
+    std::fs::read_to_string(NVIDIA_DRIVER_VERSION_FILE)
+        .ok()
+        .and_then(|text| parse_nvidia_driver_version(&text))
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// The version in `/proc/driver/nvidia/version`'s first line (`NVRM version: NVIDIA UNIX
+/// x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 UTC 2024`, or `... Open Kernel Module
+/// for x86_64  570.86.15  Release Build ...`): the first dotted number after `Kernel Module`.
+fn parse_nvidia_driver_version(text: &str) -> Option<String> {
+    let line = text.lines().next()?;
+    let (_, rest) = line.split_once("Kernel Module")?;
+    rest.split_whitespace()
+        .find(|word| word.contains('.') && word.chars().all(|c| c.is_ascii_digit() || c == '.'))
+        .map(str::to_string)
 }
 
 /// Detects the hardware; `instance_type` (from `--instance-type`) wins over detection.
@@ -87,6 +131,7 @@ pub fn detect(threads: usize, instance_type: Option<&str>) -> Hardware {
         instance_type,
         instance_type_source,
         os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+        gpu: None,
     }
 }
 
@@ -241,6 +286,40 @@ mod tests {
         let error = query_instance_type(&endpoint).unwrap_err();
         assert!(error.contains("404"), "{error}");
         assert_eq!(server.join().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn nvidia_driver_version_is_read_from_the_kernel_module_line() {
+        let proprietary = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 UTC 2024\n\
+                           GCC version:  gcc version 12.2.0";
+        assert_eq!(parse_nvidia_driver_version(proprietary).as_deref(), Some("550.54.15"));
+        let open =
+            "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  570.86.15  Release Build  (dvs-builder@U16)";
+        assert_eq!(parse_nvidia_driver_version(open).as_deref(), Some("570.86.15"));
+        assert_eq!(parse_nvidia_driver_version(""), None);
+        assert_eq!(parse_nvidia_driver_version("something else"), None);
+    }
+
+    #[test]
+    fn reports_without_a_gpu_have_no_gpu_field_and_old_reports_still_parse() {
+        let hardware = detect(2, Some("c6i.large"));
+        assert_eq!(hardware.gpu, None);
+        let json = serde_json::to_value(&hardware).unwrap();
+        assert!(json.get("gpu").is_none(), "CPU reports are unchanged");
+        let parsed: Hardware = serde_json::from_value(json).unwrap();
+        assert_eq!(parsed, hardware);
+        let gpu = GpuHardware {
+            name: "NVIDIA A10G".into(),
+            compute_capability: "8.6".into(),
+            memory_bytes: 24 << 30,
+            driver_version: "550.54.15".into(),
+            driver_cuda_version: "12.4".into(),
+            kernel_variant: "mma.m16n8k32 64x64".into(),
+        };
+        let with_gpu = Hardware { gpu: Some(gpu), ..hardware };
+        let json = serde_json::to_value(&with_gpu).unwrap();
+        assert_eq!(json["gpu"]["compute_capability"], "8.6");
+        assert_eq!(serde_json::from_value::<Hardware>(json).unwrap(), with_gpu);
     }
 
     #[test]

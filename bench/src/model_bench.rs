@@ -4,11 +4,17 @@
 //! Inputs are real token ids from the model's own tokenizer (the development sentences, joined
 //! and cut to the requested length between `[CLS]` and `[SEP]`), prepared outside the timed
 //! region; every sequence of the batch is the same length, all real tokens.
+//!
+//! `--device cuda[:N]` ([`run_model_bench_on`]) times the same workloads on the GPU encoder
+//! ([`qtier_models::gpu::GpuEncoder`]: the whole forward on the device, the embeddings copied
+//! back inside the timed call) and records the GPU in the report's hardware; int8 layers run
+//! there as plain per-token W8A8 (the CPU's outlier decomposition has no GPU counterpart).
 
 use std::path::Path;
 
 use qtier_models::eval::{DEV_SENTENCES, lines};
-use qtier_models::{Int8Options, SentenceEncoder, TokenBatch};
+use qtier_models::gpu::{ComputeDevice, GpuEncoder};
+use qtier_models::{Int8Options, SentenceEncoder, TextTokenizer, TokenBatch};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{BenchError, Result};
@@ -135,12 +141,12 @@ fn one_run() -> usize {
 }
 
 /// The token ids of one benchmark sequence of `seq` tokens: `[CLS]`, text tokens, `[SEP]`.
-pub fn benchmark_ids(encoder: &SentenceEncoder, seq: usize) -> Result<Vec<u32>> {
+pub fn benchmark_ids(tokenizer: &TextTokenizer, seq: usize) -> Result<Vec<u32>> {
     if seq < 2 {
         return Err(BenchError::InvalidWorkload { text: seq.to_string(), problem: "--seq must be at least 2".into() });
     }
     let text = lines(DEV_SENTENCES).join(" ");
-    let tokens = encoder.tokenizer().encode_batch(&[&text]).map_err(model_error)?;
+    let tokens = tokenizer.encode_batch(&[&text]).map_err(model_error)?;
     let ids = tokens.ids_of(0);
     let (cls, sep, body) = (ids[0], ids[ids.len() - 1], &ids[1..ids.len() - 1]);
     let mut sequence = vec![cls];
@@ -180,7 +186,77 @@ fn model_error(error: qtier_models::ModelError) -> BenchError {
     BenchError::Model(error.to_string())
 }
 
-/// Runs the model benchmark on `dir`.
+/// The encoder a model benchmark times.
+enum BenchEncoder {
+    Cpu(Box<SentenceEncoder>),
+    Cuda(Box<GpuEncoder>),
+}
+
+impl BenchEncoder {
+    fn load(dir: &Path, device: ComputeDevice, int8: Int8Options) -> Result<BenchEncoder> {
+        Ok(match device {
+            ComputeDevice::Cpu => {
+                BenchEncoder::Cpu(Box::new(SentenceEncoder::load_with(dir, int8).map_err(model_error)?))
+            }
+            ComputeDevice::Cuda { ordinal } => {
+                BenchEncoder::Cuda(Box::new(GpuEncoder::load(dir, ordinal).map_err(model_error)?))
+            }
+        })
+    }
+
+    fn tokenizer(&self) -> &TextTokenizer {
+        match self {
+            BenchEncoder::Cpu(encoder) => encoder.tokenizer(),
+            BenchEncoder::Cuda(encoder) => encoder.tokenizer(),
+        }
+    }
+
+    fn max_positions(&self) -> usize {
+        match self {
+            BenchEncoder::Cpu(encoder) => encoder.model().config().max_position_embeddings,
+            BenchEncoder::Cuda(encoder) => encoder.config().max_position_embeddings,
+        }
+    }
+
+    fn is_int8(&self) -> bool {
+        match self {
+            BenchEncoder::Cpu(encoder) => encoder.is_int8(),
+            BenchEncoder::Cuda(encoder) => encoder.is_int8(),
+        }
+    }
+
+    fn embed_tokens(&self, tokens: &TokenBatch) -> qtier_models::Result<()> {
+        match self {
+            BenchEncoder::Cpu(encoder) => encoder.embed_tokens(tokens).map(drop),
+            BenchEncoder::Cuda(encoder) => encoder.embed(tokens).map(drop),
+        }
+    }
+}
+
+/// The GPU of a `--device cuda` run, with the GEMM kernels its workloads (`rows` token rows
+/// each) ran, distinct, in order.
+pub fn gpu_hardware(encoder: &GpuEncoder, rows: &[usize]) -> crate::hardware::GpuHardware {
+    let dev = encoder.device();
+    let mut variants: Vec<String> = Vec::new();
+    for variant in
+        rows.iter().flat_map(|&r| encoder.kernel_variant(r).split(", ").map(str::to_string).collect::<Vec<_>>())
+    {
+        if !variants.contains(&variant) {
+            variants.push(variant);
+        }
+    }
+    let (major, minor) = dev.driver_cuda_version();
+    crate::hardware::GpuHardware {
+        name: dev.name().to_string(),
+        compute_capability: format!("{}.{}", dev.arch().major, dev.arch().minor),
+        memory_bytes: dev.memory_bytes(),
+        driver_version: crate::hardware::nvidia_driver_version(),
+        driver_cuda_version: format!("{major}.{minor}"),
+        kernel_variant: variants.join(", "),
+    }
+}
+
+/// Runs the model benchmark on `dir` on the CPU.
 pub fn run_model_bench(
     dir: &Path,
     config: &ModelBenchConfig,
@@ -188,15 +264,31 @@ pub fn run_model_bench(
     hardware: crate::hardware::Hardware,
     progress: &dyn Fn(&str),
 ) -> Result<ModelBenchReport> {
-    let encoder = SentenceEncoder::load_with(dir, config.int8).map_err(model_error)?;
-    let max_positions = encoder.model().config().max_position_embeddings;
+    run_model_bench_on(dir, config, ComputeDevice::Cpu, provenance, hardware, progress)
+}
+
+/// Runs the model benchmark on `dir` on `device`; a GPU run records the GPU in
+/// `hardware.gpu`.
+pub fn run_model_bench_on(
+    dir: &Path,
+    config: &ModelBenchConfig,
+    device: ComputeDevice,
+    provenance: crate::Provenance,
+    mut hardware: crate::hardware::Hardware,
+    progress: &dyn Fn(&str),
+) -> Result<ModelBenchReport> {
+    if let ComputeDevice::Cuda { ordinal } = device {
+        progress(&format!("loading the model onto GPU {ordinal}"));
+    }
+    let encoder = BenchEncoder::load(dir, device, config.int8)?;
+    let max_positions = encoder.max_positions();
     if config.seq > max_positions {
         return Err(BenchError::InvalidWorkload {
             text: config.seq.to_string(),
             problem: format!("--seq exceeds the model's {max_positions} positions"),
         });
     }
-    let ids = benchmark_ids(&encoder, config.seq)?;
+    let ids = benchmark_ids(encoder.tokenizer(), config.seq)?;
     let min_samples =
         min_samples_for_percentile(config.tail_percentile, EARLY_STOPPING_CONFIDENCE)?.max(config.timing.min_samples);
     let timing = TimingConfig { min_samples, ..config.timing };
@@ -224,7 +316,7 @@ pub fn run_model_bench(
         })
         .map_err(model_error)?;
         let sample = Sample::new(timings.samples_ns.clone())?;
-        let serve = || encoder.embed_tokens(&tokens).map(drop);
+        let serve = || encoder.embed_tokens(&tokens);
         let (open_loop, max_qps) = match config.load {
             None => (None, None),
             Some(LoadMode::FixedRate { qps, duration }) => {
@@ -261,7 +353,16 @@ pub fn run_model_bench(
             samples_ns: timings.samples_ns,
         });
     }
-    let kernel = encoder.model().linears().find_map(|l| l.kernel()).map(|k| k.name().to_string());
+    let kernel = match &encoder {
+        BenchEncoder::Cpu(encoder) => encoder.model().linears().find_map(|l| l.kernel()).map(|k| k.name().to_string()),
+        BenchEncoder::Cuda(gpu) => {
+            let rows: Vec<usize> = config.batches.iter().map(|b| b * config.seq).collect();
+            let found = gpu_hardware(gpu, &rows);
+            let kernel = gpu.is_int8().then(|| format!("cuda {}", found.kernel_variant));
+            hardware.gpu = Some(found);
+            kernel
+        }
+    };
     Ok(ModelBenchReport {
         schema_version: MODEL_REPORT_SCHEMA_VERSION,
         provenance,

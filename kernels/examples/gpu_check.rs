@@ -6,6 +6,8 @@
 //!    the CPU test suite), the GPU activation quantization must equal the CPU's bit for bit,
 //!    and the fused outputs (bias, GELU, residual) must match the CPU layer within
 //!    [`OUTPUT_TOLERANCE`].
+//!    The fp32 Linear of float checkpoints ([`CudaLinear`]) must match a CPU f64 reference within
+//!    [`FLOAT_TOLERANCE`] on every shape up to [`FLOAT_CHECK_MAX_MACS`].
 //! 2. Timing of the fused Linear (quantize + GEMM + epilogue, hot weights, one stream) and of
 //!    the GEMM alone on already-quantized activations, as medians over repeated batches of
 //!    launches, with achieved TOPS (2 m n k / time).
@@ -16,7 +18,9 @@
 use std::io::Write;
 use std::time::Instant;
 
-use qtier_kernels::cuda::{CudaDevice, CudaError, CudaQuantizedLinear, GemmPath, QuantizedActivations, linear};
+use qtier_kernels::cuda::{
+    CudaDevice, CudaError, CudaLinear, CudaQuantizedLinear, GemmPath, QuantizedActivations, linear,
+};
 use qtier_kernels::quant::quantize_row;
 use qtier_kernels::{Activation, QuantizedLinear};
 
@@ -25,6 +29,16 @@ use qtier_kernels::{Activation, QuantizedLinear};
 /// epilogue's float rounding (FMA contraction) and the erf implementations differ (the CPU's
 /// A&S erf is within 1.5e-7; see `qtier_kernels::activation::ACTIVATION_ABS_TOLERANCE`).
 const OUTPUT_TOLERANCE: f32 = 1e-4;
+
+/// Largest difference between the GPU's fp32 Linear (fp32 FMA accumulation, GELU and residual
+/// fused) and a CPU f64 reference, per unit of `max(1, |reference|)`: the accumulation order
+/// differs, so the error grows like `sqrt(k)` ulps of the partial sums (at k = 1000 and inputs
+/// within 3, a few 1e-6), plus the erf of the GELU.
+const FLOAT_TOLERANCE: f64 = 1e-4;
+
+/// Largest shape (multiply-adds) the fp32 Linear is checked on: its f64 CPU reference is
+/// scalar, and 2e8 multiply-adds take well under a second.
+const FLOAT_CHECK_MAX_MACS: usize = 200_000_000;
 
 /// Odd shapes: partial tiles in every dimension, K not a multiple of 32, m on both sides of the
 /// dp4a / tensor-core switch (8).
@@ -166,6 +180,50 @@ fn check(dev: &CudaDevice, c: &Case) -> Result<Vec<String>, Box<dyn std::error::
     Ok(failures)
 }
 
+/// The fp32 Linear (GELU and residual fused) against an f64 CPU reference on `c`'s shape.
+fn check_float(dev: &CudaDevice, c: &Case) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let (m, k, n) = (c.m, c.k, c.n);
+    let w: Vec<f32> = c.w.iter().map(|&v| f32::from(v) / 127.0).collect();
+    let residual: Vec<f32> = (0..m * n).map(|i| (i % 5) as f32 * 0.5).collect();
+    let layer = CudaLinear::new(dev, &w, Some(&c.bias), n, k)?.with_activation(Activation::GeluErf);
+    let (x, r) = (dev.upload(&c.x)?, dev.upload(&residual)?);
+    let mut out = dev.zeros::<f32>(m * n)?;
+    layer.forward(dev, &x, m, Some(&r), &mut out)?;
+    let gpu = dev.download(&out)?;
+    let gelu = |v: f64| 0.5 * v * (1.0 + erf(v / std::f64::consts::SQRT_2));
+    let mut worst = 0f64;
+    for row in 0..m {
+        for col in 0..n {
+            let dot: f64 = (0..k).map(|i| f64::from(c.x[row * k + i]) * f64::from(w[col * k + i])).sum();
+            let expected = gelu(dot + f64::from(c.bias[col])) + f64::from(residual[row * n + col]);
+            let error = (f64::from(gpu[row * n + col]) - expected).abs() / expected.abs().max(1.0);
+            worst = if error.is_nan() { f64::INFINITY } else { worst.max(error) };
+        }
+    }
+    Ok(if worst > FLOAT_TOLERANCE {
+        vec![format!("{m}x{k}x{n} fp32 Linear: worst relative error {worst:e} > {FLOAT_TOLERANCE:e}")]
+    } else {
+        Vec::new()
+    })
+}
+
+/// erf in f64 (Abramowitz and Stegun 7.1.26 is too coarse for a reference; this is the
+/// complementary-error-function series of Numerical Recipes' `erfc`, relative error < 1.2e-7,
+/// far below [`FLOAT_TOLERANCE`]).
+fn erf(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let erfc = t * poly.exp();
+    if x >= 0.0 { 1.0 - erfc } else { erfc - 1.0 }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let out_path = args.iter().position(|a| a == "--out").and_then(|i| args.get(i + 1)).cloned();
@@ -189,7 +247,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut failures = Vec::new();
     for (i, &(m, k, n)) in qtier_kernels::REFERENCE_SHAPES.iter().chain(&ODD_SHAPES).enumerate() {
         let case = Case::new(m, k, n, 0x9e37_79b9_7f4a_7c15 ^ i as u64);
-        let f = check(&dev, &case)?;
+        let mut f = check(&dev, &case)?;
+        if m * k * n <= FLOAT_CHECK_MAX_MACS {
+            f.extend(check_float(&dev, &case)?);
+        }
         emit(&mut out, format!("{{\"check\":\"{m}x{k}x{n}\",\"ok\":{},\"failures\":{:?}}}", f.is_empty(), f));
         failures.extend(f);
     }

@@ -61,6 +61,15 @@ pub enum ModelError {
     /// An int8 kernel refused its input.
     #[error("int8 kernel: {0}")]
     Kernel(#[from] qtier_kernels::KernelError),
+    /// The GPU path (`--device cuda`) is unavailable (no CUDA build, no driver, no such GPU) or
+    /// failed.
+    #[error("--device cuda: {context}: {cause}")]
+    Cuda {
+        /// What was being done (`opening GPU 0`, `running the encoder`, ...).
+        context: String,
+        /// The CUDA path's error (part of the message, not a `source`).
+        cause: qtier_kernels::cuda::CudaError,
+    },
     /// A tensor operation failed (shape mismatch inside the model: a bug or a bad checkpoint).
     #[error("tensor operation: {0}")]
     Tensor(#[from] candle_core::Error),

@@ -18,6 +18,7 @@ pub mod bert;
 pub mod config;
 mod error;
 pub mod eval;
+pub mod gpu;
 pub mod linear;
 pub mod llama;
 pub mod sentence;

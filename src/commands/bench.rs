@@ -9,10 +9,11 @@ use qtier_bench::compare::{compare, to_markdown};
 use qtier_bench::export::{Emf, Exporter, Html, Markdown};
 use qtier_bench::hardware::detect;
 use qtier_bench::kernel_bench::{KernelBenchConfig, KernelBenchReport, LinearShape, run_kernel_bench};
-use qtier_bench::model_bench::{INJECT_SLOWDOWN_ENV, LoadMode, ModelBenchConfig, merge_reports, run_model_bench};
+use qtier_bench::model_bench::{INJECT_SLOWDOWN_ENV, LoadMode, ModelBenchConfig, merge_reports, run_model_bench_on};
 use qtier_bench::timing::TimingConfig;
 use qtier_kernels::{KernelKind, limits};
 use qtier_models::Int8Options;
+use qtier_models::gpu::ComputeDevice;
 
 use crate::cli::{BenchCommand, BenchKernelsArgs, BenchLimitsArgs, BenchModelArgs};
 use crate::commands::compare::{fail_on_regression, parse_threshold, read_report, report_comparison};
@@ -91,14 +92,17 @@ fn model(args: BenchModelArgs, threads: usize) -> anyhow::Result<()> {
     let bar = spinner(args.json || args.markdown || args.emf);
     let hardware = detect(threads, args.instance_type.as_deref());
     let report = match decoder_config(&args, &config)? {
+        Some(_) if args.device != ComputeDevice::Cpu => {
+            bail!("--device {}: {} is a decoder; the GPU path runs encoders only", args.device, args.model.display())
+        }
         Some(decoder) => {
             qtier_bench::decoder_bench::run_decoder_bench(&args.model, &decoder, provenance(), hardware, &|step| {
                 bar.set_message(step.to_string())
             })
         }
-        None => {
-            run_model_bench(&args.model, &config, provenance(), hardware, &|step| bar.set_message(step.to_string()))
-        }
+        None => run_model_bench_on(&args.model, &config, args.device, provenance(), hardware, &|step| {
+            bar.set_message(step.to_string())
+        }),
     }
     .with_context(|| format!("benchmarking {}", args.model.display()))?;
     bar.finish_and_clear();
@@ -226,6 +230,17 @@ fn print_model_report(report: &qtier_bench::model_bench::ModelBenchReport) {
         hw.instance_type,
         hw.instance_type_source
     );
+    if let Some(gpu) = &hw.gpu {
+        outln!(
+            "GPU {} (compute capability {}, {:.1} GiB), driver {} (CUDA {}), kernels {}",
+            gpu.name,
+            gpu.compute_capability,
+            gpu.memory_bytes as f64 / f64::from(1u32 << 30),
+            gpu.driver_version,
+            gpu.driver_cuda_version,
+            gpu.kernel_variant
+        );
+    }
     outln!(
         "{} ({}{}), {} threads",
         report.model,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use qtier_models::gpu::ComputeDevice;
 
 use crate::serve::{BatchPolicy, LOAD_DELAY_ENV, RequestLimits, ServeConfig, serve, shutdown_signal};
 
@@ -53,6 +54,11 @@ pub struct ServeArgs {
     /// The model name responses carry (default: the directory's name).
     #[arg(long, value_name = "NAME")]
     pub model_name: Option<String>,
+    /// Where the model runs: `cpu`, or `cuda` / `cuda:N` (GPU N: the whole forward on the GPU,
+    /// int8 layers as plain per-token W8A8; needs a qtier built with `--features cuda`, the NVIDIA
+    /// driver and libnvrtc). The GPU is checked before the port is bound.
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: qtier_models::gpu::ComputeDevice,
 }
 
 /// Runs `qtier serve` until SIGTERM or Ctrl-C.
@@ -118,6 +124,10 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
     if args.max_inputs == 0 {
         bail!("--max-inputs must be at least 1");
     }
+    if let ComputeDevice::Cuda { ordinal } = args.device {
+        let name = qtier_models::gpu::check_device(ordinal)?;
+        eprintln!("serving on GPU {ordinal} ({name})");
+    }
     let model_name = match &args.model_name {
         Some(name) => name.clone(),
         None => std::fs::canonicalize(&args.model)
@@ -132,6 +142,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
         queue: args.queue,
         limits: RequestLimits { max_body_bytes: args.max_request_bytes, max_inputs: args.max_inputs },
         load_delay: load_delay()?,
+        device: args.device,
     })
 }
 

@@ -5,6 +5,7 @@ mod common;
 
 mod bad_input;
 mod bench;
+mod device;
 mod k8s;
 mod llama;
 mod models;

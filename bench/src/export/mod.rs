@@ -75,6 +75,7 @@ pub(crate) mod test_report {
                 instance_type: "c6i.large".into(),
                 instance_type_source: "flag".into(),
                 os: "linux x86_64".into(),
+                gpu: None,
             },
             model: "/models/minilm-w8a8".into(),
             model_name: "minilm-w8a8".into(),

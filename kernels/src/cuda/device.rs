@@ -79,6 +79,8 @@ pub struct CudaDevice {
     arch: GpuArch,
     name: String,
     sm_count: usize,
+    memory_bytes: u64,
+    driver_cuda_version: (u32, u32),
     inner: backend::Device,
 }
 
@@ -89,6 +91,8 @@ impl std::fmt::Debug for CudaDevice {
             .field("name", &self.name)
             .field("arch", &self.arch)
             .field("sm_count", &self.sm_count)
+            .field("memory_bytes", &self.memory_bytes)
+            .field("driver_cuda_version", &self.driver_cuda_version)
             .finish()
     }
 }
@@ -105,7 +109,16 @@ impl CudaDevice {
             return Err(CudaError::UnsupportedArch { arch, reason: "the int8 kernels need sm_75 (Turing) or newer" });
         }
         let id = NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed);
-        Ok(CudaDevice { id, ordinal, arch, name: info.name, sm_count: info.sm_count, inner })
+        Ok(CudaDevice {
+            id,
+            ordinal,
+            arch,
+            name: info.name,
+            sm_count: info.sm_count,
+            memory_bytes: info.memory_bytes,
+            driver_cuda_version: info.driver_cuda_version,
+            inner,
+        })
     }
 
     /// Number of CUDA devices (an error when there is no driver, or without the `cuda` feature).
@@ -131,6 +144,17 @@ impl CudaDevice {
     /// Streaming multiprocessors.
     pub fn sm_count(&self) -> usize {
         self.sm_count
+    }
+
+    /// Total device memory in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes
+    }
+
+    /// The newest CUDA version the installed driver supports (`cuDriverGetVersion`), e.g.
+    /// `(12, 4)`.
+    pub fn driver_cuda_version(&self) -> (u32, u32) {
+        self.driver_cuda_version
     }
 
     /// Compiles (or loads from the caches) every kernel module, so later calls and timings do
@@ -199,6 +223,15 @@ struct DeviceInfo {
     minor: u32,
     name: String,
     sm_count: usize,
+    memory_bytes: u64,
+    driver_cuda_version: (u32, u32),
+}
+
+/// `cuDriverGetVersion`'s number (1000 major + 10 minor) as (major, minor).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn split_cuda_version(version: i32) -> (u32, u32) {
+    let v = version.max(0) as u32;
+    (v / 1000, (v % 1000) / 10)
 }
 
 #[cfg(feature = "cuda")]
@@ -262,7 +295,21 @@ mod backend {
         let sm_count = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(driver("cuDeviceGetAttribute"))?;
-        let info = DeviceInfo { major: major as u32, minor: minor as u32, name, sm_count: sm_count.max(1) as usize };
+        let memory_bytes = ctx.total_mem().map_err(driver("cuDeviceTotalMem"))? as u64;
+        let mut version: std::ffi::c_int = 0;
+        // SAFETY: the driver library is loaded (ensure_driver) and initialized (the context
+        // above); the out-pointer is valid for the call.
+        unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) }
+            .result()
+            .map_err(driver("cuDriverGetVersion"))?;
+        let info = DeviceInfo {
+            major: major as u32,
+            minor: minor as u32,
+            name,
+            sm_count: sm_count.max(1) as usize,
+            memory_bytes,
+            driver_cuda_version: super::split_cuda_version(version),
+        };
         Ok((Device { stream, modules: Mutex::default(), functions: Mutex::default() }, info))
     }
 
@@ -424,6 +471,13 @@ mod backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn driver_versions_split_into_major_and_minor() {
+        assert_eq!(split_cuda_version(12040), (12, 4));
+        assert_eq!(split_cuda_version(13000), (13, 0));
+        assert_eq!(split_cuda_version(-1), (0, 0));
+    }
 
     #[cfg(not(feature = "cuda"))]
     #[test]

@@ -26,6 +26,10 @@ pub const ATTENTION_WARPS: u32 = 8;
 pub const ATTENTION_MAX_SEQ: usize = 512;
 /// Largest head dimension of the fused attention kernel (`QTIER_ATT_MAX_HEAD_DIM`).
 pub const ATTENTION_MAX_HEAD_DIM: usize = 128;
+/// Output rows and columns per block of the fp32 GEMM (`QTIER_F32_TILE`).
+pub const F32_TILE: usize = 64;
+/// Threads per block of the fp32 GEMM (`QTIER_F32_THREADS`): 16 x 16, each on 4 x 4 outputs.
+pub const F32_THREADS: u32 = 256;
 /// Largest grid extent in y and z.
 const MAX_GRID_YZ: usize = 65_535;
 
@@ -91,6 +95,16 @@ impl GemmKernel {
         }
     }
 
+    /// A short name for reports: the instruction and the block tile.
+    pub fn name(self) -> &'static str {
+        match self {
+            GemmKernel::Mma16832Large => "mma.m16n8k32 128x128",
+            GemmKernel::Mma16832Small => "mma.m16n8k32 64x64",
+            GemmKernel::Mma8816 => "mma.m8n8k16 64x64",
+            GemmKernel::Dp4a => "dp4a",
+        }
+    }
+
     /// The algorithm family.
     pub fn path(self) -> GemmPath {
         match self {
@@ -128,6 +142,20 @@ pub fn gemm_dims(kernel: GemmKernel, m: usize, n: usize) -> Result<LaunchDims, C
     Ok(LaunchDims {
         grid: (grid_extent("n", n.div_ceil(bn), i32::MAX as usize)?, grid_extent("m", m.div_ceil(bm), MAX_GRID_YZ)?, 1),
         block: (kernel.threads(), 1, 1),
+        shared_bytes: 0,
+    })
+}
+
+/// Grid of the fp32 GEMM for an `m x n` output: [`F32_TILE`]-wide column blocks on x, row
+/// blocks on y.
+pub fn gemm_f32_dims(m: usize, n: usize) -> Result<LaunchDims, CudaError> {
+    Ok(LaunchDims {
+        grid: (
+            grid_extent("n", n.div_ceil(F32_TILE), i32::MAX as usize)?,
+            grid_extent("m", m.div_ceil(F32_TILE), MAX_GRID_YZ)?,
+            1,
+        ),
+        block: (F32_THREADS, 1, 1),
         shared_bytes: 0,
     })
 }
@@ -180,11 +208,13 @@ pub fn mean_pool_dims(batch: usize, hidden: usize) -> Result<LaunchDims, CudaErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cuda::source::{ENCODER, GEMM, QUANT, define_value};
+    use crate::cuda::source::{ENCODER, GEMM, GEMM_F32, QUANT, define_value};
 
     #[test]
     fn constants_match_the_kernel_sources() {
-        let checks: [(&str, &str, i64); 8] = [
+        let checks: [(&str, &str, i64); 10] = [
+            (GEMM_F32.text, "QTIER_F32_TILE", F32_TILE as i64),
+            (GEMM_F32.text, "QTIER_F32_THREADS", F32_THREADS.into()),
             (QUANT.text, "QTIER_ROW_THREADS", ROW_THREADS.into()),
             (ENCODER.text, "QTIER_ROW_THREADS", ROW_THREADS.into()),
             (ENCODER.text, "QTIER_ELEMENTWISE_THREADS", ELEMENTWISE_THREADS.into()),
@@ -216,6 +246,8 @@ mod tests {
         assert_eq!(select_gemm(GpuArch::SM75, 128, 4096, 40, None), GemmKernel::Mma8816);
         assert_eq!(select_gemm(GpuArch::SM75, 1, 4096, 40, Some(GemmPath::TensorCore)), GemmKernel::Mma8816);
         assert_eq!(select_gemm(h200.0, 512, 4096, h200.1, Some(GemmPath::Dp4a)), GemmKernel::Dp4a);
+        assert_eq!(GemmKernel::Mma16832Small.name(), "mma.m16n8k32 64x64");
+        assert_eq!(GemmKernel::Mma8816.name(), "mma.m8n8k16 64x64");
         for k in [GemmKernel::Mma16832Large, GemmKernel::Mma16832Small, GemmKernel::Mma8816, GemmKernel::Dp4a] {
             assert_eq!(k.function().source.file, "gemm_s8.cu");
             assert_eq!(k.path() == GemmPath::Dp4a, k == GemmKernel::Dp4a);
@@ -245,5 +277,11 @@ mod tests {
         assert_eq!(attention_dims(2, 128, 12).unwrap().grid, (16, 12, 2));
         assert_eq!(attention_dims(1, 9, 1).unwrap().grid.0, 2);
         assert_eq!(mean_pool_dims(3, 384).unwrap().grid, (2, 3, 1));
+        let f = gemm_f32_dims(130, 1536).unwrap();
+        assert_eq!((f.grid, f.block.0), ((24, 3, 1), F32_THREADS));
+        assert_eq!(gemm_f32_dims(1, 1).unwrap().grid, (1, 1, 1));
+        assert!(gemm_f32_dims(0, 8).is_err());
+        // 16 x 16 threads of 4 x 4 outputs cover the tile.
+        assert_eq!((F32_THREADS as usize) * 16, F32_TILE * F32_TILE);
     }
 }

@@ -1,4 +1,4 @@
-//! The CUDA path: the fused int8 Linear and the encoder ops on NVIDIA GPUs.
+//! The CUDA path: the fused int8 Linear, the fp32 Linear and the encoder ops on NVIDIA GPUs.
 //!
 //! Kernels live in real `.cu` files under `kernels/cuda/`, embedded with `include_str!`
 //! ([`source`]) and compiled by NVRTC ([`nvrtc`]) for the device's `sm_XY` on first use, then
@@ -12,6 +12,7 @@ pub mod cache;
 pub mod device;
 pub mod encoder;
 pub mod error;
+pub mod float_linear;
 pub mod launch;
 pub mod layout;
 pub mod linear;
@@ -21,5 +22,6 @@ pub mod source;
 pub use arch::{GpuArch, NVRTC_CHECK_ARCHES};
 pub use device::{CudaDevice, DeviceBuffer, DeviceElem};
 pub use error::CudaError;
+pub use float_linear::CudaLinear;
 pub use launch::{GemmKernel, GemmPath};
 pub use linear::{CudaQuantizedLinear, QuantizedActivations};

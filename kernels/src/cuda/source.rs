@@ -19,9 +19,11 @@ pub const QUANT: KernelSource = KernelSource { file: "quant.cu", text: include_s
 pub const GEMM: KernelSource = KernelSource { file: "gemm_s8.cu", text: include_str!("../../cuda/gemm_s8.cu") };
 /// Encoder ops: embeddings, attention, GELU, residual, pooling.
 pub const ENCODER: KernelSource = KernelSource { file: "encoder.cu", text: include_str!("../../cuda/encoder.cu") };
+/// The fp32 GEMM with the fused Linear epilogue (float checkpoints).
+pub const GEMM_F32: KernelSource = KernelSource { file: "gemm_f32.cu", text: include_str!("../../cuda/gemm_f32.cu") };
 
 /// Every compiled source (each is one NVRTC program and one CUDA module).
-pub const SOURCES: [KernelSource; 3] = [QUANT, GEMM, ENCODER];
+pub const SOURCES: [KernelSource; 4] = [QUANT, GEMM, ENCODER, GEMM_F32];
 
 /// A `__global__` entry point: its source and its `extern "C"` name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +57,7 @@ kernel_fns! {
     GELU_ERF = ENCODER: "qtier_gelu_erf";
     RESIDUAL_ADD = ENCODER: "qtier_residual_add";
     MEAN_POOL = ENCODER: "qtier_mean_pool";
+    GEMM_F32_64 = GEMM_F32: "qtier_gemm_f32";
 }
 
 /// The integer value of `#define NAME value` in `text`, if present (the tests use it to check

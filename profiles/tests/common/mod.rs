@@ -67,6 +67,7 @@ pub fn report(
             instance_type,
             instance_type_source,
             os: "linux x86_64".into(),
+            gpu: None,
         },
         model: "/models/test-int8".into(),
         model_name: "test-int8".into(),
