@@ -167,6 +167,7 @@ pub fn run_decoder_bench(
             max_qps: None,
             decoder_metric: Some(metric),
             samples_ns: samples,
+            run_medians_ns: Vec::new(),
         })
     };
     let runs = ttft.len();

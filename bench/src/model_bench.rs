@@ -98,6 +98,19 @@ pub struct ModelWorkload {
     pub decoder_metric: Option<crate::decoder_bench::DecoderMetric>,
     /// Every sample, ns, in order.
     pub samples_ns: Vec<f64>,
+    /// For a merged report ([`merge_reports`]): each pooled run's median, ns, in run order. The
+    /// runs, not the samples, are the independent units a regression gate compares (samples of
+    /// one run share that run's machine state).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub run_medians_ns: Vec<f64>,
+}
+
+impl ModelWorkload {
+    /// The medians of the runs behind this workload: [`run_medians_ns`](Self::run_medians_ns)
+    /// for a merged report, else this run's median.
+    pub fn run_medians(&self) -> Vec<f64> {
+        if self.run_medians_ns.is_empty() { vec![self.stats.p50] } else { self.run_medians_ns.clone() }
+    }
 }
 
 /// The result of `qtier bench model`.
@@ -351,6 +364,7 @@ pub fn run_model_bench_on(
             stats: Summary::compute(&sample, config.tail_percentile, BOOTSTRAP_SEED)?,
             decoder_metric: None,
             samples_ns: timings.samples_ns,
+            run_medians_ns: Vec::new(),
         });
     }
     let kernel = match &encoder {
@@ -389,6 +403,9 @@ pub fn merge_reports(reports: &[ModelBenchReport]) -> Result<ModelBenchReport> {
         .split_first()
         .ok_or_else(|| BenchError::InvalidWorkload { text: "merge".into(), problem: "no reports to merge".into() })?;
     let mut merged = first.clone();
+    for workload in &mut merged.workloads {
+        workload.run_medians_ns = workload.run_medians();
+    }
     for report in rest {
         if report.weights_sha256 != first.weights_sha256 || report.int8 != first.int8 {
             return Err(BenchError::InvalidWorkload {
@@ -404,6 +421,7 @@ pub fn merge_reports(reports: &[ModelBenchReport]) -> Result<ModelBenchReport> {
                 }
             })?;
             target.samples_ns.extend_from_slice(&workload.samples_ns);
+            target.run_medians_ns.extend(workload.run_medians());
             target.warmup_calls += workload.warmup_calls;
             target.stopped_by_time_limit |= workload.stopped_by_time_limit;
         }

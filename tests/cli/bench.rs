@@ -252,6 +252,12 @@ fn merge_pools_runs_and_recomputes_the_statistics() {
     assert_eq!(samples.len(), count(&first) + count(&second));
     assert_eq!(merged["workloads"][0]["stats"]["count"], samples.len());
     assert_eq!(merged["merged_runs"], 2);
+    // Each run's median is kept for the run-level regression test.
+    let median = |path: &std::path::Path| -> Value {
+        let report: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        report["workloads"][0]["stats"]["p50"].clone()
+    };
+    assert_eq!(merged["workloads"][0]["run_medians_ns"], serde_json::json!([median(&first), median(&second)]));
 
     let stderr = run_err(&["bench", "merge", arg(&first), arg(&dir.path().join("missing.json"))]);
     assert!(stderr.contains("missing.json"), "{stderr}");

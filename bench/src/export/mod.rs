@@ -53,6 +53,7 @@ pub(crate) mod test_report {
                 max_qps: None,
                 decoder_metric: None,
                 samples_ns: samples,
+                run_medians_ns: Vec::new(),
             }
         };
         ModelBenchReport {

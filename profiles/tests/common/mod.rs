@@ -31,6 +31,7 @@ pub fn workload(batch: usize, seq: usize, p50_ms: f64, p99_ms: f64) -> ModelWork
         max_qps: None,
         decoder_metric: None,
         samples_ns: samples,
+        run_medians_ns: Vec::new(),
     }
 }
 
