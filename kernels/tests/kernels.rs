@@ -321,6 +321,21 @@ fn activation_approximations_match_f64() {
 }
 
 #[test]
+fn exp_approx_is_within_a_few_ulp_over_its_range_and_clamps_outside() {
+    let mut worst = 0.0f64;
+    let mut x = -87.0f32;
+    while x <= 88.0 {
+        let want = f64::from(x).exp();
+        worst = worst.max((f64::from(activation::exp_approx(x)) - want).abs() / want);
+        x += 0.0137;
+    }
+    assert!(worst < 4.0 * f64::from(f32::EPSILON), "worst relative error {worst}");
+    assert_eq!(activation::exp_approx(-1000.0), activation::exp_approx(-87.0));
+    assert_eq!(activation::exp_approx(f32::MAX), activation::exp_approx(88.0));
+    assert!(activation::exp_approx(88.0).is_finite());
+}
+
+#[test]
 fn qtier_kernel_values_parse_or_fail_clearly() {
     assert_eq!(resolve_kernel(Some("scalar")), Ok(KernelKind::Scalar));
     assert_eq!(resolve_kernel(Some(" AVX2 ")).is_ok(), KernelKind::Avx2.is_supported());

@@ -7,43 +7,71 @@
 
 use std::path::Path;
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use qtier_kernels::Activation;
 
+use crate::attention::{AttentionShape, QkvLayout, attention};
 use crate::config::{BertConfig, read_json};
 use crate::error::{ModelError, Result};
 use crate::linear::{Int8Options, Linear};
+use crate::simd::Isa;
 use crate::tokenize::TokenBatch;
 use crate::weights::ModelWeights;
 
 /// The name part of attention's fused input projection (`encoder.layer.N.attention.self.query+key+value`).
 pub const FUSED_QKV: &str = "query+key+value";
 
-/// Added to attention scores of padding positions before the softmax: large enough that their
-/// weight underflows to exactly zero, small enough that no sum overflows.
-const MASKED_SCORE: f32 = -1e9;
-
 /// Called with each Linear layer's name and input during a forward pass (for per-layer error
 /// measurements on real activations).
 pub type LinearTap<'a> = dyn FnMut(&Linear, &Tensor) -> Result<()> + 'a;
 
 struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
     eps: f32,
 }
 
 impl LayerNorm {
     fn load(weights: &ModelWeights, prefix: &str, size: usize, eps: f64) -> Result<LayerNorm> {
         Ok(LayerNorm {
-            weight: weights.tensor(&format!("{prefix}.weight"), &[size])?,
-            bias: weights.tensor(&format!("{prefix}.bias"), &[size])?,
+            weight: weights.tensor(&format!("{prefix}.weight"), &[size])?.to_vec1()?,
+            bias: weights.tensor(&format!("{prefix}.bias"), &[size])?.to_vec1()?,
             eps: eps as f32,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps)?)
+    /// Normalizes each row of `x` (`[rows, size]`) in place.
+    fn forward_in_place(&self, isa: Isa, x: &mut [f32]) {
+        isa.run(
+            #[inline(always)]
+            |_| {
+                for row in x.chunks_exact_mut(self.weight.len()) {
+                    self.normalize_row(row);
+                }
+            },
+        );
+    }
+
+    /// candle's LayerNorm arithmetic, operation for operation: one pass of sequential sums of `x`
+    /// and `x^2`, the variance as `E[x^2] - mean^2`, then `(x - mean) * inv_std * w + b`. A two-pass
+    /// variance in vectorized partial sums was closer to PyTorch in fp32 but moved the int8
+    /// eval's mean embedding cosine by 1.3e-5 (rounding that flips per-token int8 decisions);
+    /// keeping these roundings kept it within 1e-7. The sums are two dependency chains of `hidden`
+    /// adds per row, a few hundred nanoseconds.
+    #[inline(always)]
+    fn normalize_row(&self, row: &mut [f32]) {
+        let size = row.len() as f32;
+        let (mut sum, mut sum_squares) = (0f32, 0f32);
+        for x in row.iter() {
+            sum += x;
+            sum_squares += x * x;
+        }
+        let mean = sum / size;
+        let variance = sum_squares / size - mean * mean;
+        let inverse = (variance + self.eps).sqrt().recip();
+        for ((x, w), b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
+            *x = (*x - mean) * inverse * w + b;
+        }
     }
 }
 
@@ -66,9 +94,12 @@ struct EncoderLayer {
 /// A BERT-family encoder.
 pub struct BertModel {
     config: BertConfig,
-    word_embeddings: Tensor,
-    position_embeddings: Tensor,
-    token_type_embeddings: Tensor,
+    /// `[vocab, hidden]`, row-major.
+    word_embeddings: Vec<f32>,
+    /// `[max positions, hidden]`.
+    position_embeddings: Vec<f32>,
+    /// `[token types, hidden]`.
+    token_type_embeddings: Vec<f32>,
     embedding_norm: LayerNorm,
     layers: Vec<EncoderLayer>,
 }
@@ -118,12 +149,13 @@ impl BertModel {
                 output_norm: LayerNorm::load(&weights, &format!("{p}.output.LayerNorm"), h, eps)?,
             });
         }
+        let table = |name: &str, rows: usize| -> Result<Vec<f32>> {
+            Ok(weights.tensor(name, &[rows, h])?.flatten_all()?.to_vec1()?)
+        };
         Ok(BertModel {
-            word_embeddings: weights.tensor("embeddings.word_embeddings.weight", &[config.vocab_size, h])?,
-            position_embeddings: weights
-                .tensor("embeddings.position_embeddings.weight", &[config.max_position_embeddings, h])?,
-            token_type_embeddings: weights
-                .tensor("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, h])?,
+            word_embeddings: table("embeddings.word_embeddings.weight", config.vocab_size)?,
+            position_embeddings: table("embeddings.position_embeddings.weight", config.max_position_embeddings)?,
+            token_type_embeddings: table("embeddings.token_type_embeddings.weight", config.type_vocab_size)?,
             embedding_norm: LayerNorm::load(&weights, "embeddings.LayerNorm", h, eps)?,
             layers,
             config,
@@ -149,12 +181,79 @@ impl BertModel {
 
     /// Token hidden states `[batch, seq, hidden]` for a tokenized batch.
     pub fn forward(&self, batch: &TokenBatch) -> Result<Tensor> {
-        self.forward_with_tap(batch, &mut |_, _| Ok(()))
+        let hidden = self.hidden_states(batch, None)?;
+        Ok(Tensor::from_vec(hidden, (batch.batch, batch.seq, self.config.hidden_size), &Device::Cpu)?)
     }
 
     /// [`forward`](Self::forward), calling `tap` with each Linear layer and its input.
     pub fn forward_with_tap(&self, batch: &TokenBatch, tap: &mut LinearTap<'_>) -> Result<Tensor> {
+        let hidden = self.hidden_states(batch, Some(tap))?;
+        Ok(Tensor::from_vec(hidden, (batch.batch, batch.seq, self.config.hidden_size), &Device::Cpu)?)
+    }
+
+    /// Token hidden states `[batch * seq, hidden]`, row-major. The whole pass works on plain
+    /// buffers, allocated once per call and reused by every layer: the int8 kernels and the
+    /// attention read and write them in place, and a [`Tensor`] is built only for a tap.
+    pub(crate) fn hidden_states(&self, batch: &TokenBatch, mut tap: Option<&mut LinearTap<'_>>) -> Result<Vec<f32>> {
         let (b, s, h) = (batch.batch, batch.seq, self.config.hidden_size);
+        self.validate(batch)?;
+        let isa = Isa::selected();
+        let rows = b * s;
+        let mut hidden = vec![0.0f32; rows * h];
+        for (t, row) in hidden.chunks_exact_mut(h).enumerate() {
+            let word = &self.word_embeddings[batch.ids[t] as usize * h..][..h];
+            let position = &self.position_embeddings[t % s * h..][..h];
+            let token_type = &self.token_type_embeddings[batch.type_ids[t] as usize * h..][..h];
+            for (((x, w), p), y) in row.iter_mut().zip(word).zip(position).zip(token_type) {
+                *x = w + p + y;
+            }
+        }
+        self.embedding_norm.forward_in_place(isa, &mut hidden);
+
+        let shape = AttentionShape {
+            batch: b,
+            seq: s,
+            heads: self.config.num_attention_heads,
+            head_dim: self.config.head_dim(),
+        };
+        let layout = QkvLayout { row_stride: 3 * h, query: 0, key: h, value: 2 * h };
+        let mut qkv = vec![0.0f32; rows * 3 * h];
+        let mut context = vec![0.0f32; rows * h];
+        let mut attended = vec![0.0f32; rows * h];
+        let mut intermediate = vec![0.0f32; rows * self.config.intermediate_size];
+        for layer in &self.layers {
+            let mut run =
+                |linear: &Linear, input: &mut [f32], residual: Option<&[f32]>, out: &mut [f32]| -> Result<()> {
+                    if let Some(tap) = tap.as_mut() {
+                        tap(linear, &Tensor::from_slice(input, (rows, input.len() / rows), &Device::Cpu)?)?;
+                    }
+                    linear.forward_into_reusing_input(input, rows, residual, out)
+                };
+            match &layer.attention_input {
+                AttentionInput::Fused(fused) => run(fused, &mut hidden, None, &mut qkv)?,
+                AttentionInput::Separate { query, key, value } => {
+                    let mut part = vec![0.0f32; rows * h];
+                    for (index, linear) in [query, key, value].into_iter().enumerate() {
+                        run(linear, &mut hidden, None, &mut part)?;
+                        for (to, from) in qkv.chunks_exact_mut(3 * h).zip(part.chunks_exact(h)) {
+                            to[index * h..(index + 1) * h].copy_from_slice(from);
+                        }
+                    }
+                }
+            }
+            attention(isa, &qkv, layout, &batch.attention_mask, shape, &mut context);
+            run(&layer.attention_output, &mut context, Some(&hidden), &mut attended)?;
+            layer.attention_norm.forward_in_place(isa, &mut attended);
+            run(&layer.intermediate, &mut attended, None, &mut intermediate)?;
+            run(&layer.output, &mut intermediate, Some(&attended), &mut hidden)?;
+            layer.output_norm.forward_in_place(isa, &mut hidden);
+        }
+        Ok(hidden)
+    }
+
+    /// Checks a batch's shape and ids against the model.
+    fn validate(&self, batch: &TokenBatch) -> Result<()> {
+        let (b, s) = (batch.batch, batch.seq);
         if b == 0 || s == 0 {
             return Err(ModelError::InvalidInput("empty batch".into()));
         }
@@ -164,67 +263,18 @@ impl BertModel {
                 self.config.max_position_embeddings
             )));
         }
+        let tokens = b * s;
+        if [&batch.ids, &batch.type_ids, &batch.attention_mask].iter().any(|v| v.len() != tokens) {
+            return Err(ModelError::InvalidInput(format!(
+                "a batch of {b} x {s} tokens needs {tokens} ids, types and mask values"
+            )));
+        }
         if let Some(bad) = batch.ids.iter().find(|&&id| id as usize >= self.config.vocab_size) {
             return Err(ModelError::InvalidInput(format!("token id {bad} is outside the vocabulary")));
         }
-        let device = Device::Cpu;
-        let ids = Tensor::from_slice(&batch.ids, b * s, &device)?;
-        let type_ids = Tensor::from_slice(&batch.type_ids, b * s, &device)?;
-        let positions: Vec<u32> = (0..b).flat_map(|_| 0..s as u32).collect();
-        let positions = Tensor::from_vec(positions, b * s, &device)?;
-        let embeddings = (self.word_embeddings.index_select(&ids, 0)?
-            + self.position_embeddings.index_select(&positions, 0)?)?
-        .add(&self.token_type_embeddings.index_select(&type_ids, 0)?)?;
-        let mut hidden = self.embedding_norm.forward(&embeddings)?;
-
-        // [b, 1, 1, s]: 0 for real tokens, MASKED_SCORE for padding.
-        let mask = Tensor::from_slice(&batch.attention_mask, (b, 1, 1, s), &device)?.to_dtype(DType::F32)?;
-        let mask_bias = ((1.0 - mask)? * f64::from(MASKED_SCORE))?;
-        let heads = self.config.num_attention_heads;
-        let head_dim = self.config.head_dim();
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        for layer in &self.layers {
-            let split_heads = |t: Tensor| -> Result<Tensor> {
-                Ok(t.reshape((b, s, heads, head_dim))?.transpose(1, 2)?.contiguous()?)
-            };
-            let mut run = |linear: &Linear, input: &Tensor, residual: Option<&Tensor>| -> Result<Tensor> {
-                tap(linear, input)?;
-                linear.forward(input, residual)
-            };
-            let (q, k, v) = match &layer.attention_input {
-                AttentionInput::Fused(fused) => {
-                    let qkv = run(fused, &hidden, None)?;
-                    (qkv.narrow(1, 0, h)?, qkv.narrow(1, h, h)?, qkv.narrow(1, 2 * h, h)?)
-                }
-                AttentionInput::Separate { query, key, value } => {
-                    (run(query, &hidden, None)?, run(key, &hidden, None)?, run(value, &hidden, None)?)
-                }
-            };
-            let (q, k, v) = (split_heads(q)?, split_heads(k)?, split_heads(v)?);
-            let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&mask_bias)?;
-            let probabilities = candle_nn::ops::softmax_last_dim(&scores)?;
-            let context = probabilities.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b * s, h))?;
-            let attended = run(&layer.attention_output, &context, Some(&hidden))?;
-            let attended = layer.attention_norm.forward(&attended)?;
-            let intermediate = run(&layer.intermediate, &attended, None)?;
-            let output = run(&layer.output, &intermediate, Some(&attended))?;
-            hidden = layer.output_norm.forward(&output)?;
+        if let Some(bad) = batch.type_ids.iter().find(|&&id| id as usize >= self.config.type_vocab_size) {
+            return Err(ModelError::InvalidInput(format!("token type {bad} is outside the model's types")));
         }
-        Ok(hidden.reshape((b, s, h))?)
+        Ok(())
     }
-}
-
-/// Mean of `hidden` `[b, s, h]` over the positions `mask` keeps, `[b, h]`.
-pub(crate) fn mean_pool(hidden: &Tensor, attention_mask: &[u32]) -> Result<Tensor> {
-    let (b, s, _) = hidden.dims3()?;
-    let mask = Tensor::from_slice(attention_mask, (b, s, 1), hidden.device())?.to_dtype(DType::F32)?;
-    let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-    let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
-    Ok(summed.broadcast_div(&counts)?)
-}
-
-/// L2-normalizes each row of `x` `[b, h]`.
-pub(crate) fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    let norms = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-    Ok(x.broadcast_div(&norms)?)
 }

@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+mod attention;
 pub mod bert;
 pub mod config;
 mod error;
@@ -22,6 +23,7 @@ pub mod gpu;
 pub mod linear;
 pub mod llama;
 pub mod sentence;
+mod simd;
 pub mod tokenize;
 pub mod weights;
 

@@ -1,10 +1,13 @@
 //! One Linear layer, float (candle matmul) or int8 (qtier's fused kernel), with the same epilogue:
 //! bias, activation, optional residual.
 
+use std::sync::OnceLock;
+
 use candle_core::{Device, Tensor};
 use qtier_kernels::{Activation, QuantizedLinear};
 
 use crate::error::Result;
+use crate::simd::Isa;
 
 /// How int8 layers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,11 +45,32 @@ enum LinearKind {
 struct Int8Weights {
     /// The kernel with the layer's activation fused.
     fused: QuantizedLinear,
-    /// `[in, out]`: the int8 weight transposed, so an outlier input channel `j` reads one
-    /// contiguous row (one byte per weight, not four).
-    weights_t: Vec<i8>,
+    /// Per input channel, its int8 weights of every output (one column of `[out, in]`), read back
+    /// exactly from the kernel's packed copy the first time the channel holds an outlier, so the
+    /// decomposition reads one contiguous run per channel (one byte per weight, not four). Only
+    /// the few channels that ever hold outliers (BERT's are a handful of fixed channels) cost
+    /// memory, where a transposed copy of the whole matrix doubled the layer's.
+    columns: Vec<OnceLock<Box<[i8]>>>,
     /// Per output channel scales.
     scales: Vec<f32>,
+}
+
+impl Int8Weights {
+    /// The weights of input channel `j` for every output, `[out]`.
+    fn column(&self, j: usize) -> &[i8] {
+        self.columns[j].get_or_init(|| {
+            let packed = self.fused.packed();
+            (0..packed.n()).map(|o| packed.get(o, j).unwrap_or(0)).collect()
+        })
+    }
+}
+
+/// One outlier value taken out of the int8 GEMM.
+#[derive(Debug, Clone, Copy)]
+struct Outlier {
+    row: usize,
+    channel: usize,
+    value: f32,
 }
 
 /// A Linear layer `act(x W^T + b)`, optionally plus a residual.
@@ -73,22 +97,20 @@ impl Linear {
         })
     }
 
-    /// An int8 layer from the kernel (activation fused) and its int8 weights `[out, in]` and
-    /// per-row scales; `outlier_decomposition` as in [`Int8Options`].
+    /// An int8 layer from the kernel (activation fused), the int8 weights `[out, in]` it was
+    /// packed from and their per-row scales; `outlier_decomposition` as in [`Int8Options`]. The
+    /// decomposition reads the weights it needs back from the kernel's packed copy, so `weights`
+    /// is only checked against the kernel's shape (panics when it differs).
     pub fn int8(name: &str, layer: QuantizedLinear, weights: &[i8], scales: &[f32], options: Int8Options) -> Linear {
         let (n, k) = (layer.n(), layer.k());
-        let mut weights_t = vec![0i8; n * k];
-        for (row, values) in weights.chunks_exact(k).enumerate() {
-            for (column, value) in values.iter().enumerate() {
-                weights_t[column * n + row] = *value;
-            }
-        }
+        assert!(weights.len() == n * k && scales.len() == n, "{name}: weights or scales do not match {n} x {k}");
+        let columns = (0..k).map(|_| OnceLock::new()).collect();
         Linear {
             name: name.to_string(),
             activation: layer.activation(),
             out_features: n,
             outlier_decomposition: options.outlier_decomposition,
-            kind: LinearKind::Int8(Box::new(Int8Weights { fused: layer, weights_t, scales: scales.to_vec() })),
+            kind: LinearKind::Int8(Box::new(Int8Weights { fused: layer, columns, scales: scales.to_vec() })),
         }
     }
 
@@ -131,113 +153,168 @@ impl Linear {
                 let rows = x.dim(0)?;
                 let x = x.contiguous()?;
                 let residual = residual.map(Tensor::contiguous).transpose()?;
-                let output = with_f32_slice(&x, |input| match &residual {
-                    Some(residual) => {
-                        with_f32_slice(residual, |residual| self.forward_int8(layer, input, rows, Some(residual)))
-                    }
-                    None => self.forward_int8(layer, input, rows, None),
+                let mut output = vec![0.0f32; rows * self.out_features];
+                with_f32_slice(&x, |input| match &residual {
+                    Some(residual) => with_f32_slice(residual, |residual| {
+                        self.forward_int8(layer, input, rows, Some(residual), &mut output)
+                    }),
+                    None => self.forward_int8(layer, input, rows, None, &mut output),
                 })?;
                 Ok(Tensor::from_vec(output, (rows, self.out_features), &Device::Cpu)?)
             }
         }
     }
 
-    /// The int8 path with outlier decomposition. Each token's outlier values are zeroed before
-    /// the int8 GEMM (so its per-token scale is set by the ordinary values) and their
-    /// contribution, `value * dequantized weight column`, is added in float. Without an
-    /// activation that contribution can be added after the fused kernel (bias and residual
-    /// commute with it); with one, the tokens that have outliers run without the fused
-    /// activation, get the contribution, and then the activation.
+    /// [`forward`](Self::forward) on plain buffers: `x` `[rows, in]` and `residual`
+    /// `[rows, out]`, row-major, into `out[..rows * out]`. A float layer goes through candle.
+    pub fn forward_into(&self, x: &[f32], rows: usize, residual: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
+        self.check_buffers(x.len(), rows, residual, out)?;
+        match &self.kind {
+            LinearKind::Float { .. } => self.forward_float_into(x, rows, residual, out),
+            LinearKind::Int8(layer) => self.forward_int8(layer, x, rows, residual, out),
+        }
+    }
+
+    /// [`forward_into`](Self::forward_into) that may use `x` as scratch: the outlier
+    /// decomposition zeroes the outlier values in place instead of copying the input, and writes
+    /// them back before returning, so `x` is unchanged afterwards.
+    pub(crate) fn forward_into_reusing_input(
+        &self,
+        x: &mut [f32],
+        rows: usize,
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.check_buffers(x.len(), rows, residual, out)?;
+        match &self.kind {
+            LinearKind::Float { .. } => self.forward_float_into(x, rows, residual, out),
+            LinearKind::Int8(layer) => {
+                let outliers = self.outliers(layer, x, rows);
+                if outliers.is_empty() {
+                    Ok(layer.fused.forward_into(&x[..rows * layer.fused.k()], rows, out, residual)?)
+                } else {
+                    self.forward_decomposed(layer, x, rows, residual, out, &outliers)
+                }
+            }
+        }
+    }
+
+    fn check_buffers(&self, x_len: usize, rows: usize, residual: Option<&[f32]>, out: &[f32]) -> Result<()> {
+        let n = self.out_features;
+        if rows == 0
+            || !x_len.is_multiple_of(rows)
+            || out.len() < rows * n
+            || residual.is_some_and(|r| r.len() != rows * n)
+        {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: {x_len} inputs, {} outputs or a residual that is not {rows} x {n}",
+                self.name,
+                out.len()
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
+    fn forward_float_into(&self, x: &[f32], rows: usize, residual: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
+        let n = self.out_features;
+        let device = &Device::Cpu;
+        let x = Tensor::from_slice(x, (rows, x.len() / rows), device)?;
+        let residual = residual.map(|r| Tensor::from_slice(r, (rows, n), device)).transpose()?;
+        let y = self.forward(&x, residual.as_ref())?.flatten_all()?.to_vec1::<f32>()?;
+        out[..rows * n].copy_from_slice(&y);
+        Ok(())
+    }
+
+    /// The int8 path on a shared input: straight to the kernel when no token has outliers, else
+    /// on a copy whose outlier values the decomposition zeroes.
     fn forward_int8(
         &self,
         layer: &Int8Weights,
         input: &[f32],
         rows: usize,
         residual: Option<&[f32]>,
-    ) -> Result<Vec<f32>> {
-        let (n, k) = (self.out_features, layer.fused.k());
-        let mut output = vec![0.0f32; rows * n];
-        // Per token, the outliers taken out: (row, channel, value).
-        let mut outliers: Vec<(usize, usize, f32)> = Vec::new();
-        if self.outlier_decomposition {
-            for (m, row) in input.chunks_exact(k).enumerate() {
-                outliers.extend(outlier_channels(row).into_iter().map(|j| (m, j, row[j])));
-            }
+        output: &mut [f32],
+    ) -> Result<()> {
+        let input = &input[..rows * layer.fused.k()];
+        let outliers = self.outliers(layer, input, rows);
+        if outliers.is_empty() {
+            return Ok(layer.fused.forward_into(input, rows, output, residual)?);
         }
-        // The input with the outliers zeroed; copied only when there are some.
-        let zeroed: Option<Vec<f32>> = (!outliers.is_empty()).then(|| {
-            let mut copy = input.to_vec();
-            for &(m, j, _) in &outliers {
-                copy[m * k + j] = 0.0;
-            }
-            copy
-        });
-        let input = zeroed.as_deref().unwrap_or(input);
-        let add_outliers = |output: &mut [f32], row_of: &dyn Fn(usize) -> usize| {
-            for &(m, j, value) in &outliers {
-                let start = row_of(m) * n;
-                let column = &layer.weights_t[j * n..(j + 1) * n];
-                for ((y, q), scale) in output[start..start + n].iter_mut().zip(column).zip(&layer.scales) {
-                    *y += value * (f32::from(*q) * scale);
-                }
-            }
-        };
-        if outliers.is_empty() || self.activation == Activation::None {
-            layer.fused.forward_into(input, rows, &mut output, residual)?;
-            add_outliers(&mut output, &|m| m);
-            return Ok(output);
-        }
+        self.forward_decomposed(layer, &mut input.to_vec(), rows, residual, output, &outliers)
+    }
 
-        let mut dirty = vec![false; rows];
-        for &(m, _, _) in &outliers {
-            dirty[m] = true;
+    /// Every token's outlier values (none without the decomposition), by row, largest first.
+    fn outliers(&self, layer: &Int8Weights, input: &[f32], rows: usize) -> Vec<Outlier> {
+        let mut outliers = Vec::new();
+        if self.outlier_decomposition {
+            let k = layer.fused.k();
+            Isa::selected().run(
+                #[inline(always)]
+                |_| {
+                    for (row, values) in input.chunks_exact(k).take(rows).enumerate() {
+                        for channel in outlier_channels(values) {
+                            outliers.push(Outlier { row, channel, value: values[channel] });
+                        }
+                    }
+                },
+            );
         }
-        let dirty_rows: Vec<usize> = (0..rows).filter(|&m| dirty[m]).collect();
-        let clean_rows: Vec<usize> = (0..rows).filter(|&m| !dirty[m]).collect();
-        let gather = |values: &[f32], width: usize, rows: &[usize]| -> Vec<f32> {
-            let mut gathered = Vec::with_capacity(rows.len() * width);
-            for &m in rows {
-                gathered.extend_from_slice(&values[m * width..(m + 1) * width]);
-            }
-            gathered
+        outliers
+    }
+
+    /// The outlier decomposition. Each token's outlier values are zeroed before the int8 GEMM (so
+    /// its per-token scale is set by the ordinary values) and their contribution,
+    /// `value * dequantized weight column`, is added in float. Without an activation that
+    /// contribution is added after the fused kernel (bias and residual commute with it); with
+    /// one, the GEMM runs without it, the contribution is added, then the activation (the
+    /// kernel's own epilogue loop, so rows without outliers get exactly what the fused kernel
+    /// gives) and the residual. `input` gets its outlier values back before this returns.
+    fn forward_decomposed(
+        &self,
+        layer: &Int8Weights,
+        input: &mut [f32],
+        rows: usize,
+        residual: Option<&[f32]>,
+        output: &mut [f32],
+        outliers: &[Outlier],
+    ) -> Result<()> {
+        let (n, k) = (self.out_features, layer.fused.k());
+        let (input, output) = (&mut input[..rows * k], &mut output[..rows * n]);
+        for outlier in outliers {
+            input[outlier.row * k + outlier.channel] = 0.0;
+        }
+        let gemm = if self.activation == Activation::None {
+            layer.fused.forward_into(input, rows, output, residual)
+        } else {
+            layer.fused.forward_into_with_activation(input, rows, output, None, Activation::None)
         };
-        if !clean_rows.is_empty() {
-            let clean_residual = residual.map(|r| gather(r, n, &clean_rows));
-            let mut clean_output = vec![0.0f32; clean_rows.len() * n];
-            layer.fused.forward_into(
-                &gather(input, k, &clean_rows),
-                clean_rows.len(),
-                &mut clean_output,
-                clean_residual.as_deref(),
-            )?;
-            for (row, &m) in clean_output.chunks_exact(n).zip(&clean_rows) {
-                output[m * n..(m + 1) * n].copy_from_slice(row);
-            }
+        for outlier in outliers {
+            input[outlier.row * k + outlier.channel] = outlier.value;
         }
-        let mut dirty_output = vec![0.0f32; dirty_rows.len() * n];
-        layer.fused.forward_into_with_activation(
-            &gather(input, k, &dirty_rows),
-            dirty_rows.len(),
-            &mut dirty_output,
-            None,
-            Activation::None,
-        )?;
-        let mut position = vec![0usize; rows];
-        for (index, &m) in dirty_rows.iter().enumerate() {
-            position[m] = index;
-        }
-        add_outliers(&mut dirty_output, &|m| position[m]);
-        qtier_kernels::activation::apply_in_place(self.activation, &mut dirty_output);
-        for (row, &m) in dirty_output.chunks_exact(n).zip(&dirty_rows) {
-            let out_row = &mut output[m * n..(m + 1) * n];
-            out_row.copy_from_slice(row);
+        gemm?;
+        Isa::selected().run(
+            #[inline(always)]
+            |_| {
+                for outlier in outliers {
+                    let out_row = &mut output[outlier.row * n..(outlier.row + 1) * n];
+                    let column = layer.column(outlier.channel);
+                    // Multiply and add kept separate (no FMA): the same rounding on every CPU.
+                    for ((y, q), scale) in out_row.iter_mut().zip(column).zip(&layer.scales) {
+                        *y += outlier.value * (f32::from(*q) * scale);
+                    }
+                }
+            },
+        );
+        if self.activation != Activation::None {
+            qtier_kernels::activation::apply_in_place(self.activation, output);
             if let Some(residual) = residual {
-                for (y, r) in out_row.iter_mut().zip(&residual[m * n..(m + 1) * n]) {
+                for (y, r) in output.iter_mut().zip(residual) {
                     *y += r;
                 }
             }
         }
-        Ok(output)
+        Ok(())
     }
 }
 
@@ -275,18 +352,21 @@ const LANES: usize = 8;
 /// Channels of one token `row` whose magnitude exceeds OUTLIER_RATIO times the row's RMS,
 /// largest first, at most MAX_OUTLIER_CHANNELS. Most tokens have none: two vectorized passes
 /// (sum of squares, maximum) decide that without allocating.
+#[inline(always)]
 fn outlier_channels(row: &[f32]) -> Vec<usize> {
     let mut squares = [0.0f32; LANES];
     let mut peaks = [0.0f32; LANES];
     let chunks = row.chunks_exact(LANES);
-    for (lane, value) in chunks.remainder().iter().enumerate() {
-        squares[lane] += value * value;
-        peaks[lane] = peaks[lane].max(value.abs());
+    for ((square, peak), value) in squares.iter_mut().zip(&mut peaks).zip(chunks.remainder()) {
+        *square += value * value;
+        *peak = if value.abs() > *peak { value.abs() } else { *peak };
     }
     for chunk in chunks {
-        for lane in 0..LANES {
-            squares[lane] += chunk[lane] * chunk[lane];
-            peaks[lane] = peaks[lane].max(chunk[lane].abs());
+        for ((square, peak), value) in squares.iter_mut().zip(&mut peaks).zip(chunk) {
+            *square += value * value;
+            // The same as `peak.max(|value|)` (a NaN never wins either way), but `f32::max`'s
+            // NaN rule kept this loop scalar.
+            *peak = if value.abs() > *peak { value.abs() } else { *peak };
         }
     }
     let mean_square = squares.iter().sum::<f32>() / row.len().max(1) as f32;
@@ -295,8 +375,112 @@ fn outlier_channels(row: &[f32]) -> Vec<usize> {
         return Vec::new();
     }
     let threshold = rms * OUTLIER_RATIO;
-    let mut channels: Vec<usize> = (0..row.len()).filter(|&j| row[j].abs() > threshold).collect();
-    channels.sort_by(|a, b| row[*b].abs().total_cmp(&row[*a].abs()));
-    channels.truncate(MAX_OUTLIER_CHANNELS);
-    channels
+    // The largest values above the threshold, kept sorted as they are found (largest first,
+    // ties in channel order). Blocks are compared into a bit mask (vectorized compares, no branch
+    // per channel: GELU outputs put a hundred channels of most tokens above the threshold), and
+    // once MAX_OUTLIER_CHANNELS are kept most candidates are rejected by one comparison.
+    let mut largest: Vec<(f32, usize)> = Vec::with_capacity(MAX_OUTLIER_CHANNELS + 1);
+    for (block, values) in row.chunks(u64::BITS as usize).enumerate() {
+        let mut bits = 0u64;
+        for (bit, value) in values.iter().enumerate() {
+            bits |= u64::from(value.abs() > threshold) << bit;
+        }
+        while bits != 0 {
+            let channel = block * u64::BITS as usize + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let magnitude = row[channel].abs();
+            if largest.len() == MAX_OUTLIER_CHANNELS && magnitude <= largest[MAX_OUTLIER_CHANNELS - 1].0 {
+                continue;
+            }
+            // Channels arrive in increasing order, so an equal magnitude goes after the kept one.
+            let at = largest.partition_point(|(kept, _)| *kept >= magnitude);
+            largest.insert(at, (magnitude, channel));
+            largest.truncate(MAX_OUTLIER_CHANNELS);
+        }
+    }
+    largest.into_iter().map(|(_, channel)| channel).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The selection as first written: every channel above the threshold, stable-sorted by
+    /// magnitude (largest first), truncated.
+    fn channels_by_sorting(row: &[f32]) -> Vec<usize> {
+        let rms = (row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32).sqrt();
+        let threshold = rms * OUTLIER_RATIO;
+        let mut channels: Vec<usize> = (0..row.len()).filter(|&j| row[j].abs() > threshold).collect();
+        channels.sort_by(|a, b| row[*b].abs().total_cmp(&row[*a].abs()));
+        channels.truncate(MAX_OUTLIER_CHANNELS);
+        channels
+    }
+
+    /// A deterministic pseudo-random generator (xorshift).
+    fn values(seed: u64, len: usize) -> Vec<f32> {
+        let mut state = seed;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn outlier_selection_keeps_the_largest_in_order_with_ties_by_channel() {
+        for (seed, len) in [(1u64, 384usize), (2, 1536), (3, 100), (4, 65)] {
+            let mut row = values(seed, len);
+            // A spike that triggers the decomposition, many values above the threshold, and ties.
+            row[len / 2] = 400.0;
+            for j in (0..len).step_by(3) {
+                row[j] *= 8.0;
+            }
+            row[1] = -24.0;
+            row[4] = 24.0;
+            let selected = outlier_channels(&row);
+            assert!(!selected.is_empty());
+            assert_eq!(selected, channels_by_sorting(&row), "seed {seed}");
+        }
+        // Without a spike above OUTLIER_TRIGGER_RATIO times the RMS, nothing is taken out.
+        assert!(outlier_channels(&values(5, 384)).is_empty());
+    }
+
+    #[test]
+    fn reusing_the_input_gives_the_same_output_and_restores_it() {
+        let (n, k, rows) = (70, 96, 5);
+        let weights: Vec<i8> = values(6, n * k).iter().map(|v| (v * 127.0) as i8).collect();
+        let scales: Vec<f32> = values(7, n).iter().map(|v| 0.01 + v.abs() * 0.01).collect();
+        let bias = values(8, n);
+        let mut x = values(9, rows * k);
+        x[k + 3] = 60.0;
+        x[3 * k + 17] = -45.0;
+        x[3 * k + 18] = 30.0;
+        let residual = values(10, rows * n);
+        for activation in [Activation::None, Activation::GeluErf] {
+            let kernel =
+                QuantizedLinear::new(&weights, &scales, Some(&bias), n, k).unwrap().with_activation(activation);
+            let layer = Linear::int8("l", kernel, &weights, &scales, Int8Options::default());
+            let (mut shared, mut reused) = (vec![0.0; rows * n], vec![0.0; rows * n]);
+            layer.forward_into(&x, rows, Some(&residual), &mut shared).unwrap();
+            let mut scratch = x.clone();
+            layer.forward_into_reusing_input(&mut scratch, rows, Some(&residual), &mut reused).unwrap();
+            assert_eq!(shared, reused);
+            assert_eq!(scratch, x);
+            // The decomposition against float math on the dequantized weights: the outlier
+            // values' contribution is exact, so the error stays within what per-token int8 of
+            // the ordinary values (all within [-1, 1]) allows: half a step of 1/127 per term.
+            for (m, out_row) in shared.chunks_exact(n).enumerate() {
+                for (o, y) in out_row.iter().enumerate() {
+                    let w = |j: usize| f32::from(weights[o * k + j]) * scales[o];
+                    let dot: f32 = (0..k).map(|j| x[m * k + j] * w(j)).sum::<f32>() + bias[o];
+                    let bound: f32 = (0..k).map(|j| w(j).abs()).sum::<f32>() / 127.0 * 0.5 + 1e-4;
+                    let expected = activation.apply(dot) + residual[m * n + o];
+                    assert!((y - expected).abs() <= bound, "{activation:?} row {m} out {o}: {y} vs {expected}");
+                }
+            }
+        }
+    }
 }

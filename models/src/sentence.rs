@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 
-use crate::bert::{BertModel, l2_normalize, mean_pool};
+use crate::bert::BertModel;
 use crate::config::{Pooling, SentenceConfig, model_type};
 use crate::error::{ModelError, Result};
 use crate::linear::Int8Options;
@@ -87,25 +87,77 @@ impl SentenceEncoder {
 
     /// One embedding per text of an already tokenized batch.
     pub fn embed_tokens(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>> {
-        let hidden = self.model.forward(batch)?;
-        self.pool(&hidden, batch)
+        let hidden = self.model.hidden_states(batch, None)?;
+        Ok(self.pool_rows(&hidden, batch))
     }
 
     /// Pools (and normalizes) hidden states `[b, s, h]` into embeddings.
     pub fn pool(&self, hidden: &Tensor, batch: &TokenBatch) -> Result<Vec<Vec<f32>>> {
-        let pooled = match self.config.pooling {
-            Pooling::Mean => mean_pool(hidden, &batch.attention_mask)?,
-            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
-            Pooling::Max => {
-                let (b, s, _) = hidden.dims3()?;
-                let mask = Tensor::from_slice(&batch.attention_mask, (b, s, 1), hidden.device())?
-                    .to_dtype(candle_core::DType::F32)?;
-                // Padding positions get a very negative value so they never win the max.
-                let penalty = ((1.0 - &mask)? * -1e9)?;
-                hidden.broadcast_add(&penalty)?.max(1)?
-            }
-        };
-        let pooled = if self.config.normalize { l2_normalize(&pooled)? } else { pooled };
-        Ok(pooled.to_vec2::<f32>()?)
+        let (b, s, _) = hidden.dims3()?;
+        if (b, s) != (batch.batch, batch.seq) {
+            return Err(ModelError::InvalidInput(format!(
+                "hidden states of {b} x {s} tokens for a batch of {} x {}",
+                batch.batch, batch.seq
+            )));
+        }
+        Ok(self.pool_rows(&hidden.flatten_all()?.to_vec1::<f32>()?, batch))
     }
+
+    /// [`pool`](Self::pool) on hidden states `[b * s, h]`, row-major.
+    fn pool_rows(&self, hidden: &[f32], batch: &TokenBatch) -> Vec<Vec<f32>> {
+        let h = hidden.len() / (batch.batch * batch.seq);
+        hidden
+            .chunks_exact(batch.seq * h)
+            .zip(batch.attention_mask.chunks_exact(batch.seq))
+            .map(|(tokens, mask)| {
+                let mut pooled = pool_sequence(self.config.pooling, tokens, mask, h);
+                if self.config.normalize {
+                    l2_normalize(&mut pooled);
+                }
+                pooled
+            })
+            .collect()
+    }
+}
+
+/// Padding positions' penalty under max pooling: they never win the max (unless every position
+/// is padding).
+const MAX_POOL_PADDING_PENALTY: f32 = -1e9;
+/// Lower bound of the token count under mean pooling (a sequence without real tokens pools to 0).
+const MIN_MEAN_POOL_COUNT: f32 = 1e-9;
+/// Lower bound of the norm under L2 normalization (a zero vector stays zero).
+const MIN_NORM: f32 = 1e-12;
+
+/// One sequence's `tokens` (`[s, h]`) pooled over the positions `mask` keeps.
+fn pool_sequence(pooling: Pooling, tokens: &[f32], mask: &[u32], h: usize) -> Vec<f32> {
+    match pooling {
+        Pooling::Cls => tokens[..h].to_vec(),
+        Pooling::Mean => {
+            let mut sum = vec![0.0f32; h];
+            for (token, _) in tokens.chunks_exact(h).zip(mask).filter(|(_, m)| **m != 0) {
+                for (s, x) in sum.iter_mut().zip(token) {
+                    *s += x;
+                }
+            }
+            let count = (mask.iter().filter(|m| **m != 0).count() as f32).max(MIN_MEAN_POOL_COUNT);
+            sum.iter_mut().for_each(|s| *s /= count);
+            sum
+        }
+        Pooling::Max => {
+            let mut max = vec![f32::NEG_INFINITY; h];
+            for (token, m) in tokens.chunks_exact(h).zip(mask) {
+                let penalty = if *m != 0 { 0.0 } else { MAX_POOL_PADDING_PENALTY };
+                for (y, x) in max.iter_mut().zip(token) {
+                    *y = y.max(x + penalty);
+                }
+            }
+            max
+        }
+    }
+}
+
+/// Divides `x` by its L2 norm.
+fn l2_normalize(x: &mut [f32]) {
+    let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt().max(MIN_NORM);
+    x.iter_mut().for_each(|v| *v /= norm);
 }
