@@ -17,6 +17,24 @@ use std::time::{Duration, Instant};
 /// layers of one forward pass, short enough not to burn a core for long after the last one.
 pub(crate) const SPIN_BEFORE_PARK: Duration = Duration::from_millis(2);
 
+/// Environment variable overriding [`SPIN_BEFORE_PARK`] in milliseconds (read once, when the pool
+/// starts): a latency-critical server with gaps between requests can keep the workers awake
+/// across them, trading a busy core for the wake-up a parked worker needs (see `qtier serve`).
+pub const SPIN_ENV_VAR: &str = "QTIER_SPIN_MS";
+
+/// The spin time: [`SPIN_ENV_VAR`] when it holds a number of milliseconds, else [`SPIN_BEFORE_PARK`].
+fn spin_before_park() -> Duration {
+    parse_spin(std::env::var(SPIN_ENV_VAR).ok().as_deref())
+}
+
+/// Milliseconds (fractions allowed, at most an hour) as a spin time; anything else is the default.
+fn parse_spin(value: Option<&str>) -> Duration {
+    value
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|ms| (0.0..=3_600_000.0).contains(ms))
+        .map_or(SPIN_BEFORE_PARK, |ms| Duration::from_secs_f64(ms / 1e3))
+}
+
 struct Job<'a> {
     f: &'a (dyn Fn(usize) + Sync),
     parts: usize,
@@ -100,7 +118,7 @@ pub(crate) struct SpinPool {
 }
 
 /// Worker `home - 1` of the pool (participant `home` of every job).
-fn worker(shared: &'static Shared, home: usize) {
+fn worker(shared: &'static Shared, home: usize, spin: Duration) {
     // Checking the clock costs a vDSO call (10% of a spinning worker's samples in perf when
     // done every iteration), so the spin loop looks at it once per SPIN_CHECK rounds.
     const SPIN_CHECK: u32 = 256;
@@ -127,16 +145,22 @@ fn worker(shared: &'static Shared, home: usize) {
             continue;
         }
         spins = spins.wrapping_add(1);
-        if !spins.is_multiple_of(SPIN_CHECK) || idle_since.elapsed() < SPIN_BEFORE_PARK {
+        if !spins.is_multiple_of(SPIN_CHECK) || idle_since.elapsed() < spin {
             std::hint::spin_loop();
             continue;
         }
         let guard = shared.lock.lock().unwrap_or_else(|e| e.into_inner());
         shared.sleepers.fetch_add(1, SeqCst);
-        let mut guard = guard;
-        while shared.job.load(SeqCst).is_null() {
-            guard = shared.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
-        }
+        // Wait once, then spin again whatever woke us, even if the job that did is already
+        // finished: waking a parked thread takes longer here than a small GEMM, so a worker that
+        // went back to sleep on finding no job was late for every layer of the next forward pass
+        // too, and a request after an idle gap ran single-threaded (MiniLM int8 b1 x s128 at 20
+        // requests/s, open loop: p50 9.7 ms against 5.5 ms back to back).
+        let guard = if shared.job.load(SeqCst).is_null() {
+            shared.wake.wait(guard).unwrap_or_else(|e| e.into_inner())
+        } else {
+            guard
+        };
         shared.sleepers.fetch_sub(1, SeqCst);
         drop(guard);
         idle_since = Instant::now();
@@ -145,6 +169,7 @@ fn worker(shared: &'static Shared, home: usize) {
 
 impl SpinPool {
     fn new(workers: usize) -> Self {
+        let spin = spin_before_park();
         let shared: &'static Shared = Box::leak(Box::new(Shared {
             job: AtomicPtr::new(ptr::null_mut()),
             epoch: AtomicUsize::new(0),
@@ -156,7 +181,7 @@ impl SpinPool {
         let mut started = 0;
         for i in 0..workers {
             let spawned =
-                std::thread::Builder::new().name(format!("qtier-gemm-{i}")).spawn(move || worker(shared, i + 1));
+                std::thread::Builder::new().name(format!("qtier-gemm-{i}")).spawn(move || worker(shared, i + 1, spin));
             if spawned.is_ok() {
                 started += 1;
             }
@@ -228,6 +253,16 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn spin_time_parses_milliseconds_and_falls_back_to_the_default() {
+        assert_eq!(parse_spin(Some("100")), Duration::from_millis(100));
+        assert_eq!(parse_spin(Some(" 0.5 ")), Duration::from_micros(500));
+        assert_eq!(parse_spin(Some("0")), Duration::ZERO);
+        for bad in [None, Some(""), Some("-1"), Some("fast"), Some("NaN"), Some("inf"), Some("1e12")] {
+            assert_eq!(parse_spin(bad), SPIN_BEFORE_PARK, "{bad:?}");
+        }
     }
 
     #[test]
