@@ -31,10 +31,10 @@ for pair in $(seq "$pairs"); do
   bench "$work/a.json"; bench "$work/b.json"
   plain=0; $qtier compare "$work/a.json" "$work/b.json" > "$work/plain.txt" || plain=$?
   [ "$plain" -eq 3 ] && plain_alarms=$((plain_alarms + 1))
-  ab=0; QTIER_AB_WORK=$work/ab scripts/bench-ab.sh "$qtier" "$qtier" "$work/int8" 4 > "$work/ab.txt" 2>&1 || ab=$?
+  ab=0; QTIER_AB_WORK=$work/ab scripts/bench-ab.sh "$qtier" "$qtier" "$work/int8" > "$work/ab.txt" 2>&1 || ab=$?
   [ "$ab" -eq 3 ] && ab_alarms=$((ab_alarms + 1))
   slow=0; QTIER_AB_WORK=$work/slow QTIER_AB_NEW_ENV="QTIER_BENCH_INJECT_SLOWDOWN=0.2" \
-    scripts/bench-ab.sh "$qtier" "$qtier" "$work/int8" 4 > /dev/null 2>&1 || slow=$?
+    scripts/bench-ab.sh "$qtier" "$qtier" "$work/int8" > /dev/null 2>&1 || slow=$?
   [ "$slow" -eq 3 ] && caught=$((caught + 1))
   echo "pair $pair: plain -> exit $plain ($(head -1 "$work/plain.txt" | cut -c15-60)); interleaved -> exit $ab ($(head -1 "$work/ab.txt" | cut -c15-60)); +20% interleaved -> exit $slow"
 done
