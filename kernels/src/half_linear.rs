@@ -17,6 +17,7 @@ use std::num::NonZeroUsize;
 
 use crate::dispatch::{KernelKind, selected_kernel};
 use crate::error::KernelError;
+use crate::linear::{SendPtr, check_input_len, check_output_len, task_count, tasks_or_default};
 
 /// Which 16-bit float format the weights are stored in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,11 +89,7 @@ impl HalfLinear {
 
     /// Uses `threads` threads (default: rayon's current pool size, as [`crate::QuantizedLinear`]).
     pub fn with_threads(mut self, threads: usize) -> Result<Self, KernelError> {
-        self.threads = Some(NonZeroUsize::new(threads).ok_or(KernelError::InvalidDimension {
-            what: "threads",
-            value: 0,
-            reason: "must be at least 1",
-        })?);
+        self.threads = Some(task_count(threads)?);
         Ok(self)
     }
 
@@ -129,7 +126,7 @@ impl HalfLinear {
 
     /// Threads a call may use.
     pub fn threads(&self) -> usize {
-        self.threads.map_or_else(rayon::current_num_threads, NonZeroUsize::get)
+        tasks_or_default(self.threads)
     }
 
     /// Writes weight row `row` (output feature `row`, `k` values) widened to f32 into `out`:
@@ -150,22 +147,8 @@ impl HalfLinear {
     /// `out = x W^T` for `x` `[m, k]` row-major; `out` is `[m, n]` row-major.
     pub fn forward_into(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), KernelError> {
         let (n, k) = (self.n, self.k);
-        let mk = m.checked_mul(k).ok_or(KernelError::InvalidDimension {
-            what: "m",
-            value: m,
-            reason: "m * k overflows usize",
-        })?;
-        if x.len() != mk {
-            return Err(KernelError::ShapeMismatch { what: "x", expected: mk, found: x.len() });
-        }
-        let mn = m.checked_mul(n).ok_or(KernelError::InvalidDimension {
-            what: "m",
-            value: m,
-            reason: "m * n overflows usize",
-        })?;
-        if out.len() < mn {
-            return Err(KernelError::OutputTooSmall { needed: mn, found: out.len() });
-        }
+        check_input_len(m, k, "x", x.len())?;
+        check_output_len(m, n, out.len())?;
         if m == 0 {
             return Ok(());
         }
@@ -240,11 +223,6 @@ fn dot_block_scalar(block: &Block<'_>, dtype: HalfType, acc: &mut [[f32; WEIGHT_
         }
     }
 }
-
-struct SendPtr(*mut f32);
-// SAFETY: the parts of one call write disjoint ranges of the output through this pointer, and
-// the output outlives the call (the pool returns only when every part is done).
-unsafe impl Sync for SendPtr {}
 
 #[cfg(target_arch = "x86_64")]
 mod simd {

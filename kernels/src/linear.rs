@@ -113,11 +113,7 @@ impl QuantizedLinear {
     /// `0` is rejected. Tasks run on the calling thread and this crate's spinning worker pool
     /// (one worker per core besides the caller), so at most `min(threads, cores)` run at once.
     pub fn with_threads(mut self, threads: usize) -> Result<Self, KernelError> {
-        self.threads = Some(NonZeroUsize::new(threads).ok_or(KernelError::InvalidDimension {
-            what: "threads",
-            value: 0,
-            reason: "must be at least 1",
-        })?);
+        self.threads = Some(task_count(threads)?);
         Ok(self)
     }
 
@@ -154,7 +150,7 @@ impl QuantizedLinear {
 
     /// Parallel tasks per call (the configured cap, else the current rayon pool's size).
     pub fn threads(&self) -> usize {
-        self.threads.map_or_else(rayon::current_num_threads, NonZeroUsize::get)
+        tasks_or_default(self.threads)
     }
 
     /// The packed weights (layout documented in [`crate::pack`]).
@@ -194,15 +190,8 @@ impl QuantizedLinear {
         activation: Activation,
     ) -> Result<(), KernelError> {
         let (n, k, kp) = (self.n(), self.k(), self.packed.k_padded());
-        let mk = self.checked_len(m, k, "x", x.len())?;
-        let mn = m.checked_mul(n).ok_or(KernelError::InvalidDimension {
-            what: "m",
-            value: m,
-            reason: "m * n overflows usize",
-        })?;
-        if out.len() < mn {
-            return Err(KernelError::OutputTooSmall { needed: mn, found: out.len() });
-        }
+        let mk = check_input_len(m, k, "x", x.len())?;
+        let mn = check_output_len(m, n, out.len())?;
         if let Some(r) = residual
             && r.len() != mn
         {
@@ -266,7 +255,7 @@ impl QuantizedLinear {
     pub fn accumulate_i32(&self, kind: KernelKind, x_q: &[i8], m: usize) -> Result<Vec<i32>, KernelError> {
         let kind = kind.check_supported()?;
         let (n, k, kp) = (self.n(), self.k(), self.packed.k_padded());
-        self.checked_len(m, k, "x_q", x_q.len())?;
+        check_input_len(m, k, "x_q", x_q.len())?;
         let enc = gemm::encoding(kind);
         let mut a = vec![0u8; m * kp];
         for (dst, src) in a.chunks_exact_mut(kp).zip(x_q.chunks_exact(k)) {
@@ -296,22 +285,50 @@ impl QuantizedLinear {
         unsafe { gemm::run_tiles(kind, &self.packed, &a, m, self.threads(), None, &sink) };
         Ok(out)
     }
+}
 
-    fn checked_len(&self, m: usize, k: usize, what: &'static str, found: usize) -> Result<usize, KernelError> {
-        let expected = m.checked_mul(k).ok_or(KernelError::InvalidDimension {
-            what: "m",
-            value: m,
-            reason: "m * k overflows usize",
-        })?;
-        if found != expected {
-            return Err(KernelError::ShapeMismatch { what, expected, found });
-        }
-        Ok(expected)
+/// `threads` as a task count of a layer's calls; 0 is rejected.
+pub(crate) fn task_count(threads: usize) -> Result<NonZeroUsize, KernelError> {
+    NonZeroUsize::new(threads).ok_or(KernelError::InvalidDimension {
+        what: "threads",
+        value: 0,
+        reason: "must be at least 1",
+    })
+}
+
+/// A layer's task count: its own setting, else the current rayon pool's size.
+pub(crate) fn tasks_or_default(threads: Option<NonZeroUsize>) -> usize {
+    threads.map_or_else(rayon::current_num_threads, NonZeroUsize::get)
+}
+
+/// Checks that an `m x k` input called `what` has `found` elements; returns `m * k`.
+pub(crate) fn check_input_len(m: usize, k: usize, what: &'static str, found: usize) -> Result<usize, KernelError> {
+    let expected = m.checked_mul(k).ok_or(KernelError::InvalidDimension {
+        what: "m",
+        value: m,
+        reason: "m * k overflows usize",
+    })?;
+    if found != expected {
+        return Err(KernelError::ShapeMismatch { what, expected, found });
     }
+    Ok(expected)
+}
+
+/// Checks that an output of `found` elements holds `m x n`; returns `m * n`.
+pub(crate) fn check_output_len(m: usize, n: usize, found: usize) -> Result<usize, KernelError> {
+    let needed = m.checked_mul(n).ok_or(KernelError::InvalidDimension {
+        what: "m",
+        value: m,
+        reason: "m * n overflows usize",
+    })?;
+    if found < needed {
+        return Err(KernelError::OutputTooSmall { needed, found });
+    }
+    Ok(needed)
 }
 
 /// A raw output pointer shared by the tasks of one call, which write disjoint tiles.
-struct SendPtr<T>(*mut T);
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
 // SAFETY: only used to write disjoint tiles of a buffer that outlives the parallel section.
 unsafe impl<T> Send for SendPtr<T> {}
 // SAFETY: as above; no two tasks touch the same element.
