@@ -27,6 +27,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model_bench::ModelBenchReport;
+use crate::stats::median_in_place;
 
 /// One-sided significance level of the Mann-Whitney test.
 pub const SIGNIFICANCE: f64 = 0.01;
@@ -131,8 +132,8 @@ pub fn compare(old: &ModelBenchReport, new: &ModelBenchReport, max_regression: f
         let (unit, old_median, new_median, p_value, faster_p, alpha) = if by_runs {
             (
                 ComparisonUnit::Runs,
-                median(&old_runs),
-                median(&new_runs),
+                median_in_place(&mut old_runs.clone()),
+                median_in_place(&mut new_runs.clone()),
                 mann_whitney_greater_exact(&new_runs, &old_runs),
                 mann_whitney_greater_exact(&old_runs, &new_runs),
                 RUN_SIGNIFICANCE,
@@ -204,14 +205,6 @@ pub fn mann_whitney_greater(a: &[f64], b: &[f64]) -> f64 {
     }
     let z = (u - mean - 0.5) / variance.sqrt();
     upper_normal_tail(z)
-}
-
-/// The median of a non-empty list (mean of the middle two for an even count).
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 1 { sorted[mid] } else { (sorted[mid - 1] + sorted[mid]) / 2.0 }
 }
 
 /// Mann-Whitney's U for "`a` tends to be larger than `b`": pairs with `a > b`, ties counted half.
@@ -371,24 +364,12 @@ mod tests {
         assert_eq!(mann_whitney_greater_exact(&[3.0; 4], &[3.0; 4]), 1.0);
     }
 
+    /// A pooled workload: each run contributes 50 samples around its median.
     fn workload(name: &str, run_medians: &[f64]) -> crate::model_bench::ModelWorkload {
-        use crate::stats::{Sample, Summary};
-        // Each run contributes 50 samples around its median, like a pooled interleaved report.
         let samples: Vec<f64> = run_medians.iter().flat_map(|&m| noisy(50, m, m.to_bits())).collect();
-        let stats = Summary::compute(&Sample::new(samples.clone()).unwrap(), 99.0, 1).unwrap();
-        crate::model_bench::ModelWorkload {
-            name: name.into(),
-            batch: 1,
-            seq: 32,
-            warmup_calls: 0,
-            stopped_by_time_limit: false,
-            stats,
-            open_loop: None,
-            max_qps: None,
-            decoder_metric: None,
-            samples_ns: samples,
-            run_medians_ns: run_medians.to_vec(),
-        }
+        let mut workload = crate::export::test_report::workload(name, 1, samples);
+        workload.run_medians_ns = run_medians.to_vec();
+        workload
     }
 
     #[test]

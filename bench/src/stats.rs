@@ -513,7 +513,7 @@ fn interpolate(a: f64, b: f64, fraction: f64) -> f64 {
 }
 
 /// The definition-7 median of `values`, reordering them; O(n) by selection.
-fn median_in_place(values: &mut [f64]) -> f64 {
+pub(crate) fn median_in_place(values: &mut [f64]) -> f64 {
     let n = values.len();
     let lower = (n - 1) / 2;
     let (_, &mut lower_value, above) = values.select_nth_unstable_by(lower, f64::total_cmp);

@@ -35,26 +35,31 @@ pub(crate) mod test_report {
     use crate::model_bench::{MODEL_REPORT_SCHEMA_VERSION, ModelBenchReport, ModelWorkload};
     use crate::stats::{Sample, Summary};
 
+    /// A single-run workload of `samples` (seq 128, p90 tail).
+    pub fn workload(name: &str, batch: usize, samples: Vec<f64>) -> ModelWorkload {
+        let stats = Summary::compute(&Sample::new(samples.clone()).unwrap(), 90.0, 1).unwrap();
+        ModelWorkload {
+            name: name.into(),
+            batch,
+            seq: 128,
+            warmup_calls: 16,
+            stopped_by_time_limit: false,
+            stats,
+            open_loop: None,
+            max_qps: None,
+            decoder_metric: None,
+            samples_ns: samples,
+            run_medians_ns: Vec::new(),
+        }
+    }
+
     /// A fixed report with deterministic samples, for snapshot tests.
     pub fn report() -> ModelBenchReport {
         let workload = |name: &str, batch: usize, base: f64| {
             let samples: Vec<f64> = (0..240)
                 .map(|i| base * (1.0 + ((i * 37 % 101) as f64) / 400.0 + if i % 60 == 0 { 0.5 } else { 0.0 }))
                 .collect();
-            let stats = Summary::compute(&Sample::new(samples.clone()).unwrap(), 90.0, 1).unwrap();
-            ModelWorkload {
-                name: name.into(),
-                batch,
-                seq: 128,
-                warmup_calls: 16,
-                stopped_by_time_limit: false,
-                stats,
-                open_loop: None,
-                max_qps: None,
-                decoder_metric: None,
-                samples_ns: samples,
-                run_medians_ns: Vec::new(),
-            }
+            workload(name, batch, samples)
         };
         ModelBenchReport {
             schema_version: MODEL_REPORT_SCHEMA_VERSION,
