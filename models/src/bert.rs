@@ -110,6 +110,12 @@ impl std::fmt::Debug for BertModel {
     }
 }
 
+/// A BERT checkpoint's weights, names with or without the `bert.` prefix of `BertForMaskedLM`
+/// checkpoints (probed on the word embeddings).
+pub(crate) fn open_weights(dir: &Path) -> Result<ModelWeights> {
+    Ok(ModelWeights::open(dir)?.with_prefix_if_present("bert.", "embeddings.word_embeddings.weight"))
+}
+
 impl BertModel {
     /// Loads the encoder of `dir` (`config.json` and its safetensors), float or int8.
     pub fn load(dir: &Path) -> Result<BertModel> {
@@ -121,9 +127,7 @@ impl BertModel {
         let config_path = dir.join("config.json");
         let config: BertConfig = read_json(&config_path)?;
         config.validate(&config_path)?;
-        let weights = ModelWeights::open(dir)?
-            .with_prefix_if_present("bert.", "embeddings.word_embeddings.weight")
-            .with_int8_options(int8);
+        let weights = open_weights(dir)?.with_int8_options(int8);
         let (h, i) = (config.hidden_size, config.intermediate_size);
         let eps = config.layer_norm_eps;
         let act = config.hidden_act.kernel_activation();

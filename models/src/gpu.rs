@@ -25,8 +25,6 @@ use qtier_kernels::Activation;
 use qtier_kernels::cuda::encoder::{self, AttentionShape, EmbeddingTables, LayerNormParams};
 use qtier_kernels::cuda::launch::ATTENTION_MAX_SEQ;
 use qtier_kernels::cuda::{CudaDevice, CudaError, CudaLinear, CudaQuantizedLinear, DeviceBuffer, QuantizedActivations};
-use qtier_quantize::Checkpoint;
-use qtier_quantize::artifact::read_quantized_weight;
 
 use crate::config::{BertConfig, Pooling, SentenceConfig, model_type, read_json};
 use crate::error::{ModelError, Result};
@@ -78,12 +76,6 @@ impl fmt::Display for ComputeDevice {
 
 /// The name [`GpuEncoder::kernel_variant`] gives the fp32 GEMM of float layers.
 pub const FLOAT_GEMM_NAME: &str = "fp32 simt 64x64";
-
-/// The tensor probed to find whether names carry the `bert.` prefix (`BertForMaskedLM`
-/// checkpoints), as [`crate::BertModel`] does.
-const PREFIX_PROBE: &str = "embeddings.word_embeddings.weight";
-/// That prefix.
-const BERT_PREFIX: &str = "bert.";
 
 /// The [`ModelError::Cuda`] for GPU `ordinal` that cannot be opened: a build without CUDA
 /// says how to rebuild; anything else (no driver, no such GPU) is the driver's reason.
@@ -324,21 +316,14 @@ fn l2_normalize_rows(rows: &mut [Vec<f32>]) {
     }
 }
 
-/// Reads the checkpoint's tensors: float ones through [`ModelWeights`], int8 weights through
-/// the compressed-tensors reader (with the same `bert.` prefix rule).
+/// Reads the checkpoint's tensors through [`ModelWeights`], as the CPU encoder does.
 struct WeightSource {
     weights: ModelWeights,
-    checkpoint: Checkpoint,
-    prefix: &'static str,
 }
 
 impl WeightSource {
     fn open(dir: &Path) -> Result<WeightSource> {
-        let weights = ModelWeights::open(dir)?.with_prefix_if_present(BERT_PREFIX, PREFIX_PROBE);
-        let checkpoint = Checkpoint::open(dir)?;
-        let prefixed = checkpoint.tensor(PREFIX_PROBE).is_none()
-            && checkpoint.tensor(&format!("{BERT_PREFIX}{PREFIX_PROBE}")).is_some();
-        Ok(WeightSource { weights, checkpoint, prefix: if prefixed { BERT_PREFIX } else { "" } })
+        Ok(WeightSource { weights: crate::bert::open_weights(dir)? })
     }
 
     fn float(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
@@ -372,17 +357,7 @@ impl WeightSource {
             let mut values = Vec::with_capacity(total_out * in_features);
             let mut scales = Vec::with_capacity(total_out);
             for module in modules {
-                let full = format!("{}{module}", self.prefix);
-                let weight = read_quantized_weight(&self.checkpoint, &full)?;
-                if (weight.out_features, weight.in_features) != (out_features, in_features) {
-                    return Err(self.bad(
-                        format!("{full}.weight"),
-                        format!(
-                            "shape [{}, {}], expected [{out_features}, {in_features}]",
-                            weight.out_features, weight.in_features
-                        ),
-                    ));
-                }
+                let weight = self.weights.int8_weight(module, out_features, in_features)?;
                 values.extend_from_slice(&weight.values);
                 scales.extend_from_slice(&weight.scales);
             }

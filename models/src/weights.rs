@@ -131,7 +131,7 @@ impl ModelWeights {
     }
 
     /// Module `module`'s int8 weight and scales, checked to be `[out_features, in_features]`.
-    fn int8_weight(&self, module: &str, out_features: usize, in_features: usize) -> Result<QuantizedWeight> {
+    pub fn int8_weight(&self, module: &str, out_features: usize, in_features: usize) -> Result<QuantizedWeight> {
         let full = self.full_name(module);
         let weight = read_quantized_weight(&self.checkpoint, &full)?;
         if (weight.out_features, weight.in_features) != (out_features, in_features) {
