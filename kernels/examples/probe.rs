@@ -20,7 +20,7 @@ fn median(mut f: impl FnMut(), reps: usize) -> f64 {
     t.sort_by(f64::total_cmp);
     if std::env::var_os("PROBE_DIST").is_some() {
         let q = |p: usize| t[(t.len() - 1) * p / 100];
-        print!("[p10 {:.1} p50 {:.1} p90 {:.1}] ", q(10), q(50), q(90));
+        print!("[p10 {:.2} p50 {:.2} p90 {:.2}] ", q(10), q(50), q(90));
     }
     t[t.len() / 10]
 }
@@ -40,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut body = || {
             let f = median(|| l.forward_into(&x, m, &mut out, None).unwrap(), reps);
             let acc = median(|| drop(l.accumulate_i32(KernelKind::Avx512Vnni, &xq, m).unwrap()), reps);
-            println!("threads {t}: forward {f:.1} us ({:.0} GOP/s), accumulate_i32 {acc:.1} us", ops / f / 1e3);
+            println!("threads {t}: forward {f:.2} us ({:.0} GOP/s), accumulate_i32 {acc:.1} us", ops / f / 1e3);
         };
         // PROBE_RAYON=1 runs inside a 2-thread rayon pool (as the criterion bench does).
         if std::env::var_os("PROBE_RAYON").is_some() {

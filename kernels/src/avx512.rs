@@ -15,7 +15,7 @@
 use std::arch::x86_64::*;
 
 use crate::gemm::{Tile, TileJob};
-use crate::pack::{BLOCK_PANELS, KGROUP, PANEL_COLS};
+use crate::pack::{BLOCK_COLS, BLOCK_PANELS, KGROUP, PANEL_COLS};
 
 /// Rows per tile.
 pub(crate) const MR: usize = 6;
@@ -155,3 +155,53 @@ unsafe fn gemv_block(job: &TileJob<'_>, tile: &mut Tile) {
 
 /// K groups the GEMV kernel keeps in flight.
 const GEMV_GROUPS: usize = 4;
+
+/// The M = 1 path over several consecutive column blocks: what [`gemv_block`] does per block,
+/// without a [`TileJob`] or an i32 tile per block, writing `acc * (x_scale * w_scale) + bias`
+/// straight to the output (see [`crate::gemm::GemvJob`]).
+///
+/// # Safety
+/// The CPU must support avx512f, avx512bw and avx512vnni; `job` satisfies
+/// [`crate::gemm::GemvJob::check`] and its output pointers cover `job.cols` floats.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(crate) unsafe fn gemv_direct(job: &crate::gemm::GemvJob<'_>) {
+    let k_groups = job.k_groups;
+    let xs = _mm512_set1_ps(job.x_scale);
+    let mut w = job.blocks.as_ptr().cast::<__m512i>();
+    for cb in 0..job.col_blocks {
+        let mut acc = [[_mm512_setzero_si512(); BLOCK_PANELS]; GEMV_GROUPS];
+        let mut x = job.a.as_ptr();
+        for _ in 0..k_groups / GEMV_GROUPS {
+            for (g, acc_g) in acc.iter_mut().enumerate() {
+                let xb = bcast(x.add(g * KGROUP));
+                for p in 0..BLOCK_PANELS {
+                    acc_g[p] = _mm512_dpbusd_epi32(acc_g[p], xb, _mm512_load_si512(w.add(g * BLOCK_PANELS + p)));
+                }
+            }
+            w = w.add(GEMV_GROUPS * BLOCK_PANELS);
+            x = x.add(GEMV_GROUPS * KGROUP);
+        }
+        for acc_g in acc.iter_mut().take(k_groups % GEMV_GROUPS) {
+            let xb = bcast(x);
+            for p in 0..BLOCK_PANELS {
+                acc_g[p] = _mm512_dpbusd_epi32(acc_g[p], xb, _mm512_load_si512(w.add(p)));
+            }
+            w = w.add(BLOCK_PANELS);
+            x = x.add(KGROUP);
+        }
+        for p in 0..BLOCK_PANELS {
+            let c = cb * BLOCK_COLS + p * PANEL_COLS;
+            if c >= job.cols {
+                break;
+            }
+            let left = job.cols - c;
+            let mask: __mmask16 = if left >= PANEL_COLS { 0xffff } else { (1u16 << left) - 1 };
+            let sum = acc.iter().fold(_mm512_setzero_si512(), |s, acc_g| _mm512_add_epi32(s, acc_g[p]));
+            let cs = _mm512_loadu_si512(job.col_sums.as_ptr().add(c).cast());
+            let exact = _mm512_sub_epi32(sum, _mm512_slli_epi32::<7>(cs));
+            let scale = _mm512_mul_ps(xs, _mm512_loadu_ps(job.w_scales.as_ptr().add(c)));
+            let y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), scale, _mm512_loadu_ps(job.bias.as_ptr().add(c)));
+            _mm512_mask_storeu_ps(job.out.add(c), mask, y);
+        }
+    }
+}

@@ -108,6 +108,44 @@ unsafe impl Send for DirectTarget {}
 // SAFETY: as above.
 unsafe impl Sync for DirectTarget {}
 
+/// One activation row against the consecutive column blocks of one part, written straight to
+/// the output: the M = 1 path, which streams the part's weights in one loop.
+pub(crate) struct GemvJob<'a> {
+    /// The offset-encoded activation row (`k_groups * KGROUP` bytes).
+    pub(crate) a: &'a [u8],
+    /// K groups per column block.
+    pub(crate) k_groups: usize,
+    /// Column blocks to run.
+    pub(crate) col_blocks: usize,
+    /// Their packed weights, `[column block][k group][panel]`.
+    pub(crate) blocks: &'a [KGroupBlock],
+    /// Their column sums, `col_blocks * 64`.
+    pub(crate) col_sums: &'a [i32],
+    /// Per-column weight scales of these blocks (`col_blocks * 64`, zero-padded).
+    pub(crate) w_scales: &'a [f32],
+    /// Per-column bias of these blocks (`col_blocks * 64`, zero-padded).
+    pub(crate) bias: &'a [f32],
+    /// The row's activation scale.
+    pub(crate) x_scale: f32,
+    /// Valid output columns from the first block's first column (the rest is padding).
+    pub(crate) cols: usize,
+    /// Output of the first block's first column.
+    pub(crate) out: *mut f32,
+}
+
+impl GemvJob<'_> {
+    /// Whether the slices are long enough for the raw-pointer kernel.
+    pub(crate) fn check(&self) -> bool {
+        let cols = self.col_blocks * BLOCK_COLS;
+        self.a.len() >= self.k_groups * KGROUP
+            && self.blocks.len() >= self.col_blocks * self.k_groups * BLOCK_PANELS
+            && self.col_sums.len() >= cols
+            && self.w_scales.len() >= cols
+            && self.bias.len() >= cols
+            && self.cols <= cols
+    }
+}
+
 /// Whether `kind`'s kernel writes [`DirectOut`] itself.
 pub(crate) fn supports_direct(kind: KernelKind) -> bool {
     kind == KernelKind::Avx512Vnni
@@ -197,6 +235,15 @@ pub(crate) unsafe fn run_tiles<S>(
     let run_part = |part: usize| {
         let (np, mp) = (part % n_parts, part / n_parts);
         let (c0, c1) = (col_blocks * np / n_parts, col_blocks * (np + 1) / n_parts);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(d) = direct.filter(|_| m == 1 && kind == KernelKind::Avx512Vnni) {
+            // SAFETY: run_tiles' contract: `d` describes valid buffers for this call.
+            unsafe { gemv_part_avx512(packed, a, d, c0, c1) };
+            for cb in c0..c1 {
+                sink(0, 1, cb, &STALE_TILE);
+            }
+            return;
+        }
         let (rb0, rb1) = (row_blocks * mp / m_parts, row_blocks * (mp + 1) / m_parts);
         let mut tiles: [Tile; ROW_GROUP] = [[[0; BLOCK_COLS]; MR_MAX]; ROW_GROUP];
         for cb in c0..c1 {
@@ -263,6 +310,51 @@ pub(crate) unsafe fn run_tiles<S>(
     } else {
         crate::pool::global().run(parts, &run_part);
     }
+}
+
+/// The tile handed to the sink when the kernel already wrote the output ([`DirectOut`]).
+static STALE_TILE: Tile = [[0; BLOCK_COLS]; MR_MAX];
+
+/// The M = 1 path: the one activation row `a` against column blocks `c0..c1`, written straight to
+/// `d.out` by one loop over the part's weights ([`crate::avx512::gemv_direct`]). Against one
+/// [`TileJob`] per column block it saves the per-block setup and the i32 tile: 1x384x768 on one
+/// thread 1.78 us vs 2.0 us (p50), and 1x384x1536 on two threads 2.05 vs 2.25 us.
+///
+/// # Safety
+/// The CPU supports the AVX-512 VNNI kernel; `d` describes valid buffers as [`run_tiles`]
+/// requires (`x_scales` with at least one element, `w_scales` and `bias` with
+/// `packed.col_blocks() * 64`, `out` with `packed.n()`), and `c0 <= c1 <= packed.col_blocks()`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn gemv_part_avx512(packed: &PackedWeights, a: &[u8], d: DirectTarget, c0: usize, c1: usize) {
+    let per_block = packed.k_groups() * BLOCK_PANELS;
+    let cols = (c0 * BLOCK_COLS)..(c1 * BLOCK_COLS);
+    // SAFETY: `w_scales` and `bias` hold col_blocks * 64 floats and c1 <= col_blocks; x_scales
+    // holds m >= 1.
+    let (w_scales, bias, x_scale) = unsafe {
+        (
+            std::slice::from_raw_parts(d.w_scales.add(cols.start), cols.len()),
+            std::slice::from_raw_parts(d.bias.add(cols.start), cols.len()),
+            *d.x_scales,
+        )
+    };
+    let job = GemvJob {
+        a,
+        k_groups: packed.k_groups(),
+        col_blocks: c1 - c0,
+        blocks: &packed.blocks()[c0 * per_block..c1 * per_block],
+        col_sums: &packed.col_sums()[cols.clone()],
+        w_scales,
+        bias,
+        x_scale,
+        cols: packed.n().min(cols.end) - cols.start,
+        // SAFETY: cols.start < n (c0 < col_blocks) when the part has any column, and the
+        // kernel writes nothing when it has none.
+        out: d.out.wrapping_add(cols.start),
+    };
+    assert!(job.check(), "GEMV job out of bounds");
+    // SAFETY: the caller guarantees AVX-512 VNNI; `job.check()` holds and `out` covers
+    // `job.cols` floats from the part's first column (out holds n).
+    unsafe { crate::avx512::gemv_direct(&job) };
 }
 
 /// Everything the f32 epilogue needs besides the tile.

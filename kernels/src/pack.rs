@@ -102,6 +102,11 @@ impl PackedWeights {
         &self.blocks[cb * len..(cb + 1) * len]
     }
 
+    /// Every packed block, `[column block][k group][panel]`.
+    pub(crate) fn blocks(&self) -> &[KGroupBlock] {
+        &self.blocks
+    }
+
     /// Sum over k of each column's weights, padded with zeros to `col_blocks * BLOCK_COLS`.
     pub fn col_sums(&self) -> &[i32] {
         &self.col_sums

@@ -209,34 +209,40 @@ fn check_forward(kind: KernelKind) {
             .with_activation(c.act);
         let mut out = vec![f32::NAN; c.m * c.n];
         l.forward_into(&c.x, c.m, &mut out, c.residual.as_deref()).unwrap();
-        for i in 0..c.m {
-            let mut q = vec![0i8; c.k];
-            let xs = f64::from(quantize_row(&c.x[i * c.k..(i + 1) * c.k], &mut q));
-            for j in 0..c.n {
-                let acc: i64 = (0..c.k).map(|kk| i64::from(q[kk]) * i64::from(c.w[j * c.k + kk])).sum();
-                let lin = acc as f64 * xs * f64::from(c.scales[j]);
-                let b = c.bias.as_ref().map_or(0.0, |b| f64::from(b[j]));
-                let r = c.residual.as_ref().map_or(0.0, |r| f64::from(r[i * c.n + j]));
-                let v = lin + b;
-                let want = act64(c.act, v) + r;
-                let got = f64::from(out[i * c.n + j]);
-                let tol = EPILOGUE_REL_TOLERANCE * (lin.abs() + b.abs() + r.abs() + 1e-30)
-                    + f64::from(ACTIVATION_ABS_TOLERANCE) * v.abs().max(1.0);
-                prop_assert!(
-                    (got - want).abs() <= tol,
-                    "kernel {} act {} at ({}, {}): got {} want {} tol {}",
-                    kind,
-                    c.act,
-                    i,
-                    j,
-                    got,
-                    want,
-                    tol
-                );
-            }
-        }
-        Ok(())
+        check_against_reference(&c, &out, kind)
     });
+}
+
+/// Checks `out` (the layer's output for case `c`) against an f64 computation of the same
+/// quantized math, within the epilogue's and the activation's tolerances.
+fn check_against_reference(c: &FloatCase, out: &[f32], kind: KernelKind) -> Result<(), TestCaseError> {
+    for i in 0..c.m {
+        let mut q = vec![0i8; c.k];
+        let xs = f64::from(quantize_row(&c.x[i * c.k..(i + 1) * c.k], &mut q));
+        for j in 0..c.n {
+            let acc: i64 = (0..c.k).map(|kk| i64::from(q[kk]) * i64::from(c.w[j * c.k + kk])).sum();
+            let lin = acc as f64 * xs * f64::from(c.scales[j]);
+            let b = c.bias.as_ref().map_or(0.0, |b| f64::from(b[j]));
+            let r = c.residual.as_ref().map_or(0.0, |r| f64::from(r[i * c.n + j]));
+            let v = lin + b;
+            let want = act64(c.act, v) + r;
+            let got = f64::from(out[i * c.n + j]);
+            let tol = EPILOGUE_REL_TOLERANCE * (lin.abs() + b.abs() + r.abs() + 1e-30)
+                + f64::from(ACTIVATION_ABS_TOLERANCE) * v.abs().max(1.0);
+            prop_assert!(
+                (got - want).abs() <= tol,
+                "kernel {} act {} at ({}, {}): got {} want {} tol {}",
+                kind,
+                c.act,
+                i,
+                j,
+                got,
+                want,
+                tol
+            );
+        }
+    }
+    Ok(())
 }
 
 macro_rules! kernel_tests {
@@ -387,6 +393,43 @@ fn bad_shapes_are_errors_not_panics() {
     assert!(l.forward(&[], 0).unwrap().is_empty());
     assert!(matches!(l.clone().with_threads(0), Err(KernelError::InvalidDimension { .. })));
     assert!(matches!(l.accumulate_i32(KernelKind::Scalar, &[0; 5], 2), Err(KernelError::ShapeMismatch { .. })));
+}
+
+/// One row (the GEMV path) large enough to be split over threads (2 M N K >= 1 M operations),
+/// with N not a multiple of 64, bias, activation and residual: every kernel gives the same
+/// output on 1, 2, 3 and 7 tasks, and it matches the f64 reference.
+#[test]
+fn gemv_split_over_threads_matches_reference() {
+    let (m, k, n) = (1, 1031, 601);
+    let c = FloatCase {
+        m,
+        k,
+        n,
+        w: (0..n * k).map(|i| ((i * 7 + i / 11) % 255) as i8).map(|v| v.max(-127)).collect(),
+        scales: (0..n).map(|j| 1e-3 + j as f32 * 1e-5).collect(),
+        bias: Some((0..n).map(|j| (j % 17) as f32 * 0.1 - 0.8).collect()),
+        x: (0..k).map(|i| ((i * 13) % 101) as f32 / 25.0 - 2.0).collect(),
+        residual: Some((0..n).map(|j| (j % 5) as f32 - 2.0).collect()),
+        act: Activation::GeluErf,
+    };
+    for kind in [KernelKind::Scalar, KernelKind::Avx2, KernelKind::AvxVnni, KernelKind::Avx512Vnni] {
+        if skip_unless_supported(kind) {
+            continue;
+        }
+        let l = QuantizedLinear::new(&c.w, &c.scales, c.bias.as_deref(), n, k)
+            .unwrap()
+            .with_kernel(kind)
+            .unwrap()
+            .with_activation(c.act);
+        let mut one = vec![f32::NAN; n];
+        l.clone().with_threads(1).unwrap().forward_into(&c.x, m, &mut one, c.residual.as_deref()).unwrap();
+        check_against_reference(&c, &one, kind).unwrap();
+        for t in [2, 3, 7] {
+            let mut y = vec![f32::NAN; n];
+            l.clone().with_threads(t).unwrap().forward_into(&c.x, m, &mut y, c.residual.as_deref()).unwrap();
+            assert_eq!(y, one, "kernel {kind}, threads {t}");
+        }
+    }
 }
 
 #[test]
