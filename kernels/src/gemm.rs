@@ -100,6 +100,11 @@ pub(crate) struct DirectTarget {
     pub(crate) x_scales: *const f32,
     pub(crate) w_scales: *const f32,
     pub(crate) bias: *const f32,
+    /// Whether the sink still has work after a direct write (an activation or a residual).
+    /// Without, [`run_tiles`] does not call it for directly written tiles: each call reads
+    /// the caller's epilogue arguments, which on a worker thread are lines to fetch from the
+    /// caller's core.
+    pub(crate) needs_sink: bool,
 }
 
 // SAFETY: a DirectTarget is shared by the tasks of one call, which write disjoint tiles of
@@ -199,7 +204,8 @@ const LINE: usize = 64;
 /// `packed`, on up to `threads` tasks, calling `sink(row0, rows, col_block, &tile)` per tile.
 /// Tiles are disjoint, so a sink may write its part of a shared output. With `direct` (and a
 /// kernel that [`supports_direct`]), the kernel has already written the dequantized tile to
-/// `direct.out` and the i32 tile passed to `sink` is stale.
+/// `direct.out`, the i32 tile passed to `sink` is stale, and `sink` is called only if
+/// `direct.needs_sink`.
 ///
 /// # Safety
 /// `direct`, if given, describes valid buffers: `out` and `x_scales` with `m * n` and `m`
@@ -297,9 +303,11 @@ pub(crate) unsafe fn run_tiles<S>(
                         compute_tile(kind, &job, tile);
                     }
                 }
-                for (rb, tile) in (rg..rg_end).zip(tiles.iter()) {
-                    let (r0, r1) = block_rows(rb);
-                    sink(r0, r1 - r0, cb, tile);
+                if direct.is_none_or(|d| d.needs_sink) {
+                    for (rb, tile) in (rg..rg_end).zip(tiles.iter()) {
+                        let (r0, r1) = block_rows(rb);
+                        sink(r0, r1 - r0, cb, tile);
+                    }
                 }
             }
         }

@@ -235,6 +235,7 @@ impl QuantizedLinear {
             x_scales: xs.as_ptr(),
             w_scales: self.w_scales.as_ptr(),
             bias: self.bias.as_ptr(),
+            needs_sink: activation != Activation::None || residual.is_some(),
         };
         let direct_done = gemm::supports_direct(kind);
         let sink = |row0: usize, rows: usize, cb: usize, tile: &gemm::Tile| {
