@@ -80,7 +80,8 @@ impl DecoderLatency {
 }
 
 /// Projects a measured decoder report onto `target` (see the module documentation). None when
-/// the report is not a decoder report or its medians are not positive.
+/// the report is not a decoder report, its medians are not positive, or it ran on a GPU the GPU
+/// table does not know.
 pub fn project_decoder(report: &ModelBenchReport, target: &ComputeTarget) -> Option<DecoderLatency> {
     let info = report.decoder.as_ref()?;
     let measured = DecoderLatency::measured(report)?;
@@ -90,7 +91,7 @@ pub fn project_decoder(report: &ModelBenchReport, target: &ComputeTarget) -> Opt
     let tpot_efficiency = info.tpot_bound_ms / measured.tpot_p50_ms;
     let tpot_bound_ms = info.weight_bytes_per_token as f64 / target.peaks.bytes * 1e3;
     let tpot_p50_ms = tpot_bound_ms / tpot_efficiency;
-    let host = MeasuringHost::of(&report.hardware, report.threads);
+    let host = MeasuringHost::of_report(report, &report.model).ok()?;
     let operations = 2.0 * info.linear_params as f64 * info.prompt_len as f64
         + 2.0 * info.hidden_size as f64 * info.vocab_size as f64;
     let peak = |peaks: &crate::workload::Peaks| if report.int8 { peaks.int8_ops } else { peaks.float_ops };

@@ -6,6 +6,7 @@
 //! - [`prices`]: refreshing the catalog's prices from an AWS Price List offer file.
 //! - [`workload`]: the roofline model of an encoder forward (FLOPs and bytes per operation).
 //! - [`decoder`]: decoder TTFT and TPOT, measured and projected from TPOT's memory bound.
+//! - [`gpus`]: peaks of the GPUs a measured report may come from.
 //! - [`projection`]: efficiency calibrated on measured reports, projected onto unmeasured types.
 //! - [`recommend`](mod@recommend): the engine (pure functions) and the [`recommend::Recommendation`] it returns.
 //! - [`export`]: JSON, Markdown and HTML (with a hand-written SVG plot) of a recommendation.
@@ -16,6 +17,7 @@ pub mod catalog;
 pub mod decoder;
 mod error;
 pub mod export;
+pub mod gpus;
 pub mod prices;
 pub mod projection;
 pub mod recommend;

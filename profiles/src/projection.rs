@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{CpuProfile, InstanceProfile, VnniSupport};
 use crate::error::{ProfilesError, Result};
+use crate::gpus::{BUILTIN_GPUS_NAME, GpuTable};
 use crate::workload::{EncoderShape, Op, Peaks, RequestShape, encoder_ops, roofline_seconds};
 
 /// Clock assumed for a measuring host, GHz: reports do not record the frequency. 3.0 GHz is the
@@ -162,23 +163,28 @@ fn cpu_peaks(isa: Int8Isa, avx512: bool, ghz: f64, cores: f64, gbps: f64) -> Pea
     }
 }
 
-/// The CPU a report was measured on, as far as its hardware fields tell.
+/// The device a report was measured on, as far as its hardware fields tell: a CPU, or the GPU
+/// of a `--device cuda` run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MeasuringHost {
-    /// CPU model name.
-    pub cpu_model: String,
-    /// The int8 ISA the kernels used.
-    pub isa: Int8Isa,
-    /// Whether f32 work ran with AVX-512.
+    /// The class its efficiency applies to.
+    pub class: DeviceClass,
+    /// CPU model name, or the GPU's name as the driver gives it.
+    #[serde(alias = "cpu_model")]
+    pub model: String,
+    /// The int8 ISA the CPU kernels used (CPU runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isa: Option<Int8Isa>,
+    /// Whether f32 work ran with AVX-512 (false on a GPU).
     pub avx512: bool,
-    /// Cores the run could use: its threads, at most the physical cores.
+    /// Cores the run could use: its threads, at most the physical cores; 1 on a GPU (one GPU).
     pub cores: f64,
-    /// The roofline peaks of those cores.
+    /// The roofline peaks of those cores, or of the GPU.
     pub peaks: Peaks,
 }
 
 impl MeasuringHost {
-    /// The host of a run with `threads` threads on `hardware`. The kernel name wins over the
+    /// The CPU of a run with `threads` threads on `hardware`. The kernel name wins over the
     /// flags when it is a known one (it is what ran, e.g. forced by `QTIER_KERNEL`).
     pub fn of(hardware: &Hardware, threads: usize) -> Self {
         let isa =
@@ -187,14 +193,43 @@ impl MeasuringHost {
         let physical = hardware.physical_cores.unwrap_or(hardware.logical_cores).max(1);
         let cores = threads.clamp(1, physical) as f64;
         let peaks = cpu_peaks(isa, avx512, REPORT_CLOCK_GHZ, cores, REPORT_READ_GBPS_PER_CORE * cores);
-        Self { cpu_model: hardware.cpu_model.clone(), isa, avx512, cores, peaks }
+        Self { class: isa.device_class(), model: hardware.cpu_model.clone(), isa: Some(isa), avx512, cores, peaks }
     }
 
-    /// As a projection target (one replica on the same cores).
+    /// The device `report` ran on: its GPU when it records one (a `--device cuda` run), with the
+    /// peaks of the GPU table's entry for that name; else its CPU ([`MeasuringHost::of`]).
+    /// Fails for a GPU the table does not know, naming it.
+    pub fn of_report(report: &ModelBenchReport, label: &str) -> Result<Self> {
+        let Some(gpu) = &report.hardware.gpu else {
+            return Ok(Self::of(&report.hardware, report.threads));
+        };
+        let table = GpuTable::builtin()?;
+        let reference = table.find(&gpu.name).ok_or_else(|| ProfilesError::Report {
+            report: label.into(),
+            problem: format!(
+                "ran on GPU `{}`, which {} does not list: its peaks are needed to turn the measured latency into an efficiency",
+                gpu.name, BUILTIN_GPUS_NAME
+            ),
+        })?;
+        Ok(Self {
+            class: DeviceClass::Gpu,
+            model: gpu.name.clone(),
+            isa: None,
+            avx512: false,
+            cores: 1.0,
+            peaks: reference.peaks(),
+        })
+    }
+
+    /// As a projection target (one replica on the same cores, or on the GPU).
     pub fn as_target(&self) -> ComputeTarget {
+        let description = match self.isa {
+            Some(isa) => format!("{} ({}, {} cores)", self.model, isa.kernel_name(), self.cores),
+            None => format!("{} (one GPU)", self.model),
+        };
         ComputeTarget {
-            class: self.isa.device_class(),
-            description: format!("{} ({}, {} cores)", self.cpu_model, self.isa.kernel_name(), self.cores),
+            class: self.class,
+            description,
             peaks: self.peaks,
             cores_per_replica: Some(self.cores),
             replicas_per_instance: 1,
@@ -290,7 +325,7 @@ pub fn calibrate(
 ) -> Result<Calibration> {
     let workload = closest_workload(report, request)
         .ok_or_else(|| ProfilesError::Report { report: label.into(), problem: "has no workloads".into() })?;
-    let host = MeasuringHost::of(&report.hardware, report.threads);
+    let host = MeasuringHost::of_report(report, label)?;
     let measured = MeasuredLatency::of(workload);
     if !(measured.p50_ms > 0.0 && measured.p50_ms.is_finite()) {
         return Err(ProfilesError::Report {
@@ -302,7 +337,7 @@ pub fn calibrate(
     let roofline_ms = roofline_seconds(&ops, &host.peaks) * 1e3;
     Ok(Calibration {
         report: label.into(),
-        class: host.isa.device_class(),
+        class: host.class,
         int8: report.int8,
         efficiency: roofline_ms / measured.p50_ms,
         tail_ratio: measured.p99_ms / measured.p50_ms,

@@ -28,9 +28,10 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{InstanceCatalog, InstanceProfile, Service};
 use crate::decoder::{DecoderLatency, project_decoder};
 use crate::error::{ProfilesError, Result};
+use crate::gpus::BUILTIN_GPUS_NAME;
 use crate::projection::{
-    Calibration, ComputeTarget, DeviceClass, Int8Isa, MeasuredLatency, Projection, calibrate, cpu_target, gpu_target,
-    possible_isas, project,
+    Calibration, ComputeTarget, DeviceClass, Int8Isa, MeasuredLatency, MeasuringHost, Projection, calibrate,
+    cpu_target, gpu_target, possible_isas, project,
 };
 use crate::tiers::{LatencyMetric, TierSla, Tiers};
 use crate::workload::{EncoderShape, RequestShape, encoder_ops};
@@ -256,6 +257,9 @@ pub struct ReportUse {
     pub instance_type_source: String,
     /// CPU model.
     pub cpu_model: String,
+    /// The GPU it ran on (`--device cuda` reports), as the driver names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<String>,
     /// The device class it calibrates.
     pub class: DeviceClass,
     /// Threads it ran on.
@@ -264,6 +268,13 @@ pub struct ReportUse {
     pub workloads: Vec<RequestShape>,
     /// What it was used for.
     pub role: String,
+}
+
+impl ReportUse {
+    /// What the report ran on, for people: the GPU for a GPU run, else the CPU.
+    pub fn device(&self) -> &str {
+        self.gpu.as_deref().unwrap_or(&self.cpu_model)
+    }
 }
 
 /// Facts about the model the reports measured.
@@ -392,14 +403,18 @@ fn measured_instance_type(report: &ModelBenchReport) -> Option<&str> {
         .then_some(hardware.instance_type.as_str())
 }
 
-/// The device class of a report: GPU when its kernel is a CUDA one (none yet: `qtier bench model`
-/// runs on CPU), else the CPU's.
+/// Ratio of int8 peaks between a calibrating GPU and a target beyond which a projection notes that
+/// the efficiency was carried across a large gap (a judgement: efficiency depends on how busy
+/// the GPU's SMs are, which differs between a GPU 4x larger and the target).
+const GPU_PEAK_RATIO_NOTE: f64 = 4.0;
+
+/// The device class of a report: GPU when it records the GPU it ran on (`--device cuda`), else
+/// its CPU's.
 fn report_class(report: &ModelBenchReport) -> DeviceClass {
-    let kernel = report.kernel.as_deref().unwrap_or(&report.hardware.kernel);
-    if kernel.starts_with("cuda") {
+    if report.hardware.gpu.is_some() {
         DeviceClass::Gpu
     } else {
-        crate::projection::MeasuringHost::of(&report.hardware, report.threads).isa.device_class()
+        MeasuringHost::of(&report.hardware, report.threads).class
     }
 }
 
@@ -466,10 +481,9 @@ fn evidence_for(
         let usable: Vec<&Calibration> = calibrations.iter().filter(|c| c.class == class).collect();
         if usable.is_empty() {
             let why = match class {
-                DeviceClass::Gpu => {
-                    "no measured report from a GPU to calibrate GPU efficiency (qtier bench model runs on CPU so far)"
-                        .to_string()
-                }
+                DeviceClass::Gpu => "no measured report from a GPU to calibrate GPU efficiency \
+                                     (`qtier bench model --device cuda` on a GPU the GPU table lists)"
+                    .to_string(),
                 other => format!("no measured report from a {} host to calibrate its efficiency", other.name()),
             };
             let reason = match kind {
@@ -487,6 +501,14 @@ fn evidence_for(
                 TargetKind::Gpu(target) => target.clone(),
                 TargetKind::Cpu(isa) => cpu_target(instance, *isa, calibration.host.cores),
             };
+            let peak_ratio = calibration.host.peaks.int8_ops / target.peaks.int8_ops;
+            if class == DeviceClass::Gpu && !(1.0 / GPU_PEAK_RATIO_NOTE..=GPU_PEAK_RATIO_NOTE).contains(&peak_ratio) {
+                notes.push(format!(
+                    "calibrated on {} ({peak_ratio:.1}x this GPU's int8 peak): efficiency carried across that gap is \
+                     a rough guide (a request that is launch-bound on the faster GPU projects pessimistically)",
+                    calibration.host.model
+                ));
+            }
             let projection = project(calibration, &ops, &target);
             if worst.as_ref().is_none_or(|w| projection.p99_ms > w.p99_ms) {
                 worst = Some(projection);
@@ -513,7 +535,7 @@ fn project_decoder_evidence(instance: &InstanceProfile, reports: &[LabelledRepor
             TargetKind::Cpu(isa) => isa.device_class(),
         };
         for r in reports.iter().filter(|r| r.report.decoder.is_some() && report_class(&r.report) == class) {
-            let host_cores = crate::projection::MeasuringHost::of(&r.report.hardware, r.report.threads).cores;
+            let host_cores = MeasuringHost::of(&r.report.hardware, r.report.threads).cores;
             let target = match kind {
                 TargetKind::Gpu(target) => target.clone(),
                 TargetKind::Cpu(isa) => cpu_target(instance, *isa, host_cores),
@@ -844,8 +866,11 @@ pub fn recommend(
                 ),
                 None => "decoder report".into(),
             }),
-            (DeviceClass::Gpu, _) => roles.push("GPU reports cannot calibrate yet: they do not name the GPU".into()),
             (_, None) => roles.push("cannot calibrate: no model config".into()),
+            (DeviceClass::Gpu, Some(_)) if MeasuringHost::of_report(&r.report, &r.label).is_err() => {
+                let gpu = r.report.hardware.gpu.as_ref().map_or("?", |g| g.name.as_str());
+                roles.push(format!("cannot calibrate: GPU `{gpu}` is not in {BUILTIN_GPUS_NAME}"));
+            }
             (_, Some(shape)) => {
                 let calibration = calibrate(&r.report, &r.label, shape, request)?;
                 roles.push(format!(
@@ -862,6 +887,7 @@ pub fn recommend(
             instance_type,
             instance_type_source: r.report.hardware.instance_type_source.clone(),
             cpu_model: r.report.hardware.cpu_model.clone(),
+            gpu: r.report.hardware.gpu.as_ref().map(|g| g.name.clone()),
             class,
             threads: r.report.threads,
             workloads: r.report.workloads.iter().map(|w| RequestShape { batch: w.batch, seq: w.seq }).collect(),

@@ -254,7 +254,7 @@ fn print_recommendation(r: &Recommendation) {
         outln!(
             "calibration: {} on {} ({} cores, {}): {:.1}% of roofline at {}, p99/p50 {:.2}",
             calibration.report,
-            calibration.host.cpu_model,
+            calibration.host.model,
             calibration.host.cores,
             calibration.class.name(),
             calibration.efficiency * 100.0,

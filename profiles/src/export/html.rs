@@ -181,7 +181,7 @@ impl RecommendationExport for HtmlExport {
                     "<tr><td class=\"text\">{}</td><td class=\"text\">{}</td><td class=\"text\">{} ({} cores)</td><td class=\"text\">{}</td><td>{}</td><td>{:.4}</td><td>{:.2}%</td><td>{:.2}</td></tr>",
                     esc(&c.report),
                     c.class.name(),
-                    esc(&c.host.cpu_model),
+                    esc(&c.host.model),
                     c.host.cores,
                     c.measured.shape,
                     ms(Some(c.measured.p50_ms)),
@@ -198,7 +198,7 @@ impl RecommendationExport for HtmlExport {
                 out,
                 "<li><code>{}</code>: {} ({} threads): {}</li>",
                 esc(&report.report),
-                esc(&report.cpu_model),
+                esc(report.device()),
                 report.threads,
                 esc(&report.role)
             );

@@ -194,7 +194,7 @@ impl RecommendationExport for MarkdownExport {
                     "| {} | {} | {} ({} cores) | {} | {:.3} | {:.4} | {:.2}% | {:.2} |",
                     cell(&c.report),
                     c.class.name(),
-                    cell(&c.host.cpu_model),
+                    cell(&c.host.model),
                     c.host.cores,
                     c.measured.shape,
                     c.measured.p50_ms,
@@ -210,7 +210,10 @@ impl RecommendationExport for MarkdownExport {
             let _ = writeln!(
                 out,
                 "- `{}`: {} ({} threads): {}",
-                report.report, report.cpu_model, report.threads, report.role
+                report.report,
+                report.device(),
+                report.threads,
+                report.role
             );
         }
         let _ = writeln!(out, "\n## Notes\n");
