@@ -9,8 +9,12 @@
 #   3. models/examples/gpu_minilm.rs: all-MiniLM-L6-v2's whole forward on the GPU (fp32 checkpoint
 #      and int8 artifact) against the CPU on the 20 development sentences: min / mean cosine,
 #      pass/fail against 0.995 (issue 9), and the batch-1 x 128-token forward timed.
-# Takes about two minutes (under 9 minutes with the timeouts below); results go to stdout and,
-# when $OUT is set, to $OUT/gpu-check/{qtier,torch,minilm}.jsonl.
+#   4. with a qtier binary built with `--features cuda` (QTIER_GPU_QTIER_BIN): `qtier bench model
+#      --device cuda` of MiniLM int8 and float, the reports `qtier recommend` calibrates GPU
+#      efficiency on (profiles/data/gpus.toml must list the GPU) to project g4dn's T4 and g5's A10G.
+# Takes about two minutes, three with step 4 (under 9 minutes with the timeouts below); results go
+# to stdout and, when $OUT is set, to $OUT/gpu-check/{qtier,torch,minilm}.jsonl and
+# $OUT/gpu-check/bench-minilm-{int8,float}-gpu.json.
 #
 # Prebuilt binaries (copy them to the GPU machine, e.g. carried with the working tree):
 #   cargo build --release -p qtier-kernels --features cuda --example gpu_check
@@ -23,6 +27,10 @@
 # 64 MiB carry limit: carry an F16 copy of the directory (the example reads F16 and compares
 # CPU and GPU on the same weights); the example quantizes the int8 artifact itself unless
 # QTIER_GPU_MINILM_ARTIFACT=DIR names one.
+# Step 4's binary (`cargo build --release --features cuda --bin qtier`, 31 MiB stripped) does not
+# fit one carry with the examples and the F16 model: carry it in a second call while the machine
+# is still warm (ignored paths carried by the first call stay there), with QTIER_GPU_STEPS=4 to
+# run step 4 alone.
 #
 # Needs: the NVIDIA driver; libnvrtc (12.x or 13.x) found from QTIER_NVRTC_LIB_DIR, the
 # scripts/test.sh venv, a pip-installed nvidia-cuda-nvrtc wheel (PyTorch's CUDA wheels bring
@@ -68,8 +76,11 @@ fi
 export LD_LIBRARY_PATH="$nvrtc_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 echo "libnvrtc from $nvrtc_dir" >&2
 
+steps="${QTIER_GPU_STEPS:-1234}"
+step() { case "$steps" in *"$1"*) return 0 ;; *) return 1 ;; esac; }
+
 bin="${QTIER_GPU_CHECK_BIN:-target/release/examples/gpu_check}"
-if [ ! -x "$bin" ]; then
+if step 1 && [ ! -x "$bin" ]; then
   echo "building $bin" >&2
   cargo build --release -p qtier-kernels --features cuda --example gpu_check >&2 || exit 1
 fi
@@ -86,19 +97,23 @@ fi
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader 2>/dev/null >&2 || true
 
 status=0
-timeout 200 "$bin" ${results:+--out "$results/qtier.jsonl"} "$@" || status=$?
-if [ "$status" -ne 0 ]; then
-  echo "error: gpu_check exited with status $status" >&2
+if step 1; then
+  timeout 200 "$bin" ${results:+--out "$results/qtier.jsonl"} "$@" || status=$?
+  if [ "$status" -ne 0 ]; then
+    echo "error: gpu_check exited with status $status" >&2
+  fi
 fi
-timeout 90 "$PYTHON" scripts/gpu/torch_int8_peer.py ${results:+--out "$results/torch.jsonl"} "$@" || {
-  echo "warning: the PyTorch peer failed (status $?); the qtier results stand alone" >&2
-}
+if step 2; then
+  timeout 90 "$PYTHON" scripts/gpu/torch_int8_peer.py ${results:+--out "$results/torch.jsonl"} "$@" || {
+    echo "warning: the PyTorch peer failed (status $?); the qtier results stand alone" >&2
+  }
+fi
 
 minilm_bin="${QTIER_GPU_MINILM_BIN:-target/release/examples/gpu_minilm}"
 minilm_model="${QTIER_GPU_MINILM_MODEL:-${QTIER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/qtier}/models/all-MiniLM-L6-v2}"
 if [ ! -f "$minilm_model/config.json" ]; then
-  echo "warning: no model at $minilm_model: the MiniLM GPU check is skipped (set QTIER_GPU_MINILM_MODEL)" >&2
-else
+  echo "warning: no model at $minilm_model: the MiniLM GPU steps are skipped (set QTIER_GPU_MINILM_MODEL)" >&2
+elif step 3; then
   if [ ! -x "$minilm_bin" ]; then
     echo "building $minilm_bin" >&2
     cargo build --release -p qtier-models --features cuda --example gpu_minilm >&2 || exit 1
@@ -110,6 +125,32 @@ else
   if [ "$minilm_status" -ne 0 ]; then
     echo "error: gpu_minilm exited with status $minilm_status" >&2
     status=$minilm_status
+  fi
+fi
+
+qtier_bin="${QTIER_GPU_QTIER_BIN:-}"
+if step 4 && [ -f "$minilm_model/config.json" ]; then
+  if [ -z "$qtier_bin" ] || [ ! -x "$qtier_bin" ]; then
+    echo "warning: step 4 skipped: set QTIER_GPU_QTIER_BIN to a qtier built with --features cuda" >&2
+  else
+    work="$(mktemp -d)"
+    bench_dir="${results:-$work}"
+    if timeout 120 "$qtier_bin" quantize "$minilm_model" --output "$work/minilm-int8" --json >"$work/quantize.json"; then
+      for variant in int8 float; do
+        dir="$minilm_model"
+        [ "$variant" = int8 ] && dir="$work/minilm-int8"
+        timeout 150 "$qtier_bin" bench model "$dir" --device cuda --batch 1,8 --seq 128 --min-seconds 5 \
+          --max-seconds 30 --json >"$bench_dir/bench-minilm-$variant-gpu.json" || {
+          echo "error: qtier bench model --device cuda ($variant) failed" >&2
+          status=1
+        }
+      done
+    else
+      echo "error: qtier quantize failed:" >&2
+      cat "$work/quantize.json" >&2
+      status=1
+    fi
+    rm -rf "$work"
   fi
 fi
 exit "$status"
