@@ -310,6 +310,23 @@ impl SpinPool {
     }
 }
 
+/// Runs `f(part)` for every part in `0..parts` on the calling thread and the spinning worker pool
+/// the int8 kernels use, returning when all are done; part 0 runs on the calling thread. For
+/// work between GEMMs (attention, normalization, outlier handling) on the cores the GEMMs use:
+/// the pool's workers are spinning right after a GEMM, where a rayon pool's would first have to
+/// wake up and would then compete with them for the cores. Parts beyond [`parallelism`] run
+/// after others finish. A panic in `f` is resumed on the calling thread once all parts are done.
+/// Calls from inside `f` (or from another thread while a call runs) fall back to rayon.
+pub fn run_parts<F: Fn(usize) + Sync>(parts: usize, f: &F) {
+    global().run(parts, f)
+}
+
+/// How many parts [`run_parts`] runs at once: the calling thread plus the pool's workers (one per
+/// available core but the caller's).
+pub fn parallelism() -> usize {
+    global().workers + 1
+}
+
 /// The process-wide pool: one worker per available core but the caller's.
 pub(crate) fn global() -> &'static SpinPool {
     static POOL: OnceLock<SpinPool> = OnceLock::new();

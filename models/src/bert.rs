@@ -14,6 +14,7 @@ use crate::attention::{AttentionShape, QkvLayout, attention};
 use crate::config::{BertConfig, read_json};
 use crate::error::{ModelError, Result};
 use crate::linear::{Int8Options, Linear};
+use crate::rows::{for_row_chunks, row_parts};
 use crate::simd::Isa;
 use crate::tokenize::TokenBatch;
 use crate::weights::ModelWeights;
@@ -40,16 +41,21 @@ impl LayerNorm {
         })
     }
 
-    /// Normalizes each row of `x` (`[rows, size]`) in place.
+    /// Normalizes each row of `x` (`[rows, size]`) in place, rows split over the kernels' pool
+    /// when there are enough (each row's arithmetic is the same either way).
     fn forward_in_place(&self, isa: Isa, x: &mut [f32]) {
-        isa.run(
-            #[inline(always)]
-            |_| {
-                for row in x.chunks_exact_mut(self.weight.len()) {
-                    self.normalize_row(row);
-                }
-            },
-        );
+        let size = self.weight.len();
+        let parts = row_parts(x.len() / size.max(1), size);
+        for_row_chunks(x, size, parts, |_, rows| {
+            isa.run(
+                #[inline(always)]
+                |_| {
+                    for row in rows.chunks_exact_mut(size) {
+                        self.normalize_row(row);
+                    }
+                },
+            );
+        });
     }
 
     /// candle's LayerNorm arithmetic, operation for operation: one pass of sequential sums of `x`

@@ -22,6 +22,7 @@ pub mod eval;
 pub mod gpu;
 pub mod linear;
 pub mod llama;
+mod rows;
 pub mod sentence;
 mod simd;
 pub mod tokenize;
