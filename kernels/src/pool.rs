@@ -396,6 +396,18 @@ mod tests {
     }
 
     #[test]
+    fn run_parts_runs_every_part_once_on_the_global_pool() {
+        assert!(parallelism() >= 1);
+        for parts in [0, 1, 2, parallelism() + 3] {
+            let hits: Vec<AtomicUsize> = (0..parts).map(|_| AtomicUsize::new(0)).collect();
+            run_parts(parts, &|i| {
+                hits[i].fetch_add(1, SeqCst);
+            });
+            assert!(hits.iter().all(|h| h.load(SeqCst) == 1), "{parts} parts");
+        }
+    }
+
+    #[test]
     fn spin_time_parses_milliseconds_and_falls_back_to_the_default() {
         assert_eq!(parse_spin(Some("100")), Duration::from_millis(100));
         assert_eq!(parse_spin(Some(" 0.5 ")), Duration::from_micros(500));
