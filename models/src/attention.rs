@@ -8,9 +8,17 @@
 //! Per head, the keys are gathered transposed (`[head_dim, seq]`) and the values contiguous
 //! (`[seq, head_dim]`), both zero-padded to whole vectors, so every right operand row is a
 //! contiguous run.
+//!
+//! The work runs on the int8 kernels' spinning pool ([`qtier_kernels::run_parts`]), the cores the
+//! GEMMs before and after it use: one part per sequence, or, for a single sequence long enough,
+//! one part per range of its query rows (see [`attention`]). Every output element is computed by
+//! the same operations in the same order however the work is split, so the result does not
+//! depend on the number of cores.
+
+use std::ops::Range;
+use std::sync::Mutex;
 
 use qtier_kernels::activation::exp_approx;
-use rayon::prelude::*;
 
 use crate::simd::{Isa, Lanes};
 
@@ -20,6 +28,15 @@ const LANES: usize = 16;
 const ROWS: usize = 4;
 /// Vectors per tile, the widest of the micro-kernel.
 const VECS: usize = 4;
+
+/// Whole `ROWS` blocks of query rows each part of a split sequence gets at least: a single
+/// sequence of fewer than `2 * MIN_BLOCKS_PER_PART` blocks (16 tokens on 2 cores) runs on the
+/// calling thread alone. MiniLM (12 x 32 heads), one layer, 2 cores, p50 of 3000 calls: at 16
+/// tokens 2 parts take 8.3-8.5 us against 13.5-14.0 us on the caller alone. At 8 tokens (one
+/// block per part) they took 4.7 against 7.0 us, but a gain of 2 us is less than `run_parts` can
+/// lose when another thread holds the pool and it falls back to rayon, whose threads may first
+/// have to wake up; so shorter sequences stay on the caller.
+const MIN_BLOCKS_PER_PART: usize = 2;
 
 /// Where queries, keys and values are in one buffer: token `t` of the batch (sequence-major)
 /// starts at `t * row_stride`, and head `h`'s `head_dim` values of each start at column
@@ -53,6 +70,16 @@ impl AttentionShape {
     fn hidden(&self) -> usize {
         self.heads * self.head_dim
     }
+
+    /// Tokens per sequence, rounded up to whole vectors.
+    fn seq_padded(&self) -> usize {
+        self.seq.next_multiple_of(LANES)
+    }
+
+    /// Values per head, rounded up to whole vectors.
+    fn dim_padded(&self) -> usize {
+        self.head_dim.next_multiple_of(LANES)
+    }
 }
 
 /// Self-attention of every sequence and head into `out` `[batch * seq, heads * head_dim]`
@@ -60,7 +87,21 @@ impl AttentionShape {
 /// entry (`[batch, seq]`) is 0 get weight exactly 0. A sequence without any real token attends
 /// to all its tokens equally, as a large negative bias on every score would make it.
 ///
-/// Sequences run in parallel on rayon's pool. Panics when a slice is shorter than the shape says.
+/// Runs on the int8 kernels' pool ([`qtier_kernels::run_parts`]), whose worker is still spinning
+/// after the QKV projection: several sequences run one per part; a single sequence of at least
+/// 16 tokens (see [`MIN_BLOCKS_PER_PART`]) has its query rows split into
+/// [`qtier_kernels::parallelism`] balanced ranges of whole `ROWS` blocks, each part computing all
+/// heads of its rows. MiniLM, one layer, AVX-512, this 2-core machine, p50 of 3000 calls each,
+/// alternating with the previous code: 1 x 128 tokens 176-180 us against 322-331 us on the
+/// calling thread alone (end to end, `qtier bench model` b1 x s128 int8: p50 3.97-4.10 ms against
+/// 4.76-5.00 ms); 3 x 20 tokens 38 us against 68 us, and 4 x 128 tokens 652-664 us against
+/// 1155-1180 us on rayon's pool, hardly faster than one thread (1265-1300 us): rayon's threads
+/// compete for the cores with the GEMM pool's spinning worker. For the same reason a single
+/// sequence used to run on the caller alone (its rows split over rayon measured 511-536 us against
+/// 465 us). Every output element is computed the same way however the work is split, so the
+/// result is bit-identical.
+///
+/// Panics when a slice is shorter than the shape says.
 pub(crate) fn attention(
     isa: Isa,
     qkv: &[f32],
@@ -68,6 +109,20 @@ pub(crate) fn attention(
     mask: &[u32],
     shape: AttentionShape,
     out: &mut [f32],
+) {
+    attention_on(isa, qkv, layout, mask, shape, out, qtier_kernels::parallelism());
+}
+
+/// [`attention`] with `parallelism` in place of the pool's: 1 runs everything on the calling
+/// thread, as the tests compare against.
+fn attention_on(
+    isa: Isa,
+    qkv: &[f32],
+    layout: QkvLayout,
+    mask: &[u32],
+    shape: AttentionShape,
+    out: &mut [f32],
+    parallelism: usize,
 ) {
     let AttentionShape { batch, seq, .. } = shape;
     let hidden = shape.hidden();
@@ -79,87 +134,228 @@ pub(crate) fn attention(
     let widest = layout.query.max(layout.key).max(layout.value) + hidden;
     assert!(widest <= layout.row_stride && qkv.len() >= last + widest, "attention input too short");
 
-    let run = |(sequence, out): (usize, &mut [f32])| {
+    let out = &mut out[..batch * seq * hidden];
+    if batch == 1 {
+        let parts = row_parts(seq, parallelism);
+        if parts > 1 {
+            attend_split(isa, qkv, layout, mask, shape, out, parts);
+            return;
+        }
+    }
+    let sequence = |sequence: usize, out: &mut [f32]| {
         let mask = &mask[sequence * seq..(sequence + 1) * seq];
         let qkv = &qkv[sequence * seq * layout.row_stride..];
         isa.run(
             #[inline(always)]
-            |lanes| attend(lanes, qkv, layout, mask, shape, out),
+            |lanes| attend(lanes, qkv, layout, mask, shape, 0..seq, out),
         );
     };
-    let out = &mut out[..batch * seq * hidden];
-    if batch == 1 {
-        // One sequence runs on the calling thread: splitting its query rows over 2 threads
-        // measured slower (511-536 us vs 465 us per MiniLM layer at 128 tokens), as the int8
-        // GEMM pool's worker still spins on the other core after the projection.
-        run((0, out));
-    } else {
-        out.par_chunks_mut(seq * hidden).enumerate().for_each(run);
+    if batch == 1 || parallelism <= 1 {
+        for (index, out) in out.chunks_mut(seq * hidden).enumerate() {
+            sequence(index, out);
+        }
+        return;
+    }
+    // One part per sequence: the pool hands the parts past one per thread to whichever thread
+    // finishes first. Each part locks only its own rows, so the locks are never contended.
+    let outs: Vec<Mutex<&mut [f32]>> = out.chunks_mut(seq * hidden).map(Mutex::new).collect();
+    qtier_kernels::run_parts(batch, &|index| {
+        sequence(index, &mut outs[index].lock().unwrap_or_else(|e| e.into_inner()));
+    });
+}
+
+/// Parts to split the query rows of a single sequence of `seq` tokens into: `parallelism`, as
+/// long as each part gets [`MIN_BLOCKS_PER_PART`] whole blocks; otherwise 1.
+fn row_parts(seq: usize, parallelism: usize) -> usize {
+    parallelism.min(seq / ROWS / MIN_BLOCKS_PER_PART).max(1)
+}
+
+/// Part `part` of `parts` balanced ranges of `0..items`.
+fn balanced(items: usize, parts: usize, part: usize) -> Range<usize> {
+    items * part / parts..items * (part + 1) / parts
+}
+
+/// Query rows of part `part` of `parts`: balanced ranges of whole `ROWS` blocks (the last
+/// block short when `seq` is not a multiple of `ROWS`), so that every part but the last runs
+/// only the 4-row tile.
+fn row_range(seq: usize, parts: usize, part: usize) -> Range<usize> {
+    let blocks = balanced(seq.div_ceil(ROWS), parts, part);
+    (blocks.start * ROWS).min(seq)..(blocks.end * ROWS).min(seq)
+}
+
+/// One head's keys, transposed (`[head_dim, seq_padded]`), and values (`[seq_padded,
+/// dim_padded]`), zero-padded.
+struct Gathered {
+    keys_t: Vec<f32>,
+    values: Vec<f32>,
+}
+
+impl Gathered {
+    /// Zeroed buffers: the padding rows and columns stay zero, as [`Gathered::gather`] writes only
+    /// the real ones.
+    fn new(shape: AttentionShape) -> Self {
+        Gathered {
+            keys_t: vec![0.0; shape.head_dim * shape.seq_padded()],
+            values: vec![0.0; shape.seq_padded() * shape.dim_padded()],
+        }
+    }
+
+    /// Gathers head `head` of the sequence starting at `qkv`'s first row.
+    #[inline(always)]
+    fn gather(&mut self, qkv: &[f32], layout: QkvLayout, shape: AttentionShape, head: usize) {
+        let AttentionShape { seq, head_dim, .. } = shape;
+        let (seq_padded, dim_padded) = (shape.seq_padded(), shape.dim_padded());
+        let (key, value) = (layout.key + head * head_dim, layout.value + head * head_dim);
+        for j in 0..seq {
+            let row = &qkv[j * layout.row_stride..];
+            for (d, k) in row[key..key + head_dim].iter().enumerate() {
+                self.keys_t[d * seq_padded + j] = *k;
+            }
+            self.values[j * dim_padded..j * dim_padded + head_dim].copy_from_slice(&row[value..value + head_dim]);
+        }
     }
 }
 
-/// Attention of one sequence (`qkv` starts at its first token, `mask` is its mask) into `out`
-/// (its context, `[seq, heads * head_dim]`).
+/// The per-part working rows of [`attend_head`]: scores turned probabilities, and their
+/// weighted sums of the values.
+struct Scratch {
+    probabilities: Vec<f32>,
+    context: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(shape: AttentionShape) -> Self {
+        Scratch { probabilities: vec![0.0; ROWS * shape.seq_padded()], context: vec![0.0; ROWS * shape.dim_padded()] }
+    }
+}
+
+/// `keep[j]`: 1.0 where key `j` of a sequence with this `mask` takes part in the softmax (a
+/// real token, or any token when none is real), 0.0 elsewhere and on the padding.
+fn keep_of(mask: &[u32], shape: AttentionShape) -> Vec<f32> {
+    let seq = shape.seq;
+    let any_real = mask.iter().any(|&m| m != 0);
+    (0..shape.seq_padded()).map(|j| if j < seq && (!any_real || mask[j] != 0) { 1.0 } else { 0.0 }).collect()
+}
+
+/// Attention of query rows `rows` of one sequence (`qkv` starts at its first token, `mask` is
+/// its mask) into `out` (their context, `[rows.len(), heads * head_dim]`), one head at a time:
+/// the head's keys and values are gathered into the same small buffers, which then stay in L1
+/// for all the rows.
 #[inline(always)]
-fn attend(lanes: Lanes, qkv: &[f32], layout: QkvLayout, mask: &[u32], shape: AttentionShape, out: &mut [f32]) {
-    let AttentionShape { seq, heads, head_dim, .. } = shape;
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    lanes: Lanes,
+    qkv: &[f32],
+    layout: QkvLayout,
+    mask: &[u32],
+    shape: AttentionShape,
+    rows: Range<usize>,
+    out: &mut [f32],
+) {
+    let keep = keep_of(mask, shape);
+    let mut gathered = Gathered::new(shape);
+    let mut scratch = Scratch::new(shape);
+    for head in 0..shape.heads {
+        gathered.gather(qkv, layout, shape, head);
+        attend_head(lanes, qkv, layout, &keep, shape, head, &gathered, rows.clone(), &mut scratch, out);
+    }
+}
+
+/// Attention of a single sequence (batch 1) in `parts` parts on the kernels' pool: part `i`
+/// computes every head of query rows [`row_range`]`(seq, parts, i)` into its own rows of `out`.
+/// Each part gathers every head's keys and values itself (O(seq * hidden) per part, next to the
+/// O(rows * seq * hidden) products): gathering them once into buffers shared by the parts
+/// measured slower, 204 us against 178-180 us for MiniLM at 128 tokens (p50, 2 parts): it takes a
+/// second hand-off, and each part then reads half the heads from the other core's cache instead
+/// of gathering each into buffers in its own L1.
+fn attend_split(
+    isa: Isa,
+    qkv: &[f32],
+    layout: QkvLayout,
+    mask: &[u32],
+    shape: AttentionShape,
+    out: &mut [f32],
+    parts: usize,
+) {
+    let AttentionShape { seq, .. } = shape;
+    let hidden = shape.hidden();
+    let mask = &mask[..seq];
+    // Each part locks only its own rows, so the locks are never contended.
+    let mut outs = Vec::with_capacity(parts);
+    let mut rest = out;
+    for part in 0..parts {
+        let (rows, tail) = rest.split_at_mut(row_range(seq, parts, part).len() * hidden);
+        outs.push(Mutex::new(rows));
+        rest = tail;
+    }
+    qtier_kernels::run_parts(parts, &|part| {
+        let rows = row_range(seq, parts, part);
+        let mut out = outs[part].lock().unwrap_or_else(|e| e.into_inner());
+        let out: &mut [f32] = &mut out;
+        isa.run(
+            #[inline(always)]
+            |lanes| attend(lanes, qkv, layout, mask, shape, rows, out),
+        );
+    });
+}
+
+/// Head `head` of query rows `rows` of one sequence (`qkv` starts at its first token) into
+/// `out`, whose first row is row `rows.start`'s context, from the head's `gathered` keys and
+/// values.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_head(
+    lanes: Lanes,
+    qkv: &[f32],
+    layout: QkvLayout,
+    keep: &[f32],
+    shape: AttentionShape,
+    head: usize,
+    gathered: &Gathered,
+    rows: Range<usize>,
+    scratch: &mut Scratch,
+    out: &mut [f32],
+) {
+    let AttentionShape { head_dim, .. } = shape;
     let hidden = shape.hidden();
     let stride = layout.row_stride;
-    let seq_padded = seq.next_multiple_of(LANES);
-    let dim_padded = head_dim.next_multiple_of(LANES);
+    let (seq, seq_padded, dim_padded) = (shape.seq, shape.seq_padded(), shape.dim_padded());
     let scale = (1.0 / (head_dim as f64).sqrt()) as f32;
-    let any_real = mask.iter().any(|&m| m != 0);
-    let keep: Vec<f32> =
-        (0..seq_padded).map(|j| if j < seq && (!any_real || mask[j] != 0) { 1.0 } else { 0.0 }).collect();
-
-    // Padding rows and columns stay zero: gathers only write the real ones.
-    let mut keys_t = vec![0.0f32; head_dim * seq_padded];
-    let mut values = vec![0.0f32; seq_padded * dim_padded];
-    let mut probabilities = vec![0.0f32; ROWS * seq_padded];
-    let mut context = vec![0.0f32; ROWS * dim_padded];
-    for head in 0..heads {
-        let (key, value) = (layout.key + head * head_dim, layout.value + head * head_dim);
-        for j in 0..seq {
-            let row = &qkv[j * stride..];
-            for (d, k) in row[key..key + head_dim].iter().enumerate() {
-                keys_t[d * seq_padded + j] = *k;
-            }
-            values[j * dim_padded..j * dim_padded + head_dim].copy_from_slice(&row[value..value + head_dim]);
-        }
-        let query = layout.query + head * head_dim;
-        let mut i = 0;
-        while i < seq {
-            let block = (seq - i).min(ROWS);
-            let queries = &qkv[i * stride + query..];
-            if block == ROWS {
-                product::<ROWS>(lanes, queries, stride, &keys_t, seq_padded, head_dim, &mut probabilities, seq_padded);
-            } else {
-                for r in 0..block {
-                    let out_row = &mut probabilities[r * seq_padded..];
-                    product::<1>(lanes, &queries[r * stride..], stride, &keys_t, seq_padded, head_dim, out_row, 0);
-                }
-            }
-            let mut inverse_sums = [0.0f32; ROWS];
-            for (r, inverse_sum) in inverse_sums.iter_mut().enumerate().take(block) {
-                let scores = &mut probabilities[r * seq_padded..(r + 1) * seq_padded];
-                *inverse_sum = softmax_unnormalized(scores, &keep, scale);
-            }
-            if block == ROWS {
-                product::<ROWS>(lanes, &probabilities, seq_padded, &values, dim_padded, seq, &mut context, dim_padded);
-            } else {
-                for r in 0..block {
-                    let (p, c) = (&probabilities[r * seq_padded..], &mut context[r * dim_padded..]);
-                    product::<1>(lanes, p, seq_padded, &values, dim_padded, seq, c, 0);
-                }
-            }
+    let (keys_t, values) = (&gathered.keys_t[..], &gathered.values[..]);
+    let Scratch { probabilities, context } = scratch;
+    let query = layout.query + head * head_dim;
+    let mut i = rows.start;
+    while i < rows.end {
+        let block = (rows.end - i).min(ROWS);
+        let queries = &qkv[i * stride + query..];
+        if block == ROWS {
+            product::<ROWS>(lanes, queries, stride, keys_t, seq_padded, head_dim, probabilities, seq_padded);
+        } else {
             for r in 0..block {
-                let out_row = &mut out[(i + r) * hidden + head * head_dim..][..head_dim];
-                for (o, c) in out_row.iter_mut().zip(&context[r * dim_padded..]) {
-                    *o = c * inverse_sums[r];
-                }
+                let out_row = &mut probabilities[r * seq_padded..];
+                product::<1>(lanes, &queries[r * stride..], stride, keys_t, seq_padded, head_dim, out_row, 0);
             }
-            i += block;
         }
+        let mut inverse_sums = [0.0f32; ROWS];
+        for (r, inverse_sum) in inverse_sums.iter_mut().enumerate().take(block) {
+            let scores = &mut probabilities[r * seq_padded..(r + 1) * seq_padded];
+            *inverse_sum = softmax_unnormalized(scores, keep, scale);
+        }
+        if block == ROWS {
+            product::<ROWS>(lanes, probabilities, seq_padded, values, dim_padded, seq, context, dim_padded);
+        } else {
+            for r in 0..block {
+                let (p, c) = (&probabilities[r * seq_padded..], &mut context[r * dim_padded..]);
+                product::<1>(lanes, p, seq_padded, values, dim_padded, seq, c, 0);
+            }
+        }
+        for r in 0..block {
+            let out_row = &mut out[(i - rows.start + r) * hidden + head * head_dim..][..head_dim];
+            for (o, c) in out_row.iter_mut().zip(&context[r * dim_padded..]) {
+                *o = c * inverse_sums[r];
+            }
+        }
+        i += block;
     }
 }
 
@@ -407,5 +603,84 @@ mod tests {
         let mut second = vec![0.0; 6 * 8];
         attention(Isa::selected(), &qkv, layout, &mask, shape, &mut second);
         assert_eq!(first[..5 * 8], second[..5 * 8]);
+    }
+
+    /// Runs [`attention_on`] with `parallelism` into a NaN-filled output.
+    fn run_on(isa: Isa, qkv: &[f32], mask: &[u32], shape: AttentionShape, parallelism: usize) -> Vec<f32> {
+        let mut out = vec![f32::NAN; shape.batch * shape.seq * shape.hidden()];
+        attention_on(isa, qkv, fused(shape), mask, shape, &mut out, parallelism);
+        out
+    }
+
+    /// The split over the pool against the calling thread alone, bit for bit, for every
+    /// instruction set and several part counts (more parts than the pool's threads included).
+    fn check_split_is_bit_identical(shape: AttentionShape, mask: &[u32], seed: u64) {
+        let mut rng = Rng(seed);
+        let qkv: Vec<f32> = (0..shape.batch * shape.seq * 3 * shape.hidden()).map(|_| rng.next() * 3.0).collect();
+        for isa in Isa::supported() {
+            let alone = run_on(isa, &qkv, mask, shape, 1);
+            assert!(alone.iter().all(|v| v.is_finite()), "{isa:?} {shape:?}: a non-finite output");
+            for parallelism in [2, 3, 4, qtier_kernels::parallelism()] {
+                let split = run_on(isa, &qkv, mask, shape, parallelism);
+                for (index, (a, b)) in alone.iter().zip(&split).enumerate() {
+                    assert!(
+                        a.to_bits() == b.to_bits(),
+                        "{isa:?} {shape:?} parallelism {parallelism}: out[{index}] = {b}, alone {a}"
+                    );
+                }
+            }
+            let mut public = vec![f32::NAN; alone.len()];
+            attention(isa, &qkv, fused(shape), mask, shape, &mut public);
+            assert!(alone.iter().zip(&public).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa:?} {shape:?}");
+        }
+    }
+
+    /// Trailing padding of a different length per sequence: 1 token, then none, then a third,
+    /// and so on (a 1-token sequence 0 has no real token at all).
+    fn padded_mask(batch: usize, seq: usize) -> Vec<u32> {
+        let padding = |sequence: usize| [1, 0, seq / 3][sequence % 3].min(seq);
+        (0..batch * seq).map(|t| u32::from(t % seq < seq - padding(t / seq))).collect()
+    }
+
+    #[test]
+    fn splitting_one_sequence_over_the_pool_is_bit_identical() {
+        for (seq, seed) in [(128, 21), (37, 22), (16, 23), (15, 24), (4, 25), (1, 26)] {
+            let shape = AttentionShape { batch: 1, seq, heads: 12, head_dim: 32 };
+            check_split_is_bit_identical(shape, &padded_mask(1, seq), seed);
+            check_split_is_bit_identical(shape, &vec![1; seq], seed + 100);
+        }
+        // A head size that is not a whole number of vectors, fewer heads than parts.
+        let shape = AttentionShape { batch: 1, seq: 45, heads: 1, head_dim: 24 };
+        check_split_is_bit_identical(shape, &padded_mask(1, 45), 27);
+    }
+
+    #[test]
+    fn sequences_over_the_pool_are_bit_identical() {
+        for (batch, seq, seed) in [(3, 20, 31), (2, 128, 32), (5, 9, 33)] {
+            let shape = AttentionShape { batch, seq, heads: 12, head_dim: 32 };
+            check_split_is_bit_identical(shape, &padded_mask(batch, seq), seed);
+        }
+    }
+
+    #[test]
+    fn split_rows_are_balanced_whole_blocks_covering_the_sequence() {
+        assert_eq!(row_parts(128, 2), 2);
+        assert_eq!(row_parts(15, 2), 1);
+        assert_eq!(row_parts(16, 2), 2);
+        assert_eq!(row_parts(16, 4), 2);
+        assert_eq!(row_parts(1000, 1), 1);
+        for seq in 1..200 {
+            for parts in 1..=6 {
+                let ranges: Vec<_> = (0..parts).map(|part| row_range(seq, parts, part)).collect();
+                assert_eq!(ranges[0].start, 0);
+                assert_eq!(ranges[parts - 1].end, seq);
+                for pair in ranges.windows(2) {
+                    assert_eq!(pair[0].end, pair[1].start);
+                    assert!(pair[0].end % ROWS == 0 || pair[0].end == seq, "{seq} {parts} {ranges:?}");
+                }
+                let blocks: Vec<usize> = ranges.iter().map(|r| r.len().div_ceil(ROWS)).collect();
+                assert!(blocks.iter().max().unwrap() - blocks.iter().min().unwrap() <= 1, "{seq} {parts} {ranges:?}");
+            }
+        }
     }
 }
