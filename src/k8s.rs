@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use anyhow::{Context, bail};
 use qtier_profiles::catalog::Service;
 use qtier_profiles::recommend::{Purchase, TierRecommendation};
-use qtier_profiles::{InstanceCatalog, InstanceProfile, Tiers};
+use qtier_profiles::{InstanceCatalog, InstanceProfile, TierSla, Tiers};
 use serde_json::{Map, Value, json};
 
 /// The image both containers run when `--image` is not given.
@@ -204,7 +204,7 @@ pub fn catalog_instance<'a>(catalog: &'a InstanceCatalog, name: &str) -> anyhow:
 }
 
 /// The instance type and capacity a tier is deployed on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TierChoice {
     /// The instance type.
     pub instance_type: String,
@@ -213,6 +213,32 @@ pub struct TierChoice {
     /// Instances the recommendation sized the tier to (for its required throughput), when it
     /// chose this type.
     pub recommended_instances: Option<u64>,
+    /// The tier's tightest latency limit, milliseconds.
+    pub tightest_limit_ms: f64,
+}
+
+/// The tightest latency limit of `sla`, milliseconds.
+fn tightest_limit_ms(sla: &TierSla) -> f64 {
+    sla.limit.iter().map(|l| l.max_ms.get()).fold(f64::INFINITY, f64::min)
+}
+
+/// Tiers whose tightest latency limit is at most this many milliseconds are latency-critical:
+/// their pods keep the int8 kernels' worker threads spinning between requests
+/// ([`LATENCY_CRITICAL_SPIN_MS`]).
+pub const LATENCY_CRITICAL_LIMIT_MS: f64 = 50.0;
+
+/// `QTIER_SPIN_MS` of a latency-critical tier's serving container: a parked worker took longer to
+/// wake than a small GEMM, so after each idle gap a request ran partly on one core. MiniLM int8 b1
+/// x s128, open loop at 20 requests/s on the development host: p50/p99 9.73/30.08 ms with the
+/// default 2 ms spin, 7.47/15.72 ms with 100 ms. A second of spinning keeps a worker awake across
+/// the gaps of a tier's traffic at a cost of one busy core while idle, which a Guaranteed pod has
+/// paid for anyway.
+pub const LATENCY_CRITICAL_SPIN_MS: u32 = 1000;
+
+/// The serving container's `QTIER_SPIN_MS` for a tier with `choice`: `override_ms` when given,
+/// else [`LATENCY_CRITICAL_SPIN_MS`] for a latency-critical tier, else none (the default spin).
+pub fn serve_spin_ms(choice: &TierChoice, override_ms: Option<u32>) -> Option<u32> {
+    override_ms.or((choice.tightest_limit_ms <= LATENCY_CRITICAL_LIMIT_MS).then_some(LATENCY_CRITICAL_SPIN_MS))
 }
 
 /// The instance type and capacity of tier `tier` from a recommendation (`qtier recommend`'s
@@ -244,6 +270,7 @@ pub fn tier_choice_from_recommendation(
         instance_type,
         capacity: if spot { Capacity::Spot } else { Capacity::OnDemand },
         recommended_instances,
+        tightest_limit_ms: tightest_limit_ms(&recommended.tier),
     })
 }
 
@@ -274,6 +301,7 @@ pub fn tier_choice_from_tiers(
         instance_type: instance.name.to_string(),
         capacity: if spot { Capacity::Spot } else { Capacity::OnDemand },
         recommended_instances: None,
+        tightest_limit_ms: tightest_limit_ms(sla),
     })
 }
 
@@ -303,6 +331,8 @@ pub struct DeployConfig {
     pub service_account: Option<String>,
     /// Whether the load balancer is reachable from the internet (default: inside the VPC).
     pub internet_facing: bool,
+    /// `QTIER_SPIN_MS` of the serving container (None: qtier's default), see [`serve_spin_ms`].
+    pub spin_ms: Option<u32>,
 }
 
 /// Everything `qtier k8s bench-jobs` prints manifests for.
@@ -424,7 +454,7 @@ pub fn deploy_documents(config: &DeployConfig) -> Vec<Value> {
         "command": ["qtier"],
         "args": ["serve", ARTIFACT_DIR, "--port", config.port.to_string()],
         "ports": [{"name": "http", "containerPort": config.port, "protocol": "TCP"}],
-        "env": container_env(),
+        "env": serve_env(config.spin_ms),
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "http"},
             "initialDelaySeconds": LIVENESS_INITIAL_DELAY_SECONDS,
@@ -645,6 +675,15 @@ fn container_env() -> Value {
     json!([{"name": "QTIER_CACHE", "value": CACHE_DIR}])
 }
 
+/// The serving container's environment: [`container_env`], plus `QTIER_SPIN_MS` when given.
+fn serve_env(spin_ms: Option<u32>) -> Value {
+    let mut env = container_env();
+    if let (Some(spin_ms), Some(list)) = (spin_ms, env.as_array_mut()) {
+        list.push(json!({"name": qtier_kernels::SPIN_ENV_VAR, "value": spin_ms.to_string()}));
+    }
+    env
+}
+
 fn container_security_context() -> Value {
     json!({
         "allowPrivilegeEscalation": false,
@@ -691,6 +730,7 @@ mod tests {
             placement: placement(instance_type, Some(capacity)),
             service_account: Some("qtier-reader".into()),
             internet_facing: false,
+            spin_ms: Some(LATENCY_CRITICAL_SPIN_MS),
         }
     }
 
@@ -851,6 +891,32 @@ mod tests {
         assert!(error.contains("no instance type for tier `gold`"), "{error}");
     }
 
+    #[test]
+    fn latency_critical_tiers_keep_the_kernel_workers_spinning() {
+        let (tiers, catalog) = (Tiers::builtin().unwrap(), catalog());
+        let spin = |tier: &str, override_ms: Option<u32>| {
+            let choice = tier_choice_from_tiers(&tiers, tier, Some("c5.2xlarge"), &catalog, false).unwrap();
+            serve_spin_ms(&choice, override_ms)
+        };
+        // Gold's p99 limit is 16 ms; silver's tightest (p50) is 80 ms, bronze's 10 s.
+        assert_eq!(spin("gold", None), Some(LATENCY_CRITICAL_SPIN_MS));
+        assert_eq!(spin("silver", None), None);
+        assert_eq!(spin("bronze", None), None);
+        assert_eq!(spin("bronze", Some(0)), Some(0));
+        assert_eq!(spin("gold", Some(5)), Some(5));
+        let env = |spin_ms| {
+            let value = serve_env(spin_ms);
+            value
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| (e["name"].as_str().unwrap().to_string(), e["value"].clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(env(None), vec![("QTIER_CACHE".to_string(), json!(CACHE_DIR))]);
+        assert_eq!(env(Some(1000))[1], ("QTIER_SPIN_MS".to_string(), json!("1000")));
+    }
+
     /// A tier of a recommendation: `chosen` (bought as `purchase`), sized to `instances`.
     fn recommended_tier(name: &str, chosen: Option<&str>, purchase: &str, instances: u64) -> TierRecommendation {
         let tier = Tiers::builtin().unwrap().tiers.into_iter().find(|t| t.name.as_str() == name).unwrap();
@@ -886,7 +952,8 @@ mod tests {
             TierChoice {
                 instance_type: "c5.2xlarge".into(),
                 capacity: Capacity::OnDemand,
-                recommended_instances: Some(3)
+                recommended_instances: Some(3),
+                tightest_limit_ms: 16.0,
             }
         );
         let bronze = tier_choice_from_recommendation(&tiers, "bronze", None).unwrap();

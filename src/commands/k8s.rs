@@ -11,7 +11,7 @@ use qtier_profiles::{InstanceCatalog, Recommendation, Tiers};
 use crate::k8s::{
     BenchJobsConfig, DEFAULT_IMAGE, DEFAULT_MIN_REPLICAS, DEFAULT_PORT, DeployConfig, HPA_MAX_REPLICAS_FACTOR,
     NodePlacement, bench_job_manifests, catalog_instance, check_dns_label, check_dns_subdomain, check_image,
-    check_s3_uri, deploy_manifests, tier_choice_from_recommendation, tier_choice_from_tiers,
+    check_s3_uri, deploy_manifests, serve_spin_ms, tier_choice_from_recommendation, tier_choice_from_tiers,
 };
 
 /// `qtier k8s ...`.
@@ -81,6 +81,11 @@ pub struct DeployArgs {
     /// Make the load balancer reachable from the internet (default: internal to the VPC).
     #[arg(long)]
     pub internet_facing: bool,
+    /// Milliseconds the int8 kernels' worker threads spin between requests before parking
+    /// (`QTIER_SPIN_MS` of the serving container). Default: 1000 for a tier whose tightest latency
+    /// limit is at most 50 ms (gold), qtier's own 2 ms otherwise.
+    #[arg(long, value_name = "MS")]
+    pub spin_ms: Option<u32>,
 }
 
 /// `qtier k8s bench-jobs`.
@@ -161,6 +166,7 @@ fn deploy(args: DeployArgs) -> anyhow::Result<String> {
         placement,
         service_account: args.service_account,
         internet_facing: args.internet_facing,
+        spin_ms: serve_spin_ms(&choice, args.spin_ms),
     })
 }
 

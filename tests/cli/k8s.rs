@@ -159,6 +159,9 @@ fn deploy_manifests_for_each_tier_on_a_cpu_and_a_gpu_type_pass_strict_validation
             for container in [&pod["initContainers"][0], &pod["containers"][0]] {
                 assert_eq!(container["image"], "qtier:latest");
             }
+            // Gold (p99 <= 16 ms) keeps the kernel workers spinning between requests.
+            let spin = pod["containers"][0]["env"].as_array().unwrap().iter().find(|e| e["name"] == "QTIER_SPIN_MS");
+            assert_eq!(spin.map(|e| e["value"].as_str().unwrap()), (tier == "gold").then_some("1000"), "{file}");
             assert_eq!(docs[1]["spec"]["type"], "LoadBalancer");
             assert_eq!(docs[2]["apiVersion"], "autoscaling/v2");
             let metrics: Vec<&str> = docs[2]["spec"]["metrics"]
