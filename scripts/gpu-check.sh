@@ -24,7 +24,8 @@
 # name others). Step 3 needs the model: QTIER_GPU_MINILM_MODEL=DIR, else
 # ${QTIER_CACHE:-~/.cache/qtier}/models/all-MiniLM-L6-v2 (`qtier test-model` fetches it), else
 # the step is skipped with a warning. The fp32 checkpoint (87 MiB) is over the device tool's
-# 64 MiB carry limit: carry an F16 copy of the directory (the example reads F16 and compares
+# 64 MiB carry limit: carry an F16 copy of the directory (`scripts/gpu/f16_copy.py SRC DST`,
+# 45 MiB; the example reads F16 and compares
 # CPU and GPU on the same weights); the example quantizes the int8 artifact itself unless
 # QTIER_GPU_MINILM_ARTIFACT=DIR names one.
 # Step 4's binary (`cargo build --release --features cuda --bin qtier`, 31 MiB stripped) does not
