@@ -38,25 +38,41 @@ unsafe fn start(job: &TileJob<'_>, r: usize, p: usize, tile: &Tile) -> __m512i {
     if job.first { _mm512_setzero_si512() } else { _mm512_loadu_si512(tile[r].as_ptr().add(p * PANEL_COLS).cast()) }
 }
 
+/// `acc - 128 * col_sums`: `acc` holds sum (x + 128) * w; subtracting 128 * colsum gives sum x * w
+/// exactly (mod 2^32, and the true value fits in i32: see pack::MAX_K).
+#[inline(always)]
+unsafe fn exact(acc: __m512i, col_sums: *const i32) -> __m512i {
+    _mm512_sub_epi32(acc, _mm512_slli_epi32::<7>(_mm512_loadu_si512(col_sums.cast())))
+}
+
+/// Writes `exact * (x_scale * w_scale) + bias` to the first `left` (at least 1) of 16 outputs.
+#[inline(always)]
+unsafe fn store_dequantized(
+    exact: __m512i,
+    x_scale: __m512,
+    w_scales: *const f32,
+    bias: *const f32,
+    out: *mut f32,
+    left: usize,
+) {
+    let mask: __mmask16 = if left >= PANEL_COLS { 0xffff } else { (1u16 << left) - 1 };
+    let scale = _mm512_mul_ps(x_scale, _mm512_loadu_ps(w_scales));
+    let y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), scale, _mm512_loadu_ps(bias));
+    _mm512_mask_storeu_ps(out, mask, y);
+}
+
 #[inline(always)]
 unsafe fn finish(job: &TileJob<'_>, acc: __m512i, r: usize, p: usize, tile: &mut Tile) {
     let out = tile[r].as_mut_ptr().add(p * PANEL_COLS);
     if job.last {
-        // acc holds sum (x + 128) * w; subtract 128 * colsum to get sum x * w exactly
-        // (mod 2^32, and the true value fits in i32: see pack::MAX_K).
-        let cs = _mm512_loadu_si512(job.col_sums.as_ptr().add(p * PANEL_COLS).cast());
-        let exact = _mm512_sub_epi32(acc, _mm512_slli_epi32::<7>(cs));
+        let exact = exact(acc, job.col_sums.as_ptr().add(p * PANEL_COLS));
         match job.direct {
             Some(d) => {
                 let c0 = p * PANEL_COLS;
                 if c0 < d.cols {
-                    let left = d.cols - c0;
-                    let mask: __mmask16 = if left >= PANEL_COLS { 0xffff } else { (1u16 << left) - 1 };
-                    let ws = _mm512_loadu_ps(d.w_scales.add(c0));
-                    let b = _mm512_loadu_ps(d.bias.add(c0));
-                    let scale = _mm512_mul_ps(_mm512_set1_ps(*d.x_scales.add(r)), ws);
-                    let y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), scale, b);
-                    _mm512_mask_storeu_ps(d.out.add(r * d.stride + c0), mask, y);
+                    let x_scale = _mm512_set1_ps(*d.x_scales.add(r));
+                    let out = d.out.add(r * d.stride + c0);
+                    store_dequantized(exact, x_scale, d.w_scales.add(c0), d.bias.add(c0), out, d.cols - c0);
                 }
             }
             None => _mm512_storeu_si512(out.cast(), exact),
@@ -121,15 +137,34 @@ pub(crate) unsafe fn tile(job: &TileJob<'_>, tile: &mut Tile) {
 /// 16 independent accumulators cover `vpdpbusd`'s latency at two per cycle.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn gemv_block(job: &TileJob<'_>, tile: &mut Tile) {
-    let mut acc = [[_mm512_setzero_si512(); BLOCK_PANELS]; GEMV_GROUPS];
-    for (p, v) in acc[0].iter_mut().enumerate() {
-        *v = start(job, 0, p, tile);
+    let init = std::array::from_fn(|p| start(job, 0, p, tile));
+    let w = job.blocks.as_ptr().cast::<__m512i>();
+    let (sums, _) = gemv_sums(init, w, job.a.as_ptr(), job.k_groups, job.prefetch, job.prefetch_per_group);
+    for (p, sum) in sums.into_iter().enumerate() {
+        finish(job, sum, 0, p, tile);
     }
-    let mut w = job.blocks.as_ptr().cast::<__m512i>();
-    let mut x = job.a.as_ptr();
-    let mut pf = job.prefetch;
-    for _ in 0..job.k_groups / GEMV_GROUPS {
-        pf = prefetch(pf, GEMV_GROUPS * job.prefetch_per_group);
+}
+
+/// K groups the GEMV kernel keeps in flight.
+const GEMV_GROUPS: usize = 4;
+
+/// The GEMV's K loop over one column block: `init` plus the dot products of the `k_groups` groups
+/// of activations at `x` with the weights at `w`, one sum per panel, [`GEMV_GROUPS`] groups in
+/// flight; prefetches `prefetch_per_group` lines per group from `prefetch` (an address hint).
+/// Returns the sums and the weights past the block.
+#[inline(always)]
+unsafe fn gemv_sums(
+    init: [__m512i; BLOCK_PANELS],
+    mut w: *const __m512i,
+    mut x: *const u8,
+    k_groups: usize,
+    mut prefetch_at: *const u8,
+    prefetch_per_group: usize,
+) -> ([__m512i; BLOCK_PANELS], *const __m512i) {
+    let mut acc = [[_mm512_setzero_si512(); BLOCK_PANELS]; GEMV_GROUPS];
+    acc[0] = init;
+    for _ in 0..k_groups / GEMV_GROUPS {
+        prefetch_at = prefetch(prefetch_at, GEMV_GROUPS * prefetch_per_group);
         for (g, acc_g) in acc.iter_mut().enumerate() {
             let xb = bcast(x.add(g * KGROUP));
             for p in 0..BLOCK_PANELS {
@@ -139,7 +174,7 @@ unsafe fn gemv_block(job: &TileJob<'_>, tile: &mut Tile) {
         w = w.add(GEMV_GROUPS * BLOCK_PANELS);
         x = x.add(GEMV_GROUPS * KGROUP);
     }
-    for acc_g in acc.iter_mut().take(job.k_groups % GEMV_GROUPS) {
+    for acc_g in acc.iter_mut().take(k_groups % GEMV_GROUPS) {
         let xb = bcast(x);
         for p in 0..BLOCK_PANELS {
             acc_g[p] = _mm512_dpbusd_epi32(acc_g[p], xb, _mm512_load_si512(w.add(p)));
@@ -147,14 +182,10 @@ unsafe fn gemv_block(job: &TileJob<'_>, tile: &mut Tile) {
         w = w.add(BLOCK_PANELS);
         x = x.add(KGROUP);
     }
-    for p in 0..BLOCK_PANELS {
-        let sum = acc.iter().fold(_mm512_setzero_si512(), |s, acc_g| _mm512_add_epi32(s, acc_g[p]));
-        finish(job, sum, 0, p, tile);
-    }
+    let sums =
+        std::array::from_fn(|p| acc.iter().fold(_mm512_setzero_si512(), |s, acc_g| _mm512_add_epi32(s, acc_g[p])));
+    (sums, w)
 }
-
-/// K groups the GEMV kernel keeps in flight.
-const GEMV_GROUPS: usize = 4;
 
 /// The M = 1 path over several consecutive column blocks: what [`gemv_block`] does per block,
 /// without a [`TileJob`] or an i32 tile per block, writing `acc * (x_scale * w_scale) + bias`
@@ -165,43 +196,20 @@ const GEMV_GROUPS: usize = 4;
 /// [`crate::gemm::GemvJob::check`] and its output pointers cover `job.cols` floats.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub(crate) unsafe fn gemv_direct(job: &crate::gemm::GemvJob<'_>) {
-    let k_groups = job.k_groups;
-    let xs = _mm512_set1_ps(job.x_scale);
+    let x_scale = _mm512_set1_ps(job.x_scale);
     let mut w = job.blocks.as_ptr().cast::<__m512i>();
     for cb in 0..job.col_blocks {
-        let mut acc = [[_mm512_setzero_si512(); BLOCK_PANELS]; GEMV_GROUPS];
-        let mut x = job.a.as_ptr();
-        for _ in 0..k_groups / GEMV_GROUPS {
-            for (g, acc_g) in acc.iter_mut().enumerate() {
-                let xb = bcast(x.add(g * KGROUP));
-                for p in 0..BLOCK_PANELS {
-                    acc_g[p] = _mm512_dpbusd_epi32(acc_g[p], xb, _mm512_load_si512(w.add(g * BLOCK_PANELS + p)));
-                }
-            }
-            w = w.add(GEMV_GROUPS * BLOCK_PANELS);
-            x = x.add(GEMV_GROUPS * KGROUP);
-        }
-        for acc_g in acc.iter_mut().take(k_groups % GEMV_GROUPS) {
-            let xb = bcast(x);
-            for p in 0..BLOCK_PANELS {
-                acc_g[p] = _mm512_dpbusd_epi32(acc_g[p], xb, _mm512_load_si512(w.add(p)));
-            }
-            w = w.add(BLOCK_PANELS);
-            x = x.add(KGROUP);
-        }
-        for p in 0..BLOCK_PANELS {
+        let zero = [_mm512_setzero_si512(); BLOCK_PANELS];
+        let (sums, next) = gemv_sums(zero, w, job.a.as_ptr(), job.k_groups, std::ptr::null(), 0);
+        w = next;
+        for (p, sum) in sums.into_iter().enumerate() {
             let c = cb * BLOCK_COLS + p * PANEL_COLS;
             if c >= job.cols {
                 break;
             }
-            let left = job.cols - c;
-            let mask: __mmask16 = if left >= PANEL_COLS { 0xffff } else { (1u16 << left) - 1 };
-            let sum = acc.iter().fold(_mm512_setzero_si512(), |s, acc_g| _mm512_add_epi32(s, acc_g[p]));
-            let cs = _mm512_loadu_si512(job.col_sums.as_ptr().add(c).cast());
-            let exact = _mm512_sub_epi32(sum, _mm512_slli_epi32::<7>(cs));
-            let scale = _mm512_mul_ps(xs, _mm512_loadu_ps(job.w_scales.as_ptr().add(c)));
-            let y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), scale, _mm512_loadu_ps(job.bias.as_ptr().add(c)));
-            _mm512_mask_storeu_ps(job.out.add(c), mask, y);
+            let exact = exact(sum, job.col_sums.as_ptr().add(c));
+            let (w_scales, bias) = (job.w_scales.as_ptr().add(c), job.bias.as_ptr().add(c));
+            store_dequantized(exact, x_scale, w_scales, bias, job.out.add(c), job.cols - c);
         }
     }
 }
