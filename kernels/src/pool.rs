@@ -118,6 +118,23 @@ unsafe fn run_part(call: PartFn, data: *const (), part: usize) -> bool {
     catch_unwind(AssertUnwindSafe(|| unsafe { call(data, part) })).is_err()
 }
 
+/// Runs the parts past the home parts, taking them from `next` until it passes `parts`; returns
+/// whether one panicked.
+///
+/// # Safety
+/// As [`run_part`].
+unsafe fn run_shared_parts(next: &AtomicUsize, call: PartFn, data: *const (), parts: usize) -> bool {
+    let mut panicked = false;
+    loop {
+        let i = next.fetch_add(1, AcqRel);
+        if i >= parts {
+            return panicked;
+        }
+        // SAFETY: the caller's contract.
+        panicked |= unsafe { run_part(call, data, i) };
+    }
+}
+
 pub(crate) struct SpinPool {
     shared: &'static Shared,
     busy: AtomicBool,
@@ -163,14 +180,8 @@ fn worker(shared: &'static Shared, index: usize, spin: Duration) {
                 // SAFETY: claimed, so job `epoch` is live (see above).
                 let mut panicked = unsafe { run_part(call, data, index + 1) };
                 if parts > publish.home_parts.load(Relaxed) {
-                    loop {
-                        let i = shared.next.fetch_add(1, AcqRel);
-                        if i >= parts {
-                            break;
-                        }
-                        // SAFETY: as above.
-                        panicked |= unsafe { run_part(call, data, i) };
-                    }
+                    // SAFETY: as above.
+                    panicked |= unsafe { run_shared_parts(&shared.next, call, data, parts) };
                 }
                 if panicked {
                     slot.panicked.store(true, Relaxed);
@@ -282,14 +293,8 @@ impl SpinPool {
         // SAFETY: `f` outlives this call.
         let mut panicked = unsafe { run_part(call, data, 0) };
         if parts > home_parts {
-            loop {
-                let i = s.next.fetch_add(1, AcqRel);
-                if i >= parts {
-                    break;
-                }
-                // SAFETY: as above.
-                panicked |= unsafe { run_part(call, data, i) };
-            }
+            // SAFETY: as above.
+            panicked |= unsafe { run_shared_parts(&s.next, call, data, parts) };
         }
         for (index, slot) in s.slots[..home_parts - 1].iter().enumerate() {
             if slot.claimed.load(Acquire) < epoch && slot.claimed.fetch_max(epoch, AcqRel) < epoch {
