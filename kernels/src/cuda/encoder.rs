@@ -4,23 +4,11 @@
 //! `batch * seq`, sequence-major within a batch entry.
 
 use super::device::{Arg, CudaDevice, DeviceBuffer};
-use super::error::CudaError;
+use super::error::{CudaError, checked_product, int_arg};
 use super::launch::{self, ATTENTION_MAX_HEAD_DIM, ATTENTION_MAX_SEQ};
 use super::linear::QuantizedActivations;
 use super::source;
 use crate::error::KernelError;
-
-fn int_arg(what: &'static str, value: usize) -> Result<i32, CudaError> {
-    i32::try_from(value).map_err(|_| CudaError::InvalidArgument { what, value, reason: "exceeds i32::MAX" })
-}
-
-fn product(what: &'static str, a: usize, b: usize) -> Result<usize, CudaError> {
-    a.checked_mul(b).ok_or(CudaError::Kernel(KernelError::InvalidDimension {
-        what,
-        value: a,
-        reason: "product overflows usize",
-    }))
-}
 
 fn host_len(what: &'static str, v: &[f32], expected: usize) -> Result<(), CudaError> {
     if v.len() != expected {
@@ -115,13 +103,13 @@ pub fn embedding_layernorm(
     if seq == 0 || seq > tables.max_positions {
         return Err(CudaError::InvalidArgument { what: "seq", value: seq, reason: "must be in 1..=max positions" });
     }
-    let rows = product("batch", batch, seq)?;
+    let rows = checked_product("batch", batch, seq)?;
     let h = tables.norm.hidden;
     dev.check("ids", ids, rows)?;
     if let Some(t) = type_ids {
         dev.check("type_ids", t, rows)?;
     }
-    dev.check("out", out, product("rows", rows, h)?)?;
+    dev.check("out", out, checked_product("rows", rows, h)?)?;
     let n = &tables.norm;
     dev.launch(
         source::EMBEDDING_LAYERNORM,
@@ -157,7 +145,7 @@ pub fn layernorm(
     quantized: Option<&mut QuantizedActivations>,
 ) -> Result<(), CudaError> {
     let h = norm.hidden;
-    let len = product("rows", rows, h)?;
+    let len = checked_product("rows", rows, h)?;
     dev.check("x", x, len)?;
     if let Some(r) = residual {
         dev.check("residual", r, len)?;
@@ -260,13 +248,13 @@ pub fn attention(
     out: &mut DeviceBuffer<f32>,
 ) -> Result<(), CudaError> {
     shape.validate()?;
-    let rows = product("batch", shape.batch, shape.seq)?;
-    let hidden = product("heads", shape.heads, shape.head_dim)?;
-    dev.check("qkv", qkv, product("rows", rows, 3 * hidden)?)?;
+    let rows = checked_product("batch", shape.batch, shape.seq)?;
+    let hidden = checked_product("heads", shape.heads, shape.head_dim)?;
+    dev.check("qkv", qkv, checked_product("rows", rows, 3 * hidden)?)?;
     if let Some(m) = mask {
         dev.check("mask", m, rows)?;
     }
-    dev.check("out", out, product("rows", rows, hidden)?)?;
+    dev.check("out", out, checked_product("rows", rows, hidden)?)?;
     int_arg("rows x 3 hidden", rows * 3 * hidden)?;
     dev.launch(
         source::ATTENTION,
@@ -319,12 +307,12 @@ pub fn mean_pool(
     hidden: usize,
     out: &mut DeviceBuffer<f32>,
 ) -> Result<(), CudaError> {
-    let rows = product("batch", batch, seq)?;
-    dev.check("x", x, product("rows", rows, hidden)?)?;
+    let rows = checked_product("batch", batch, seq)?;
+    dev.check("x", x, checked_product("rows", rows, hidden)?)?;
     if let Some(m) = mask {
         dev.check("mask", m, rows)?;
     }
-    dev.check("out", out, product("batch", batch, hidden)?)?;
+    dev.check("out", out, checked_product("batch", batch, hidden)?)?;
     dev.launch(
         source::MEAN_POOL,
         launch::mean_pool_dims(batch, hidden)?,

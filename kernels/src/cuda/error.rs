@@ -77,3 +77,17 @@ pub enum CudaError {
     #[error(transparent)]
     Kernel(#[from] KernelError),
 }
+
+/// `value` as a kernel's `int` argument called `what`; fails beyond `i32::MAX`.
+pub(crate) fn int_arg(what: &'static str, value: usize) -> Result<i32, CudaError> {
+    i32::try_from(value).map_err(|_| CudaError::InvalidArgument { what, value, reason: "exceeds i32::MAX" })
+}
+
+/// `a * b` (an element count called `what`); fails when it overflows `usize`.
+pub(crate) fn checked_product(what: &'static str, a: usize, b: usize) -> Result<usize, CudaError> {
+    a.checked_mul(b).ok_or(CudaError::Kernel(KernelError::InvalidDimension {
+        what,
+        value: a,
+        reason: "product overflows usize",
+    }))
+}

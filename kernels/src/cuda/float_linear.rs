@@ -4,24 +4,12 @@
 //! GPU, not a tensor-core one.
 
 use super::device::{Arg, CudaDevice, DeviceBuffer};
-use super::error::CudaError;
+use super::error::{CudaError, checked_product, int_arg};
 use super::launch;
 use super::linear::activation_code;
 use super::source;
 use crate::activation::Activation;
 use crate::error::KernelError;
-
-fn int_arg(what: &'static str, value: usize) -> Result<i32, CudaError> {
-    i32::try_from(value).map_err(|_| CudaError::InvalidArgument { what, value, reason: "exceeds i32::MAX" })
-}
-
-fn product(what: &'static str, a: usize, b: usize) -> Result<usize, CudaError> {
-    a.checked_mul(b).ok_or(CudaError::Kernel(KernelError::InvalidDimension {
-        what,
-        value: a,
-        reason: "product overflows usize",
-    }))
-}
 
 /// A float Linear layer on one GPU: `y = act(x W^T + bias) + residual`, weights `[n, k]` uploaded
 /// once as the checkpoint stores them.
@@ -44,7 +32,7 @@ impl CudaLinear {
             }
             int_arg(what, value)?;
         }
-        let nk = product("n", n, k)?;
+        let nk = checked_product("n", n, k)?;
         if weights.len() != nk {
             return Err(KernelError::ShapeMismatch { what: "weights", expected: nk, found: weights.len() }.into());
         }
@@ -98,8 +86,8 @@ impl CudaLinear {
         if m == 0 {
             return Ok(());
         }
-        let mn = product("m", m, self.n)?;
-        dev.check("x", x, product("m", m, self.k)?)?;
+        let mn = checked_product("m", m, self.n)?;
+        dev.check("x", x, checked_product("m", m, self.k)?)?;
         if let Some(r) = residual {
             dev.check("residual", r, mn)?;
         }
@@ -126,7 +114,7 @@ impl CudaLinear {
     /// Convenience: uploads `x` (`m x k`), runs [`forward`](Self::forward), downloads `m x n`.
     pub fn forward_host(&self, dev: &CudaDevice, x: &[f32], m: usize) -> Result<Vec<f32>, CudaError> {
         let x = dev.upload(x)?;
-        let mut out = dev.zeros(product("m", m, self.n)?)?;
+        let mut out = dev.zeros(checked_product("m", m, self.n)?)?;
         self.forward(dev, &x, m, None, &mut out)?;
         dev.download(&out)
     }

@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 
 use super::device::{Arg, CudaDevice, DeviceBuffer};
-use super::error::CudaError;
+use super::error::{CudaError, checked_product, int_arg};
 use super::launch::{self, GemmKernel, GemmPath};
 use super::layout::{GpuPackedWeights, KTILE};
 use super::source;
@@ -20,18 +20,6 @@ pub fn activation_code(activation: Activation) -> i32 {
         Activation::GeluTanh => 3,
         Activation::Silu => 4,
     }
-}
-
-fn int_arg(what: &'static str, value: usize) -> Result<i32, CudaError> {
-    i32::try_from(value).map_err(|_| CudaError::InvalidArgument { what, value, reason: "exceeds i32::MAX" })
-}
-
-fn checked_product(what: &'static str, a: usize, b: usize) -> Result<usize, CudaError> {
-    a.checked_mul(b).ok_or(CudaError::Kernel(KernelError::InvalidDimension {
-        what,
-        value: a,
-        reason: "product overflows usize",
-    }))
 }
 
 /// Rows of activations quantized per token on the device: int8 `[rows, k_padded]` (zero past
