@@ -16,10 +16,10 @@
 //! depend on the number of cores.
 
 use std::ops::Range;
-use std::sync::Mutex;
 
 use qtier_kernels::activation::exp_approx;
 
+use crate::rows::{for_row_chunks, for_row_ranges};
 use crate::simd::{Isa, Lanes};
 
 /// Floats per vector of the micro-kernel: one zmm register (two ymm).
@@ -150,17 +150,13 @@ fn attention_on(
             |lanes| attend(lanes, qkv, layout, mask, shape, 0..seq, out),
         );
     };
-    if batch == 1 || parallelism <= 1 {
-        for (index, out) in out.chunks_mut(seq * hidden).enumerate() {
+    // One part per sequence: the pool hands the parts past one per thread to whichever thread
+    // finishes first.
+    let parts = if parallelism <= 1 { 1 } else { batch };
+    for_row_chunks(out, seq * hidden, parts, |sequences, out| {
+        for (index, out) in sequences.zip(out.chunks_mut(seq * hidden)) {
             sequence(index, out);
         }
-        return;
-    }
-    // One part per sequence: the pool hands the parts past one per thread to whichever thread
-    // finishes first. Each part locks only its own rows, so the locks are never contended.
-    let outs: Vec<Mutex<&mut [f32]>> = out.chunks_mut(seq * hidden).map(Mutex::new).collect();
-    qtier_kernels::run_parts(batch, &|index| {
-        sequence(index, &mut outs[index].lock().unwrap_or_else(|e| e.into_inner()));
     });
 }
 
@@ -170,16 +166,11 @@ fn row_parts(seq: usize, parallelism: usize) -> usize {
     parallelism.min(seq / ROWS / MIN_BLOCKS_PER_PART).max(1)
 }
 
-/// Part `part` of `parts` balanced ranges of `0..items`.
-fn balanced(items: usize, parts: usize, part: usize) -> Range<usize> {
-    items * part / parts..items * (part + 1) / parts
-}
-
 /// Query rows of part `part` of `parts`: balanced ranges of whole `ROWS` blocks (the last
 /// block short when `seq` is not a multiple of `ROWS`), so that every part but the last runs
 /// only the 4-row tile.
 fn row_range(seq: usize, parts: usize, part: usize) -> Range<usize> {
-    let blocks = balanced(seq.div_ceil(ROWS), parts, part);
+    let blocks = crate::rows::row_range(seq.div_ceil(ROWS), parts, part);
     (blocks.start * ROWS).min(seq)..(blocks.end * ROWS).min(seq)
 }
 
@@ -280,23 +271,18 @@ fn attend_split(
     let AttentionShape { seq, .. } = shape;
     let hidden = shape.hidden();
     let mask = &mask[..seq];
-    // Each part locks only its own rows, so the locks are never contended.
-    let mut outs = Vec::with_capacity(parts);
-    let mut rest = out;
-    for part in 0..parts {
-        let (rows, tail) = rest.split_at_mut(row_range(seq, parts, part).len() * hidden);
-        outs.push(Mutex::new(rows));
-        rest = tail;
-    }
-    qtier_kernels::run_parts(parts, &|part| {
-        let rows = row_range(seq, parts, part);
-        let mut out = outs[part].lock().unwrap_or_else(|e| e.into_inner());
-        let out: &mut [f32] = &mut out;
-        isa.run(
-            #[inline(always)]
-            |lanes| attend(lanes, qkv, layout, mask, shape, rows, out),
-        );
-    });
+    for_row_ranges(
+        out,
+        hidden,
+        parts,
+        |part| row_range(seq, parts, part),
+        |rows, out| {
+            isa.run(
+                #[inline(always)]
+                |lanes| attend(lanes, qkv, layout, mask, shape, rows, out),
+            );
+        },
+    );
 }
 
 /// Head `head` of query rows `rows` of one sequence (`qkv` starts at its first token) into

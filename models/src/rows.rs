@@ -2,6 +2,7 @@
 //! kernels' thread pool ([`qtier_kernels::run_parts`]), whose workers are spinning right after a
 //! GEMM: each part gets a balanced range of rows, so results do not depend on the split.
 
+use std::ops::Range;
 use std::sync::Mutex;
 
 /// Elements (rows x row length) from which row-wise work is split over the kernels' pool:
@@ -14,16 +15,12 @@ pub(crate) fn row_parts(rows: usize, row_len: usize) -> usize {
 }
 
 /// Row `part` of `parts` balanced ranges of `0..rows`.
-pub(crate) fn row_range(rows: usize, parts: usize, part: usize) -> std::ops::Range<usize> {
+pub(crate) fn row_range(rows: usize, parts: usize, part: usize) -> Range<usize> {
     rows * part / parts..rows * (part + 1) / parts
 }
 
 /// `f` over `parts` balanced ranges of `0..rows` on the kernels' pool, the results in range order.
-pub(crate) fn map_row_ranges<T: Send>(
-    rows: usize,
-    parts: usize,
-    f: impl Fn(std::ops::Range<usize>) -> T + Sync,
-) -> Vec<T> {
+pub(crate) fn map_row_ranges<T: Send>(rows: usize, parts: usize, f: impl Fn(Range<usize>) -> T + Sync) -> Vec<T> {
     if parts <= 1 {
         return vec![f(0..rows)];
     }
@@ -44,16 +41,29 @@ pub(crate) fn for_row_chunks(
     values: &mut [f32],
     row_len: usize,
     parts: usize,
-    f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+    f: impl Fn(Range<usize>, &mut [f32]) + Sync,
 ) {
     let rows = values.len() / row_len.max(1);
+    for_row_ranges(values, row_len, parts, |part| row_range(rows, parts, part), f);
+}
+
+/// [`for_row_chunks`] with the rows of part `part` given by `range_of(part)`: consecutive ranges
+/// from row 0, together covering every row of `values`.
+pub(crate) fn for_row_ranges(
+    values: &mut [f32],
+    row_len: usize,
+    parts: usize,
+    range_of: impl Fn(usize) -> Range<usize>,
+    f: impl Fn(Range<usize>, &mut [f32]) + Sync,
+) {
     if parts <= 1 {
-        return f(0..rows, values);
+        return f(0..values.len() / row_len.max(1), values);
     }
+    // Each part locks only its own rows, so the locks are never contended.
     let mut chunks = Vec::with_capacity(parts);
     let mut rest = values;
     for part in 0..parts {
-        let range = row_range(rows, parts, part);
+        let range = range_of(part);
         let (chunk, tail) = rest.split_at_mut(range.len() * row_len);
         chunks.push(Mutex::new((range, chunk)));
         rest = tail;
