@@ -66,6 +66,29 @@ impl Int8Weights {
     }
 }
 
+/// An int8 layer's input: shared, so the decomposition works on a copy, or scratch, whose outlier
+/// values the decomposition zeroes in place and writes back.
+enum Int8Input<'a> {
+    Shared(&'a [f32]),
+    Scratch(&'a mut [f32]),
+}
+
+impl Int8Input<'_> {
+    fn values(&self) -> &[f32] {
+        match self {
+            Int8Input::Shared(x) => x,
+            Int8Input::Scratch(x) => x,
+        }
+    }
+}
+
+/// The rows that hold `outliers` (sorted by row), each once.
+fn rows_with_outliers(outliers: &[Outlier]) -> Vec<usize> {
+    let mut rows: Vec<usize> = outliers.iter().map(|o| o.row).collect();
+    rows.dedup();
+    rows
+}
+
 /// One outlier value taken out of the int8 GEMM.
 #[derive(Debug, Clone, Copy)]
 struct Outlier {
@@ -157,9 +180,9 @@ impl Linear {
                 let mut output = vec![0.0f32; rows * self.out_features];
                 with_f32_slice(&x, |input| match &residual {
                     Some(residual) => with_f32_slice(residual, |residual| {
-                        self.forward_int8(layer, input, rows, Some(residual), &mut output)
+                        self.forward_int8(layer, Int8Input::Shared(input), rows, Some(residual), &mut output)
                     }),
-                    None => self.forward_int8(layer, input, rows, None, &mut output),
+                    None => self.forward_int8(layer, Int8Input::Shared(input), rows, None, &mut output),
                 })?;
                 Ok(Tensor::from_vec(output, (rows, self.out_features), &Device::Cpu)?)
             }
@@ -172,7 +195,7 @@ impl Linear {
         self.check_buffers(x.len(), rows, residual, out)?;
         match &self.kind {
             LinearKind::Float { .. } => self.forward_float_into(x, rows, residual, out),
-            LinearKind::Int8(layer) => self.forward_int8(layer, x, rows, residual, out),
+            LinearKind::Int8(layer) => self.forward_int8(layer, Int8Input::Shared(x), rows, residual, out),
         }
     }
 
@@ -189,17 +212,7 @@ impl Linear {
         self.check_buffers(x.len(), rows, residual, out)?;
         match &self.kind {
             LinearKind::Float { .. } => self.forward_float_into(x, rows, residual, out),
-            LinearKind::Int8(layer) => {
-                let x = &mut x[..rows * layer.fused.k()];
-                let outliers = self.outliers(layer, x, rows);
-                if outliers.is_empty() {
-                    Ok(layer.fused.forward_into(x, rows, out, residual)?)
-                } else if self.decompose_few_rows(&outliers, rows) {
-                    self.forward_decomposed_rows(layer, x, rows, residual, out, &outliers)
-                } else {
-                    self.forward_decomposed(layer, x, rows, residual, out, &outliers)
-                }
-            }
+            LinearKind::Int8(layer) => self.forward_int8(layer, Int8Input::Scratch(x), rows, residual, out),
         }
     }
 
@@ -230,45 +243,43 @@ impl Linear {
         Ok(())
     }
 
-    /// The int8 path on a shared input: straight to the kernel when no token has outliers, else
-    /// on a copy whose outlier values the decomposition zeroes.
+    /// The int8 path: straight to the kernel when no token has outliers; else, for a layer with an
+    /// activation and few rows with outliers, recomputing only those rows
+    /// ([`forward_decomposed_rows`](Self::forward_decomposed_rows)); else the whole-matrix
+    /// decomposition, on the input itself when it is scratch, on a copy when it is shared.
     fn forward_int8(
         &self,
         layer: &Int8Weights,
-        input: &[f32],
+        input: Int8Input<'_>,
         rows: usize,
         residual: Option<&[f32]>,
         output: &mut [f32],
     ) -> Result<()> {
-        let input = &input[..rows * layer.fused.k()];
-        let outliers = self.outliers(layer, input, rows);
+        let len = rows * layer.fused.k();
+        let outliers = self.outliers(layer, &input.values()[..len], rows);
         if outliers.is_empty() {
-            return Ok(layer.fused.forward_into(input, rows, output, residual)?);
+            return Ok(layer.fused.forward_into(&input.values()[..len], rows, output, residual)?);
         }
-        if self.decompose_few_rows(&outliers, rows) {
-            return self.forward_decomposed_rows(layer, input, rows, residual, output, &outliers);
+        let picked = rows_with_outliers(&outliers);
+        if self.decompose_few_rows(&picked, rows) {
+            let input = &input.values()[..len];
+            return self.forward_decomposed_rows(layer, input, rows, residual, output, &outliers, &picked);
         }
-        self.forward_decomposed(layer, &mut input.to_vec(), rows, residual, output, &outliers)
+        match input {
+            Int8Input::Shared(x) => {
+                self.forward_decomposed(layer, &mut x[..len].to_vec(), rows, residual, output, &outliers)
+            }
+            Int8Input::Scratch(x) => self.forward_decomposed(layer, &mut x[..len], rows, residual, output, &outliers),
+        }
     }
 
-    /// Whether the decomposition should recompute only the rows with outliers
+    /// Whether the decomposition should recompute only the rows with outliers (`picked`)
     /// ([`forward_decomposed_rows`](Self::forward_decomposed_rows)): for a layer with an
     /// activation, when at most half the rows have outliers (BERT's LayerNorm outputs: the
     /// [CLS] and [SEP] tokens). The whole-matrix path must apply the activation outside the
     /// kernel to every row, which cost MiniLM about 0.5 ms per forward at batch 1 x 128 tokens.
-    fn decompose_few_rows(&self, outliers: &[Outlier], rows: usize) -> bool {
-        if self.activation == Activation::None {
-            return false;
-        }
-        let mut with_outliers = 0;
-        let mut last = None;
-        for outlier in outliers {
-            if last != Some(outlier.row) {
-                with_outliers += 1;
-                last = Some(outlier.row);
-            }
-        }
-        2 * with_outliers <= rows
+    fn decompose_few_rows(&self, picked: &[usize], rows: usize) -> bool {
+        self.activation != Activation::None && 2 * picked.len() <= rows
     }
 
     /// Every token's outlier values (none without the decomposition), by row, largest first. Rows
@@ -349,6 +360,7 @@ impl Linear {
     /// them (outliers zeroed, GEMM without the activation, contributions added, activation,
     /// residual), written over their first results. Each row's per-token quantization depends
     /// on that row only, so every output is bit for bit what the whole-matrix path gives.
+    #[allow(clippy::too_many_arguments)]
     fn forward_decomposed_rows(
         &self,
         layer: &Int8Weights,
@@ -357,13 +369,12 @@ impl Linear {
         residual: Option<&[f32]>,
         output: &mut [f32],
         outliers: &[Outlier],
+        picked: &[usize],
     ) -> Result<()> {
         let (n, k) = (self.out_features, layer.fused.k());
         layer.fused.forward_into(&input[..rows * k], rows, &mut output[..rows * n], residual)?;
-        let mut picked: Vec<usize> = outliers.iter().map(|o| o.row).collect();
-        picked.dedup();
         let mut gathered = Vec::with_capacity(picked.len() * k);
-        for &row in &picked {
+        for &row in picked {
             gathered.extend_from_slice(&input[row * k..(row + 1) * k]);
         }
         let mut renumbered = Vec::with_capacity(outliers.len());
@@ -609,12 +620,13 @@ mod tests {
             for activation in [Activation::GeluErf, Activation::Relu, Activation::Silu] {
                 let (layer, int8) = random_layer(n, k, activation);
                 let outliers = layer.outliers(&int8, &x, rows);
-                assert_eq!(layer.decompose_few_rows(&outliers, rows), rows > 5, "{rows} rows");
+                let picked = rows_with_outliers(&outliers);
+                assert_eq!(layer.decompose_few_rows(&picked, rows), rows > 5, "{rows} rows");
                 for residual in [None, Some(residual.as_slice())] {
                     let mut whole = vec![f32::NAN; rows * n];
                     layer.forward_decomposed(&int8, &mut x.clone(), rows, residual, &mut whole, &outliers).unwrap();
                     let mut few = vec![f32::NAN; rows * n];
-                    layer.forward_decomposed_rows(&int8, &x, rows, residual, &mut few, &outliers).unwrap();
+                    layer.forward_decomposed_rows(&int8, &x, rows, residual, &mut few, &outliers, &picked).unwrap();
                     assert_eq!(few, whole, "{rows} x {n} x {k}, {activation:?}, residual {}", residual.is_some());
                 }
             }
