@@ -46,11 +46,7 @@ impl GpuReference {
     /// The roofline peaks of one GPU: int8 tensor peak for int8 Linear layers, fp16 tensor peak
     /// for the rest (as [`crate::projection::gpu_target`] models a catalog GPU).
     pub fn peaks(&self) -> Peaks {
-        Peaks {
-            int8_ops: self.int8_tops.get() * 1e12,
-            float_ops: self.fp16_tflops.get() * 1e12,
-            bytes: self.memory_bandwidth_gbps.get() * 1e9,
-        }
+        Peaks::of_gpu(self.int8_tops.get(), self.fp16_tflops.get(), self.memory_bandwidth_gbps.get())
     }
 }
 

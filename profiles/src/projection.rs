@@ -410,11 +410,7 @@ pub fn gpu_target(instance: &InstanceProfile) -> Option<ComputeTarget> {
             gpu.count,
             if gpu.peak_uncertain { "; peaks uncertain" } else { "" }
         ),
-        peaks: Peaks {
-            int8_ops: gpu.int8_tops.get() * 1e12,
-            float_ops: gpu.fp16_tflops.get() * 1e12,
-            bytes: gpu.memory_bandwidth_gbps.get() * 1e9,
-        },
+        peaks: Peaks::of_gpu(gpu.int8_tops.get(), gpu.fp16_tflops.get(), gpu.memory_bandwidth_gbps.get()),
         cores_per_replica: None,
         replicas_per_instance: gpu.count,
     })

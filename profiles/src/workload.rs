@@ -185,6 +185,15 @@ pub struct Peaks {
     pub bytes: f64,
 }
 
+impl Peaks {
+    /// One GPU's peaks from its datasheet figures: the dense int8 tensor peak (TOPS) for int8
+    /// Linear layers, the dense fp16 tensor peak (TFLOPS) for the rest, and its memory bandwidth
+    /// (GB/s).
+    pub fn of_gpu(int8_tops: f64, fp16_tflops: f64, memory_bandwidth_gbps: f64) -> Peaks {
+        Peaks { int8_ops: int8_tops * 1e12, float_ops: fp16_tflops * 1e12, bytes: memory_bandwidth_gbps * 1e9 }
+    }
+}
+
 /// The roofline time of `ops` on a device with `peaks`, seconds.
 pub fn roofline_seconds(ops: &[Op], peaks: &Peaks) -> f64 {
     ops.iter()
