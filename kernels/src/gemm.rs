@@ -1,6 +1,8 @@
 //! The tile driver shared by every kernel: splits the output into (row block x 64-column block)
 //! tiles, hands tiles to threads, and runs the fused epilogue on each tile while it is in L1.
 
+use std::ops::Range;
+
 use crate::activation::{Activation, gelu_erf, gelu_tanh, silu};
 use crate::dispatch::KernelKind;
 use crate::pack::{BLOCK_COLS, BLOCK_PANELS, KGROUP, KGroupBlock, PackedWeights};
@@ -225,8 +227,7 @@ pub(crate) unsafe fn run_tiles<S>(
     let kp = packed.k_padded();
     let k_groups = packed.k_groups();
     let col_blocks = packed.col_blocks();
-    let ops = 2usize.saturating_mul(m).saturating_mul(packed.n()).saturating_mul(packed.k());
-    let tasks = if ops < PAR_MIN_OPS { 1 } else { threads.max(1) };
+    let tasks = tasks_for(packed, m, threads);
     // Balanced row blocks (32 rows = 6 blocks of 5-6, not 5 x 6 + 2): a short block has too
     // few accumulators to hide vpdpbusd latency.
     let row_blocks = m.div_ceil(mr);
@@ -240,16 +241,7 @@ pub(crate) unsafe fn run_tiles<S>(
     let n = packed.n();
     let run_part = |part: usize| {
         let (np, mp) = (part % n_parts, part / n_parts);
-        let (c0, c1) = (col_blocks * np / n_parts, col_blocks * (np + 1) / n_parts);
-        #[cfg(target_arch = "x86_64")]
-        if let Some(d) = direct.filter(|_| m == 1 && kind == KernelKind::Avx512Vnni) {
-            // SAFETY: run_tiles' contract: `d` describes valid buffers for this call.
-            unsafe { gemv_part_avx512(packed, a, d, c0, c1) };
-            for cb in c0..c1 {
-                sink(0, 1, cb, &STALE_TILE);
-            }
-            return;
-        }
+        let Range { start: c0, end: c1 } = part_col_blocks(col_blocks, n_parts, np);
         let (rb0, rb1) = (row_blocks * mp / m_parts, row_blocks * (mp + 1) / m_parts);
         let mut tiles: [Tile; ROW_GROUP] = [[[0; BLOCK_COLS]; MR_MAX]; ROW_GROUP];
         for cb in c0..c1 {
@@ -321,17 +313,63 @@ pub(crate) unsafe fn run_tiles<S>(
 }
 
 /// The tile handed to the sink when the kernel already wrote the output ([`DirectOut`]).
-static STALE_TILE: Tile = [[0; BLOCK_COLS]; MR_MAX];
+pub(crate) static STALE_TILE: Tile = [[0; BLOCK_COLS]; MR_MAX];
 
-/// The M = 1 path: the one activation row `a` against column blocks `c0..c1`, written straight to
-/// `d.out` by one loop over the part's weights ([`crate::avx512::gemv_direct`]). Against one
-/// [`TileJob`] per column block it saves the per-block setup and the i32 tile: 1x384x768 on one
-/// thread 1.78 us vs 2.0 us (p50), and 1x384x1536 on two threads 2.05 vs 2.25 us.
+/// Parallel parts for a call of `m` rows with up to `threads`: one for work under
+/// [`PAR_MIN_OPS`].
+pub(crate) fn tasks_for(packed: &PackedWeights, m: usize, threads: usize) -> usize {
+    let ops = 2usize.saturating_mul(m).saturating_mul(packed.n()).saturating_mul(packed.k());
+    if ops < PAR_MIN_OPS { 1 } else { threads.max(1) }
+}
+
+/// The consecutive column blocks of part `part` of `parts` (sizes differ by at most one).
+fn part_col_blocks(col_blocks: usize, parts: usize, part: usize) -> Range<usize> {
+    (col_blocks * part / parts)..(col_blocks * (part + 1) / parts)
+}
+
+/// Whether `kind` has the dedicated M = 1 kernel ([`gemv_part`]).
+pub(crate) fn has_gemv(kind: KernelKind) -> bool {
+    cfg!(target_arch = "x86_64") && kind == KernelKind::Avx512Vnni
+}
+
+/// Column parts of an M = 1 call of up to `threads` (see [`gemv_part`]).
+pub(crate) fn gemv_parts(packed: &PackedWeights, threads: usize) -> usize {
+    tasks_for(packed, 1, threads).min(packed.col_blocks()).max(1)
+}
+
+/// The M = 1 path, part `part` of `parts` ([`gemv_parts`]): the one activation row `a` against
+/// the part's column blocks, written straight to `d.out` by one loop over the part's weights
+/// ([`crate::avx512::gemv_direct`]). Against one [`TileJob`] per column block it saves the
+/// per-block setup and the i32 tile: 1x384x768 on one thread 1.78 us vs 2.0 us (p50), and
+/// 1x384x1536 on two threads 2.05 vs 2.25 us. Returns the column blocks written.
 ///
 /// # Safety
-/// The CPU supports the AVX-512 VNNI kernel; `d` describes valid buffers as [`run_tiles`]
+/// `kind` [`has_gemv`] and the CPU supports it; `d` describes valid buffers as [`run_tiles`]
 /// requires (`x_scales` with at least one element, `w_scales` and `bias` with
-/// `packed.col_blocks() * 64`, `out` with `packed.n()`), and `c0 <= c1 <= packed.col_blocks()`.
+/// `packed.col_blocks() * 64`, `out` with `packed.n()`); `part < parts`; no other thread writes
+/// the part's columns of `out` meanwhile.
+pub(crate) unsafe fn gemv_part(
+    kind: KernelKind,
+    packed: &PackedWeights,
+    a: &[u8],
+    d: DirectTarget,
+    part: usize,
+    parts: usize,
+) -> Range<usize> {
+    let blocks = part_col_blocks(packed.col_blocks(), parts, part);
+    #[cfg(target_arch = "x86_64")]
+    if kind == KernelKind::Avx512Vnni {
+        // SAFETY: the caller's contract.
+        unsafe { gemv_part_avx512(packed, a, d, blocks.start, blocks.end) };
+        return blocks;
+    }
+    unreachable!("no GEMV kernel for {kind:?} ({} input bytes, output {:p}): callers check has_gemv", a.len(), d.out)
+}
+
+/// [`gemv_part`] on AVX-512 VNNI, column blocks `c0..c1`.
+///
+/// # Safety
+/// As [`gemv_part`], with `c0 <= c1 <= packed.col_blocks()`.
 #[cfg(target_arch = "x86_64")]
 unsafe fn gemv_part_avx512(packed: &PackedWeights, a: &[u8], d: DirectTarget, c0: usize, c1: usize) {
     let per_block = packed.k_groups() * BLOCK_PANELS;

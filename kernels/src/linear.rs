@@ -201,6 +201,10 @@ impl QuantizedLinear {
         if m == 0 {
             return Ok(());
         }
+        if m == 1 && gemm::has_gemv(self.kernel) {
+            self.forward_row(x, out, residual, activation);
+            return Ok(());
+        }
         let mut act = Scratch::take(&ACT_SCRATCH);
         let mut scales = Scratch::take(&SCALE_SCRATCH);
         resize(&mut act.buf, m * kp);
@@ -249,6 +253,55 @@ impl QuantizedLinear {
         // padded to whole column blocks at construction.
         unsafe { gemm::run_tiles(kind, &self.packed, a, m, self.threads(), Some(direct), &sink) };
         Ok(())
+    }
+
+    /// One row (`x` with k values, `out` and `residual` with n, checked by the caller) on the
+    /// dedicated M = 1 kernel, split over the columns. Each part quantizes the row itself
+    /// (tens of nanoseconds, the same bytes and scale on every thread) instead of reading the
+    /// caller's copy: the caller hands the job out before quantizing, and a worker's first weight
+    /// loads no longer wait for the quantized row's lines to come over from the caller's core.
+    fn forward_row(&self, x: &[f32], out: &mut [f32], residual: Option<&[f32]>, activation: Activation) {
+        let (n, k, kp, kind) = (self.n(), self.k(), self.packed.k_padded(), self.kernel);
+        let enc = gemm::encoding(kind);
+        let parts = gemm::gemv_parts(&self.packed, self.threads());
+        let needs_sink = activation != Activation::None || residual.is_some();
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        let res_ptr = residual.map(|r| SendConstPtr(r.as_ptr()));
+        let (packed, w_scales, bias) = (&self.packed, &self.w_scales, &self.bias);
+        // `move`: the values travel in the closure itself, so a worker reads them from the one
+        // or two lines of the closure instead of following references into the caller's frame.
+        let part = move |part: usize| {
+            // Whole wrappers, not their raw-pointer fields (which a closure captures separately).
+            let (out_ptr, res_ptr) = (&out_ptr, &res_ptr);
+            let mut act = Scratch::take(&ACT_SCRATCH);
+            resize(&mut act.buf, kp);
+            let a = &mut act.buf[..kp];
+            let mut x_scale = [0.0f32];
+            quant::quantize_rows(kind, x, k, kp, enc, a, &mut x_scale);
+            let direct = gemm::DirectTarget {
+                out: out_ptr.0,
+                n,
+                x_scales: x_scale.as_ptr(),
+                w_scales: w_scales.as_ptr(),
+                bias: bias.as_ptr(),
+                needs_sink,
+            };
+            // SAFETY: `has_gemv(kind)` was checked; `direct` describes `out` (n floats), the
+            // row's scale and the scale and bias vectors padded to whole column blocks; the
+            // parts write disjoint column blocks.
+            let blocks = unsafe { gemm::gemv_part(kind, packed, a, direct, part, parts) };
+            if needs_sink {
+                let args = EpilogueArgs { x_scales: &x_scale, w_scales, bias, activation };
+                for cb in blocks {
+                    // SAFETY: `out` and `residual` hold n floats (one row); this part alone
+                    // writes column block `cb`.
+                    unsafe {
+                        args.apply(kind, &gemm::STALE_TILE, 0, 1, cb, n, out_ptr.0, res_ptr.as_ref().map(|p| p.0), true)
+                    };
+                }
+            }
+        };
+        crate::pool::global().run(parts, &part);
     }
 
     /// Test and benchmark hook: the exact i32 accumulators `sum_k x_q[m][k] * W[n][k]` (`m x n`

@@ -66,29 +66,42 @@ struct Publish {
     home_parts: AtomicUsize,
 }
 
-/// One worker's side of the hand-off, on its own line: the worker writes it every job; the
-/// caller reads it at the end of every job and writes it only when it sweeps up the worker's part.
+/// One worker's claim on its home part, on its own line, which the caller only touches when it
+/// may have to run the part itself (see [`SpinPool::run`]), so that the worker's claim is a
+/// read-modify-write on a line its core already owns.
 ///
 /// Part `i + 1` of every job is worker `i`'s home part (part 0 is the caller's), so the same
 /// part of the same layer runs on the same core call after call and a weight slice that fits
 /// its core's L2 stays there: a first-come assignment measured 3.6 us (median) for 1x384x1536 on
 /// 2 threads, whose 590 KB of weights were then often read from the other core's cache, against
 /// 2.3 us with home parts.
-struct Slot {
+struct Claim {
     /// The latest epoch whose home part (`worker index + 1`) has been claimed, by the worker
     /// or by the caller sweeping it up. Claiming is `fetch_max(epoch)`: whoever sees a smaller
     /// old value owns the part, exactly once.
-    claimed: AtomicUsize,
+    epoch: AtomicUsize,
+}
+
+/// One worker's report, on its own line: written by the worker at the end of each job it
+/// claimed, read by the caller spinning for it.
+struct Done {
     /// The latest epoch this worker has entirely finished with: after storing it the worker
     /// touches nothing of that job again.
-    finished: AtomicUsize,
+    epoch: AtomicUsize,
     /// Whether a part this worker ran for its latest job panicked.
     panicked: AtomicBool,
 }
 
+/// Spins of a caller waiting for a worker's [`Done`] between looks at its [`Claim`], when no
+/// worker was parked at publication: a worker that has not claimed its part by then (it went to
+/// sleep as the job came, or the system took its core) gets it run by the caller. A look costs
+/// the worker a line transfer on its next claim, so the caller does not look every spin.
+const SPINS_BETWEEN_CLAIM_LOOKS: u32 = 512;
+
 struct Shared {
     publish: Line<Publish>,
-    slots: Box<[Line<Slot>]>,
+    claims: Box<[Line<Claim>]>,
+    done: Box<[Line<Done>]>,
     /// The next part past the home parts that anyone may take (jobs with more parts than
     /// participants).
     next: Line<AtomicUsize>,
@@ -138,7 +151,7 @@ unsafe fn run_shared_parts(next: &AtomicUsize, call: PartFn, data: *const (), pa
 pub(crate) struct SpinPool {
     shared: &'static Shared,
     busy: AtomicBool,
-    /// Workers running (the first `workers` slots).
+    /// Workers running (the first `workers` claims and reports).
     workers: usize,
 }
 
@@ -146,9 +159,10 @@ pub(crate) struct SpinPool {
 /// `index + 1`.
 ///
 /// The hand-off costs the worker no read-modify-write on a line another thread writes: it sees
-/// the job on the publish line (one transfer), claims its part on its own slot's line, reads the
-/// job from the publish line it already holds, and stores `finished` on its slot; the caller
-/// publishes with a plain store and waits for nothing but the workers' parts. The previous
+/// the job on the publish line (one transfer), claims its part on its own [`Claim`] line (which
+/// the caller leaves alone while the worker keeps up), reads the job from the publish line it
+/// already holds, and stores its epoch in its [`Done`] line; the caller publishes with a plain
+/// store and waits for nothing but the workers' parts. The previous
 /// hand-off (a job object on the caller's stack with shared claim and done counters, and a count
 /// of workers still holding it, about eight line transfers per job) measured p50 3.20-3.35 us
 /// for 1x384x1536 on 2 threads against 2.72-3.08 us for this one, alternating binaries, at a
@@ -157,7 +171,7 @@ fn worker(shared: &'static Shared, index: usize, spin: Duration) {
     // Checking the clock costs a vDSO call (10% of a spinning worker's samples in perf when
     // done every iteration), so the spin loop looks at it once per SPIN_CHECK rounds.
     const SPIN_CHECK: u32 = 256;
-    let slot = &shared.slots[index];
+    let (claim, done) = (&shared.claims[index], &shared.done[index]);
     let publish = &shared.publish;
     let mut seen = publish.epoch.load(Acquire);
     let mut idle_since = Instant::now();
@@ -168,7 +182,7 @@ fn worker(shared: &'static Shared, index: usize, spin: Duration) {
             seen = epoch;
             // Claimed here means: the caller cannot finish job `epoch` (nor publish another)
             // before this worker stores `finished`, so the job's fields and closure stay valid.
-            if slot.claimed.fetch_max(epoch, AcqRel) < epoch {
+            if claim.epoch.fetch_max(epoch, AcqRel) < epoch {
                 let call: PartFn = {
                     let p = publish.call.load(Relaxed);
                     // SAFETY: `call` holds a `call_part::<F>` stored by `run` for this epoch
@@ -184,9 +198,9 @@ fn worker(shared: &'static Shared, index: usize, spin: Duration) {
                     panicked |= unsafe { run_shared_parts(&shared.next, call, data, parts) };
                 }
                 if panicked {
-                    slot.panicked.store(true, Relaxed);
+                    done.panicked.store(true, Relaxed);
                 }
-                slot.finished.store(epoch, Release);
+                done.epoch.store(epoch, Release);
             }
             idle_since = Instant::now();
             continue;
@@ -217,15 +231,9 @@ fn worker(shared: &'static Shared, index: usize, spin: Duration) {
 impl SpinPool {
     fn new(workers: usize) -> Self {
         let spin = spin_before_park();
-        let slots: Box<[Line<Slot>]> = (0..workers)
-            .map(|_| {
-                Line(Slot {
-                    claimed: AtomicUsize::new(0),
-                    finished: AtomicUsize::new(0),
-                    panicked: AtomicBool::new(false),
-                })
-            })
-            .collect();
+        let claims: Box<[Line<Claim>]> = (0..workers).map(|_| Line(Claim { epoch: AtomicUsize::new(0) })).collect();
+        let done: Box<[Line<Done>]> =
+            (0..workers).map(|_| Line(Done { epoch: AtomicUsize::new(0), panicked: AtomicBool::new(false) })).collect();
         let shared: &'static Shared = Box::leak(Box::new(Shared {
             publish: Line(Publish {
                 epoch: AtomicUsize::new(0),
@@ -234,7 +242,8 @@ impl SpinPool {
                 parts: AtomicUsize::new(0),
                 home_parts: AtomicUsize::new(0),
             }),
-            slots,
+            claims,
+            done,
             next: Line(AtomicUsize::new(0)),
             sleepers: AtomicUsize::new(0),
             lock: Mutex::new(()),
@@ -271,8 +280,8 @@ impl SpinPool {
         let home_parts = parts.min(participants);
         let epoch = s.publish.epoch.load(Relaxed) + 1;
         // Workers without a part in this job: claimed in advance, so they skip it.
-        for slot in &s.slots[home_parts - 1..workers] {
-            slot.claimed.fetch_max(epoch, AcqRel);
+        for claim in &s.claims[home_parts - 1..workers] {
+            claim.epoch.fetch_max(epoch, AcqRel);
         }
         s.next.store(home_parts, Relaxed);
         let call: PartFn = call_part::<F>;
@@ -285,7 +294,8 @@ impl SpinPool {
         // (the store and the load of `sleepers` can pass each other); the caller then sweeps up
         // its part, and the next job wakes it.
         s.publish.epoch.store(epoch, Release);
-        if s.sleepers.load(SeqCst) > 0 {
+        let any_parked = s.sleepers.load(SeqCst) > 0;
+        if any_parked {
             let _guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
@@ -296,16 +306,27 @@ impl SpinPool {
             // SAFETY: as above.
             panicked |= unsafe { run_shared_parts(&s.next, call, data, parts) };
         }
-        for (index, slot) in s.slots[..home_parts - 1].iter().enumerate() {
-            if slot.claimed.load(Acquire) < epoch && slot.claimed.fetch_max(epoch, AcqRel) < epoch {
-                // The worker has not shown up: its part is ours.
-                // SAFETY: as above.
-                panicked |= unsafe { run_part(call, data, index + 1) };
-            } else {
-                while slot.finished.load(Acquire) < epoch {
-                    std::hint::spin_loop();
+        for (index, (claim, done)) in s.claims.iter().zip(s.done.iter()).take(home_parts - 1).enumerate() {
+            // A worker that was parked may still be waking up: look at its claim at once then.
+            let mut spins = if any_parked { SPINS_BETWEEN_CLAIM_LOOKS } else { 0 };
+            let mut claimed = false;
+            while done.epoch.load(Acquire) < epoch {
+                if !claimed && spins >= SPINS_BETWEEN_CLAIM_LOOKS {
+                    spins = 0;
+                    claimed = claim.epoch.load(Acquire) >= epoch;
+                    if !claimed && claim.epoch.fetch_max(epoch, AcqRel) < epoch {
+                        // The worker has not shown up: its part is ours, and it will skip the job.
+                        // SAFETY: as above.
+                        panicked |= unsafe { run_part(call, data, index + 1) };
+                        break;
+                    }
+                    claimed = true;
                 }
-                panicked |= slot.panicked.swap(false, Relaxed);
+                spins += 1;
+                std::hint::spin_loop();
+            }
+            if done.panicked.load(Relaxed) {
+                panicked |= done.panicked.swap(false, Relaxed);
             }
         }
         self.busy.store(false, Release);
