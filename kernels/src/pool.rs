@@ -231,10 +231,26 @@ fn worker(shared: &'static Shared, index: usize, spin: Duration) {
 impl SpinPool {
     fn new(workers: usize) -> Self {
         let spin = spin_before_park();
+        let shared = Self::shared_state(workers);
+        // Workers are numbered in order; if the system refuses a thread, the pool runs with the
+        // ones it has.
+        let workers = (0..workers)
+            .take_while(|&index| {
+                std::thread::Builder::new()
+                    .name(format!("qtier-gemm-{index}"))
+                    .spawn(move || worker(shared, index, spin))
+                    .is_ok()
+            })
+            .count();
+        SpinPool { shared, busy: AtomicBool::new(false), workers }
+    }
+
+    /// The hand-off state of a pool of `workers` (leaked: pools live as long as the process).
+    fn shared_state(workers: usize) -> &'static Shared {
         let claims: Box<[Line<Claim>]> = (0..workers).map(|_| Line(Claim { epoch: AtomicUsize::new(0) })).collect();
         let done: Box<[Line<Done>]> =
             (0..workers).map(|_| Line(Done { epoch: AtomicUsize::new(0), panicked: AtomicBool::new(false) })).collect();
-        let shared: &'static Shared = Box::leak(Box::new(Shared {
+        Box::leak(Box::new(Shared {
             publish: Line(Publish {
                 epoch: AtomicUsize::new(0),
                 data: AtomicPtr::new(ptr::null_mut()),
@@ -248,18 +264,7 @@ impl SpinPool {
             sleepers: AtomicUsize::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
-        }));
-        // Workers are numbered in order; if the system refuses a thread, the pool runs with the
-        // ones it has.
-        let workers = (0..workers)
-            .take_while(|&index| {
-                std::thread::Builder::new()
-                    .name(format!("qtier-gemm-{index}"))
-                    .spawn(move || worker(shared, index, spin))
-                    .is_ok()
-            })
-            .count();
-        SpinPool { shared, busy: AtomicBool::new(false), workers }
+        }))
     }
 
     /// Runs `f(0..parts)` on the calling thread and the pool's workers; returns when all parts
@@ -440,6 +445,29 @@ mod tests {
         assert_eq!(parse_spin(Some("0")), Duration::ZERO);
         for bad in [None, Some(""), Some("-1"), Some("fast"), Some("NaN"), Some("inf"), Some("1e12")] {
             assert_eq!(parse_spin(bad), SPIN_BEFORE_PARK, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_caller_runs_the_parts_of_workers_that_never_show_up() {
+        // Two workers on the books, no threads and none parked: the caller must find every
+        // unclaimed home part after its spins and run it itself, once, job after job.
+        let pool = SpinPool { shared: SpinPool::shared_state(2), busy: AtomicBool::new(false), workers: 2 };
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let caller = std::thread::spawn(move || {
+            for parts in [2, 3, 7, 3] {
+                let hits: Vec<AtomicUsize> = (0..parts).map(|_| AtomicUsize::new(0)).collect();
+                pool.run(parts, &|i| {
+                    hits[i].fetch_add(1, SeqCst);
+                });
+                assert!(hits.iter().all(|h| h.load(SeqCst) == 1), "{parts} parts");
+            }
+            done_tx.send(()).unwrap();
+        });
+        match done_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => resume_unwind(caller.join().unwrap_err()),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("the caller still waits for absent workers"),
         }
     }
 
