@@ -334,7 +334,7 @@ pub(crate) fn has_gemv(kind: KernelKind) -> bool {
 
 /// Column parts of an M = 1 call of up to `threads` (see [`gemv_part`]).
 pub(crate) fn gemv_parts(packed: &PackedWeights, threads: usize) -> usize {
-    tasks_for(packed, 1, threads).min(packed.col_blocks()).max(1)
+    tasks_for(packed, 1, threads).min(packed.col_blocks())
 }
 
 /// The M = 1 path, part `part` of `parts` ([`gemv_parts`]): the one activation row `a` against

@@ -92,11 +92,11 @@ struct Done {
     panicked: AtomicBool,
 }
 
-/// Spins of a caller waiting for a worker's [`Done`] between looks at its [`Claim`], when no
-/// worker was parked at publication: a worker that has not claimed its part by then (it went to
-/// sleep as the job came, or the system took its core) gets it run by the caller. A look costs
-/// the worker a line transfer on its next claim, so the caller does not look every spin.
-const SPINS_BETWEEN_CLAIM_LOOKS: u32 = 512;
+/// Spins of a caller waiting for a worker's [`Done`] before it looks at the worker's [`Claim`],
+/// when no worker was parked at publication: a worker that has not claimed its part by then (it
+/// went to sleep as the job came, or the system took its core) gets it run by the caller. A look
+/// costs the worker a line transfer on its next claim, so the caller looks once, not every spin.
+const SPINS_BEFORE_CLAIM_LOOK: u32 = 512;
 
 struct Shared {
     publish: Line<Publish>,
@@ -181,7 +181,8 @@ fn worker(shared: &'static Shared, index: usize, spin: Duration) {
         if epoch != seen {
             seen = epoch;
             // Claimed here means: the caller cannot finish job `epoch` (nor publish another)
-            // before this worker stores `finished`, so the job's fields and closure stay valid.
+            // before this worker stores the epoch in its `Done`, so the job's fields and closure
+            // stay valid.
             if claim.epoch.fetch_max(epoch, AcqRel) < epoch {
                 let call: PartFn = {
                     let p = publish.call.load(Relaxed);
@@ -313,21 +314,22 @@ impl SpinPool {
         }
         for (index, (claim, done)) in s.claims.iter().zip(s.done.iter()).take(home_parts - 1).enumerate() {
             // A worker that was parked may still be waking up: look at its claim at once then.
-            let mut spins = if any_parked { SPINS_BETWEEN_CLAIM_LOOKS } else { 0 };
-            let mut claimed = false;
+            // Counting stops at the look (a long part must not overflow the count).
+            let mut spins_left = if any_parked { Some(0) } else { Some(SPINS_BEFORE_CLAIM_LOOK) };
             while done.epoch.load(Acquire) < epoch {
-                if !claimed && spins >= SPINS_BETWEEN_CLAIM_LOOKS {
-                    spins = 0;
-                    claimed = claim.epoch.load(Acquire) >= epoch;
-                    if !claimed && claim.epoch.fetch_max(epoch, AcqRel) < epoch {
-                        // The worker has not shown up: its part is ours, and it will skip the job.
-                        // SAFETY: as above.
-                        panicked |= unsafe { run_part(call, data, index + 1) };
-                        break;
+                match spins_left {
+                    Some(0) => {
+                        if claim.epoch.load(Acquire) < epoch && claim.epoch.fetch_max(epoch, AcqRel) < epoch {
+                            // The worker has not shown up: its part is ours, and it will skip the job.
+                            // SAFETY: as above.
+                            panicked |= unsafe { run_part(call, data, index + 1) };
+                            break;
+                        }
+                        spins_left = None;
                     }
-                    claimed = true;
+                    Some(left) => spins_left = Some(left - 1),
+                    None => {}
                 }
-                spins += 1;
                 std::hint::spin_loop();
             }
             if done.panicked.load(Relaxed) {
