@@ -15,7 +15,7 @@
 use std::arch::x86_64::*;
 
 use crate::gemm::{Tile, TileJob};
-use crate::pack::{BLOCK_COLS, BLOCK_PANELS, KGROUP, PANEL_COLS};
+use crate::pack::{BLOCK_PANELS, KGROUP, PANEL_COLS};
 
 /// Rows per tile.
 pub(crate) const MR: usize = 6;
@@ -137,9 +137,9 @@ pub(crate) unsafe fn tile(job: &TileJob<'_>, tile: &mut Tile) {
 /// 16 independent accumulators cover `vpdpbusd`'s latency at two per cycle.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn gemv_block(job: &TileJob<'_>, tile: &mut Tile) {
-    let init = std::array::from_fn(|p| start(job, 0, p, tile));
+    let init: [__m512i; BLOCK_PANELS] = std::array::from_fn(|p| start(job, 0, p, tile));
     let w = job.blocks.as_ptr().cast::<__m512i>();
-    let (sums, _) = gemv_sums(init, w, job.a.as_ptr(), job.k_groups, job.prefetch, job.prefetch_per_group);
+    let sums = gemv_sums(init, w, job.a.as_ptr(), job.k_groups, job.prefetch, job.prefetch_per_group);
     for (p, sum) in sums.into_iter().enumerate() {
         finish(job, sum, 0, p, tile);
     }
@@ -148,26 +148,26 @@ unsafe fn gemv_block(job: &TileJob<'_>, tile: &mut Tile) {
 /// K groups the GEMV kernel keeps in flight.
 const GEMV_GROUPS: usize = 4;
 
-/// The GEMV's K loop over one column block: `init` plus the dot products of the `k_groups` groups
-/// of activations at `x` with the weights at `w`, one sum per panel, [`GEMV_GROUPS`] groups in
+/// The GEMV's K loop over `P` consecutive panels of one column block (`w` at the first one's
+/// weights in the block's first k group): `init` plus the dot products of the `k_groups` groups
+/// of activations at `x` with the panels' weights, one sum per panel, [`GEMV_GROUPS`] groups in
 /// flight; prefetches `prefetch_per_group` lines per group from `prefetch` (an address hint).
-/// Returns the sums and the weights past the block.
 #[inline(always)]
-unsafe fn gemv_sums(
-    init: [__m512i; BLOCK_PANELS],
+unsafe fn gemv_sums<const P: usize>(
+    init: [__m512i; P],
     mut w: *const __m512i,
     mut x: *const u8,
     k_groups: usize,
     mut prefetch_at: *const u8,
     prefetch_per_group: usize,
-) -> ([__m512i; BLOCK_PANELS], *const __m512i) {
-    let mut acc = [[_mm512_setzero_si512(); BLOCK_PANELS]; GEMV_GROUPS];
+) -> [__m512i; P] {
+    let mut acc = [[_mm512_setzero_si512(); P]; GEMV_GROUPS];
     acc[0] = init;
     for _ in 0..k_groups / GEMV_GROUPS {
         prefetch_at = prefetch(prefetch_at, GEMV_GROUPS * prefetch_per_group);
         for (g, acc_g) in acc.iter_mut().enumerate() {
             let xb = bcast(x.add(g * KGROUP));
-            for p in 0..BLOCK_PANELS {
+            for p in 0..P {
                 acc_g[p] = _mm512_dpbusd_epi32(acc_g[p], xb, _mm512_load_si512(w.add(g * BLOCK_PANELS + p)));
             }
         }
@@ -176,20 +176,19 @@ unsafe fn gemv_sums(
     }
     for acc_g in acc.iter_mut().take(k_groups % GEMV_GROUPS) {
         let xb = bcast(x);
-        for p in 0..BLOCK_PANELS {
+        for p in 0..P {
             acc_g[p] = _mm512_dpbusd_epi32(acc_g[p], xb, _mm512_load_si512(w.add(p)));
         }
         w = w.add(BLOCK_PANELS);
         x = x.add(KGROUP);
     }
-    let sums =
-        std::array::from_fn(|p| acc.iter().fold(_mm512_setzero_si512(), |s, acc_g| _mm512_add_epi32(s, acc_g[p])));
-    (sums, w)
+    std::array::from_fn(|p| acc.iter().fold(_mm512_setzero_si512(), |s, acc_g| _mm512_add_epi32(s, acc_g[p])))
 }
 
-/// The M = 1 path over several consecutive column blocks: what [`gemv_block`] does per block,
-/// without a [`TileJob`] or an i32 tile per block, writing `acc * (x_scale * w_scale) + bias`
-/// straight to the output (see [`crate::gemm::GemvJob`]).
+/// The M = 1 path over a run of consecutive panels (see [`crate::gemm::GemvJob`]): what
+/// [`gemv_block`] does per block, without a [`TileJob`] or an i32 tile per block, writing
+/// `acc * (x_scale * w_scale) + bias` straight to the output. Whole blocks go four panels at a
+/// time; a run that starts or ends inside a block takes that block's panels in one pass.
 ///
 /// # Safety
 /// The CPU must support avx512f, avx512bw and avx512vnni; `job` satisfies
@@ -197,19 +196,41 @@ unsafe fn gemv_sums(
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub(crate) unsafe fn gemv_direct(job: &crate::gemm::GemvJob<'_>) {
     let x_scale = _mm512_set1_ps(job.x_scale);
-    let mut w = job.blocks.as_ptr().cast::<__m512i>();
-    for cb in 0..job.col_blocks {
-        let zero = [_mm512_setzero_si512(); BLOCK_PANELS];
-        let (sums, next) = gemv_sums(zero, w, job.a.as_ptr(), job.k_groups, std::ptr::null(), 0);
-        w = next;
-        for (p, sum) in sums.into_iter().enumerate() {
-            let c = cb * BLOCK_COLS + p * PANEL_COLS;
-            if c >= job.cols {
-                break;
-            }
-            let exact = exact(sum, job.col_sums.as_ptr().add(c));
-            let (w_scales, bias) = (job.w_scales.as_ptr().add(c), job.bias.as_ptr().add(c));
-            store_dequantized(exact, x_scale, w_scales, bias, job.out.add(c), job.cols - c);
+    let weights = job.blocks.as_ptr().cast::<__m512i>();
+    let per_block = job.k_groups * BLOCK_PANELS;
+    let mut panel = job.panels.start;
+    while panel < job.panels.end {
+        let (cb, first) = (panel / BLOCK_PANELS, panel % BLOCK_PANELS);
+        let count = (BLOCK_PANELS - first).min(job.panels.end - panel);
+        let w = weights.add(cb * per_block + first);
+        match count {
+            4 => gemv_panels::<4>(job, w, panel, x_scale),
+            3 => gemv_panels::<3>(job, w, panel, x_scale),
+            2 => gemv_panels::<2>(job, w, panel, x_scale),
+            _ => gemv_panels::<1>(job, w, panel, x_scale),
         }
+        panel += count;
+    }
+}
+
+/// `P` panels of [`gemv_direct`] from panel `first` (`w` at its weights), dequantized and
+/// stored; panels past `job.cols` store nothing.
+#[inline(always)]
+unsafe fn gemv_panels<const P: usize>(
+    job: &crate::gemm::GemvJob<'_>,
+    w: *const __m512i,
+    first: usize,
+    x_scale: __m512,
+) {
+    let zero = [_mm512_setzero_si512(); P];
+    let sums = gemv_sums(zero, w, job.a.as_ptr(), job.k_groups, std::ptr::null(), 0);
+    for (p, sum) in sums.into_iter().enumerate() {
+        let c = (first + p) * PANEL_COLS;
+        if c >= job.cols {
+            break;
+        }
+        let exact = exact(sum, job.col_sums.as_ptr().add(c));
+        let (w_scales, bias) = (job.w_scales.as_ptr().add(c), job.bias.as_ptr().add(c));
+        store_dequantized(exact, x_scale, w_scales, bias, job.out.add(c), job.cols - c);
     }
 }

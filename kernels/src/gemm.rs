@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use crate::activation::{Activation, gelu_erf, gelu_tanh, silu};
 use crate::dispatch::KernelKind;
-use crate::pack::{BLOCK_COLS, BLOCK_PANELS, KGROUP, KGroupBlock, PackedWeights};
+use crate::pack::{BLOCK_COLS, BLOCK_PANELS, KGROUP, KGroupBlock, PANEL_COLS, PackedWeights};
 use crate::quant::ActEncoding;
 
 /// Most rows any kernel's tile has.
@@ -115,22 +115,23 @@ unsafe impl Send for DirectTarget {}
 // SAFETY: as above.
 unsafe impl Sync for DirectTarget {}
 
-/// One activation row against the consecutive column blocks of one part, written straight to
-/// the output: the M = 1 path, which streams the part's weights in one loop.
+/// One activation row against a run of consecutive panels of one part, written straight to the
+/// output: the M = 1 path, which streams the part's weights in one loop. Slices and columns
+/// start at the first column of the block that holds the run's first panel.
 pub(crate) struct GemvJob<'a> {
     /// The offset-encoded activation row (`k_groups * KGROUP` bytes).
     pub(crate) a: &'a [u8],
     /// K groups per column block.
     pub(crate) k_groups: usize,
-    /// Column blocks to run.
-    pub(crate) col_blocks: usize,
-    /// Their packed weights, `[column block][k group][panel]`.
+    /// The panels to run, counted from the first block's first panel.
+    pub(crate) panels: Range<usize>,
+    /// The packed weights of the blocks that hold them, `[column block][k group][panel]`.
     pub(crate) blocks: &'a [KGroupBlock],
-    /// Their column sums, `col_blocks * 64`.
+    /// Their column sums, 64 per block.
     pub(crate) col_sums: &'a [i32],
-    /// Per-column weight scales of these blocks (`col_blocks * 64`, zero-padded).
+    /// Their per-column weight scales (64 per block, zero-padded).
     pub(crate) w_scales: &'a [f32],
-    /// Per-column bias of these blocks (`col_blocks * 64`, zero-padded).
+    /// Their per-column bias (64 per block, zero-padded).
     pub(crate) bias: &'a [f32],
     /// The row's activation scale.
     pub(crate) x_scale: f32,
@@ -143,9 +144,11 @@ pub(crate) struct GemvJob<'a> {
 impl GemvJob<'_> {
     /// Whether the slices are long enough for the raw-pointer kernel.
     pub(crate) fn check(&self) -> bool {
-        let cols = self.col_blocks * BLOCK_COLS;
-        self.a.len() >= self.k_groups * KGROUP
-            && self.blocks.len() >= self.col_blocks * self.k_groups * BLOCK_PANELS
+        let blocks = self.panels.end.div_ceil(BLOCK_PANELS);
+        let cols = blocks * BLOCK_COLS;
+        self.panels.start <= self.panels.end
+            && self.a.len() >= self.k_groups * KGROUP
+            && self.blocks.len() >= blocks * self.k_groups * BLOCK_PANELS
             && self.col_sums.len() >= cols
             && self.w_scales.len() >= cols
             && self.bias.len() >= cols
@@ -312,9 +315,6 @@ pub(crate) unsafe fn run_tiles<S>(
     }
 }
 
-/// The tile handed to the sink when the kernel already wrote the output ([`DirectOut`]).
-pub(crate) static STALE_TILE: Tile = [[0; BLOCK_COLS]; MR_MAX];
-
 /// Parallel parts for a call of `m` rows with up to `threads`: one for work under
 /// [`PAR_MIN_OPS`].
 pub(crate) fn tasks_for(packed: &PackedWeights, m: usize, threads: usize) -> usize {
@@ -325,6 +325,30 @@ pub(crate) fn tasks_for(packed: &PackedWeights, m: usize, threads: usize) -> usi
 /// The consecutive column blocks of part `part` of `parts` (sizes differ by at most one).
 fn part_col_blocks(col_blocks: usize, parts: usize, part: usize) -> Range<usize> {
     (col_blocks * part / parts)..(col_blocks * (part + 1) / parts)
+}
+
+/// Weights the first part of a parallel M = 1 call reads beyond an even share, when that is at
+/// least a panel. The first part runs on the caller, which starts it at once, while a worker
+/// starts one line transfer later and its report needs another before the caller may return:
+/// 1x384x1536 on 2 threads spent ~90 ns less with one column block (24 KB) less for the worker,
+/// and none with one less for the caller (alternating builds): the caller idles ~90 ns at the
+/// end. Moving one panel (6 KB at K = 384, ~30 ns of streaming) from the worker to the caller
+/// halves that; the lead is rounded down to whole panels, so at K > 384 there is none.
+const CALLER_LEAD_BYTES: usize = 6 * 1024;
+
+/// The consecutive panels (16 columns each, those that hold columns) of part `part` of `parts`
+/// of an M = 1 call: part 0 takes an even share plus its lead ([`CALLER_LEAD_BYTES`]), the
+/// others split the rest evenly.
+fn part_panels(packed: &PackedWeights, parts: usize, part: usize) -> Range<usize> {
+    let panels = packed.n().div_ceil(PANEL_COLS);
+    let panel_bytes = PANEL_COLS * packed.k_padded();
+    if parts <= 1 {
+        return 0..panels;
+    }
+    let lead = (CALLER_LEAD_BYTES / panel_bytes).min(panels / parts / 2);
+    let first = panels / parts + lead;
+    let bound = |p: usize| if p == 0 { 0 } else { first + (panels - first) * (p - 1) / (parts - 1) };
+    bound(part)..bound(part + 1)
 }
 
 /// Whether `kind` has the dedicated M = 1 kernel ([`gemv_part`]).
@@ -338,10 +362,10 @@ pub(crate) fn gemv_parts(packed: &PackedWeights, threads: usize) -> usize {
 }
 
 /// The M = 1 path, part `part` of `parts` ([`gemv_parts`]): the one activation row `a` against
-/// the part's column blocks, written straight to `d.out` by one loop over the part's weights
-/// ([`crate::avx512::gemv_direct`]). Against one [`TileJob`] per column block it saves the
-/// per-block setup and the i32 tile: 1x384x768 on one thread 1.78 us vs 2.0 us (p50), and
-/// 1x384x1536 on two threads 2.05 vs 2.25 us. Returns the column blocks written.
+/// the part's panels ([`part_panels`]), written straight to `d.out` by one loop over the part's
+/// weights ([`crate::avx512::gemv_direct`]). Against one [`TileJob`] per column block it saves
+/// the per-block setup and the i32 tile: 1x384x768 on one thread 1.78 us vs 2.0 us (p50), and
+/// 1x384x1536 on two threads 2.05 vs 2.25 us. Returns the columns written.
 ///
 /// # Safety
 /// `kind` [`has_gemv`] and the CPU supports it; `d` describes valid buffers as [`run_tiles`]
@@ -356,23 +380,25 @@ pub(crate) unsafe fn gemv_part(
     part: usize,
     parts: usize,
 ) -> Range<usize> {
-    let blocks = part_col_blocks(packed.col_blocks(), parts, part);
+    let panels = part_panels(packed, parts, part);
     #[cfg(target_arch = "x86_64")]
     if kind == KernelKind::Avx512Vnni {
         // SAFETY: the caller's contract.
-        unsafe { gemv_part_avx512(packed, a, d, blocks.start, blocks.end) };
-        return blocks;
+        unsafe { gemv_part_avx512(packed, a, d, panels.clone()) };
+        let n = packed.n();
+        return (panels.start * PANEL_COLS).min(n)..(panels.end * PANEL_COLS).min(n);
     }
     unreachable!("no GEMV kernel for {kind:?} ({} input bytes, output {:p}): callers check has_gemv", a.len(), d.out)
 }
 
-/// [`gemv_part`] on AVX-512 VNNI, column blocks `c0..c1`.
+/// [`gemv_part`] on AVX-512 VNNI, panels `panels`.
 ///
 /// # Safety
-/// As [`gemv_part`], with `c0 <= c1 <= packed.col_blocks()`.
+/// As [`gemv_part`], with `panels.start <= panels.end <= packed.col_blocks() * BLOCK_PANELS`.
 #[cfg(target_arch = "x86_64")]
-unsafe fn gemv_part_avx512(packed: &PackedWeights, a: &[u8], d: DirectTarget, c0: usize, c1: usize) {
+unsafe fn gemv_part_avx512(packed: &PackedWeights, a: &[u8], d: DirectTarget, panels: Range<usize>) {
     let per_block = packed.k_groups() * BLOCK_PANELS;
+    let (c0, c1) = (panels.start / BLOCK_PANELS, panels.end.div_ceil(BLOCK_PANELS));
     let cols = (c0 * BLOCK_COLS)..(c1 * BLOCK_COLS);
     // SAFETY: `w_scales` and `bias` hold col_blocks * 64 floats and c1 <= col_blocks; x_scales
     // holds m >= 1.
@@ -386,15 +412,15 @@ unsafe fn gemv_part_avx512(packed: &PackedWeights, a: &[u8], d: DirectTarget, c0
     let job = GemvJob {
         a,
         k_groups: packed.k_groups(),
-        col_blocks: c1 - c0,
+        panels: (panels.start - c0 * BLOCK_PANELS)..(panels.end - c0 * BLOCK_PANELS),
         blocks: &packed.blocks()[c0 * per_block..c1 * per_block],
         col_sums: &packed.col_sums()[cols.clone()],
         w_scales,
         bias,
         x_scale,
         cols: packed.n().min(cols.end) - cols.start,
-        // SAFETY: cols.start < n (c0 < col_blocks) when the part has any column, and the
-        // kernel writes nothing when it has none.
+        // SAFETY: cols.start < n (c0 < col_blocks) when the part has any panel, and the kernel
+        // writes nothing when it has none.
         out: d.out.wrapping_add(cols.start),
     };
     assert!(job.check(), "GEMV job out of bounds");
@@ -448,6 +474,18 @@ fn epilogue_row_generic(
         Activation::GeluErf => body!(gelu_erf),
         Activation::GeluTanh => body!(gelu_tanh),
         Activation::Silu => body!(silu),
+    }
+}
+
+/// `out[j] = act(out[j]) (+ res[j])` on `kind`'s instructions: the rest of the epilogue after a
+/// [`DirectOut`] write; `res` (if any) has `out.len()` values.
+pub(crate) fn finish_direct(kind: KernelKind, act: Activation, res: Option<&[f32]>, out: &mut [f32]) {
+    match kind {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: direct output is only used by the AVX-512 kernel, chosen only when
+        // avx512f/bw/vl, avx2 and fma were detected.
+        KernelKind::Avx512Vnni => unsafe { finish_row_avx512(act, res, out) },
+        _ => finish_row_generic(act, res, out),
     }
 }
 
@@ -584,13 +622,7 @@ impl EpilogueArgs<'_> {
                 let dst = unsafe { std::slice::from_raw_parts_mut(out.add(off), cols) };
                 // SAFETY: as below.
                 let res = residual.map(|p| unsafe { std::slice::from_raw_parts(p.add(off), cols) });
-                match kind {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: direct output is only used by the AVX-512 kernel, chosen only
-                    // when avx512f/bw/vl, avx2 and fma were detected.
-                    KernelKind::Avx512Vnni => unsafe { finish_row_avx512(self.activation, res, dst) },
-                    _ => finish_row_generic(self.activation, res, dst),
-                }
+                finish_direct(kind, self.activation, res, dst);
             }
             return;
         }
@@ -606,5 +638,30 @@ impl EpilogueArgs<'_> {
             let xs = self.x_scales[row0 + r];
             epilogue_row(kind, acc, xs, ws, bias, self.activation, res, dst);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemv_parts_cover_every_panel_once_with_the_callers_lead() {
+        for (k, n, parts, lead) in
+            [(300, 1801, 2, 1), (384, 1536, 2, 1), (384, 1536, 7, 1), (256, 4096, 3, 1), (1031, 601, 2, 0)]
+        {
+            let packed = PackedWeights::new(&vec![1; n * k], n, k).unwrap();
+            let ranges: Vec<Range<usize>> = (0..parts).map(|p| part_panels(&packed, parts, p)).collect();
+            assert_eq!(ranges[0].start, 0);
+            assert_eq!(ranges[parts - 1].end, n.div_ceil(PANEL_COLS), "{k}x{n} on {parts}");
+            assert!(ranges.windows(2).all(|w| w[0].end == w[1].start), "{ranges:?}");
+            let rest: Vec<usize> = ranges[1..].iter().map(|r| r.len()).collect();
+            let (least, most) = (*rest.iter().min().unwrap(), *rest.iter().max().unwrap());
+            assert!(most - least <= 1, "{ranges:?}");
+            let even = n.div_ceil(PANEL_COLS) / parts;
+            assert_eq!(ranges[0].len(), even + lead, "{k}x{n} on {parts}: {ranges:?}");
+        }
+        let one = PackedWeights::new(&[1; 384 * 100], 100, 384).unwrap();
+        assert_eq!(part_panels(&one, 1, 0), 0..7, "one part: every panel, no lead");
     }
 }

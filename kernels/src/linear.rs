@@ -262,49 +262,74 @@ impl QuantizedLinear {
     /// loads no longer wait for the quantized row's lines to come over from the caller's core.
     /// 1x384x1536 on 2 threads: 1.83-1.85 us against 1.96 us with the caller quantizing first
     /// (`qtier bench kernels`, alternating builds); in a period when this machine's two cores
-    /// exchanged lines slowly, 2.26-2.30 against 2.9-3.1 us.
+    /// exchanged lines slowly, 2.26-2.30 against 2.9-3.1 us. The job's values travel in the
+    /// pool's publish line and the caller's part is one panel longer (`gemm::part_panels`):
+    /// together 1.83 against 1.87 us (medians of 16 interleaved rounds, faster in all 16).
     fn forward_row(&self, x: &[f32], out: &mut [f32], residual: Option<&[f32]>, activation: Activation) {
-        let (n, k, kp, kind) = (self.n(), self.k(), self.packed.k_padded(), self.kernel);
-        let enc = gemm::encoding(kind);
         let parts = gemm::gemv_parts(&self.packed, self.threads());
-        let needs_sink = activation != Activation::None || residual.is_some();
-        let out_ptr = SendPtr(out.as_mut_ptr());
-        let res_ptr = residual.map(|r| SendConstPtr(r.as_ptr()));
-        let (packed, w_scales, bias) = (&self.packed, &self.w_scales, &self.bias);
-        // `move`: the values travel in the closure itself, so a worker reads them from the one
-        // or two lines of the closure instead of following references into the caller's frame.
+        let (x_ptr, out_ptr) = (SendConstPtr(x.as_ptr()), SendPtr(out.as_mut_ptr()));
+        let res_ptr = SendConstPtr(residual.map_or(std::ptr::null(), <[f32]>::as_ptr));
+        // Five words, copied into the pool's publish line (`run_copied`): a worker finds the
+        // job's values there instead of fetching them from the caller's stack, and everything
+        // else from the layer, which its core already holds.
         let part = move |part: usize| {
-            // Whole wrappers, not their raw-pointer fields (which a closure captures separately).
-            let (out_ptr, res_ptr) = (&out_ptr, &res_ptr);
-            let mut act = Scratch::take(&ACT_SCRATCH);
-            resize(&mut act.buf, kp);
-            let a = &mut act.buf[..kp];
-            let mut x_scale = [0.0f32];
-            quant::quantize_rows(kind, x, k, kp, enc, a, &mut x_scale);
-            let direct = gemm::DirectTarget {
-                out: out_ptr.0,
-                n,
-                x_scales: x_scale.as_ptr(),
-                w_scales: w_scales.as_ptr(),
-                bias: bias.as_ptr(),
-                needs_sink,
-            };
-            // SAFETY: `has_gemv(kind)` was checked; `direct` describes `out` (n floats), the
-            // row's scale and the scale and bias vectors padded to whole column blocks; the
-            // parts write disjoint column blocks.
-            let blocks = unsafe { gemm::gemv_part(kind, packed, a, direct, part, parts) };
-            if needs_sink {
-                let args = EpilogueArgs { x_scales: &x_scale, w_scales, bias, activation };
-                for cb in blocks {
-                    // SAFETY: `out` and `residual` hold n floats (one row); this part alone
-                    // writes column block `cb`.
-                    unsafe {
-                        args.apply(kind, &gemm::STALE_TILE, 0, 1, cb, n, out_ptr.0, res_ptr.as_ref().map(|p| p.0), true)
-                    };
-                }
-            }
+            // SAFETY: the pointers come from the slices above, which outlive the pool call:
+            // `x` with k floats and `out` (and `residual`, when not null) with n (checked by the
+            // caller); parts write disjoint columns of `out`.
+            unsafe { self.row_part(x_ptr, out_ptr, res_ptr, activation, part) }
         };
-        crate::pool::global().run(parts, &part);
+        crate::pool::global().run_copied(parts, part);
+    }
+
+    /// Part `part` of [`forward_row`](Self::forward_row) (of `gemv_parts` parts, recomputed here
+    /// rather than carried: the closure must fit the pool's publish line).
+    ///
+    /// # Safety
+    /// `x` points to k floats, `out` to n, `residual` to n or is null; no other thread writes the
+    /// part's columns of `out` meanwhile.
+    unsafe fn row_part(
+        &self,
+        x: SendConstPtr,
+        out: SendPtr<f32>,
+        residual: SendConstPtr,
+        activation: Activation,
+        part: usize,
+    ) {
+        let (n, k, kp, kind) = (self.n(), self.k(), self.packed.k_padded(), self.kernel);
+        let parts = gemm::gemv_parts(&self.packed, self.threads());
+        // SAFETY: the caller's contract.
+        let (x, residual) = unsafe {
+            (
+                std::slice::from_raw_parts(x.0, k),
+                (!residual.0.is_null()).then(|| std::slice::from_raw_parts(residual.0, n)),
+            )
+        };
+        let needs_sink = activation != Activation::None || residual.is_some();
+        let mut act = Scratch::take(&ACT_SCRATCH);
+        resize(&mut act.buf, kp);
+        let a = &mut act.buf[..kp];
+        let mut x_scale = [0.0f32];
+        quant::quantize_rows(kind, x, k, kp, gemm::encoding(kind), a, &mut x_scale);
+        let direct = gemm::DirectTarget {
+            out: out.0,
+            n,
+            x_scales: x_scale.as_ptr(),
+            w_scales: self.w_scales.as_ptr(),
+            bias: self.bias.as_ptr(),
+            needs_sink,
+        };
+        // SAFETY: `has_gemv(kind)` was checked by `forward_row`'s caller; `direct` describes
+        // `out` (n floats), the row's scale and the scale and bias vectors padded to whole
+        // column blocks; the parts write disjoint columns.
+        let cols = unsafe { gemm::gemv_part(kind, &self.packed, a, direct, part, parts) };
+        if needs_sink {
+            // SAFETY: `out` and `residual` hold n floats (one row) and `cols` is within n; this
+            // part alone writes these columns.
+            let (dst, res) = unsafe {
+                (std::slice::from_raw_parts_mut(out.0.add(cols.start), cols.len()), residual.map(|r| &r[cols.clone()]))
+            };
+            gemm::finish_direct(kind, activation, res, dst);
+        }
     }
 
     /// Test and benchmark hook: the exact i32 accumulators `sum_k x_q[m][k] * W[n][k]` (`m x n`
@@ -386,14 +411,16 @@ pub(crate) fn check_output_len(m: usize, n: usize, found: usize) -> Result<usize
 }
 
 /// A raw output pointer shared by the tasks of one call, which write disjoint tiles.
+#[derive(Clone, Copy)]
 pub(crate) struct SendPtr<T>(pub(crate) *mut T);
 // SAFETY: only used to write disjoint tiles of a buffer that outlives the parallel section.
 unsafe impl<T> Send for SendPtr<T> {}
 // SAFETY: as above; no two tasks touch the same element.
 unsafe impl<T> Sync for SendPtr<T> {}
 
+#[derive(Clone, Copy)]
 struct SendConstPtr(*const f32);
-// SAFETY: read-only view of a residual buffer that outlives the parallel section.
+// SAFETY: read-only view of an input or residual buffer that outlives the parallel section.
 unsafe impl Send for SendConstPtr {}
 // SAFETY: as above.
 unsafe impl Sync for SendConstPtr {}
