@@ -113,47 +113,48 @@ mod simd {
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn row_avx512(x: &[f32], enc: ActEncoding, dst: &mut [u8], scale: &mut f32) -> bool {
         let n = x.len();
-        let mut m0 = _mm512_setzero_ps();
-        let mut m1 = _mm512_setzero_ps();
+        // Four independent max chains: the pass is latency-bound at M = 1, where it sits
+        // between the job hand-off and the first weight loads.
+        let mut m = [_mm512_setzero_ps(); 4];
         let p = x.as_ptr();
         let mut i = 0;
-        while i + 32 <= n {
-            m0 = _mm512_max_ps(m0, _mm512_abs_ps(_mm512_loadu_ps(p.add(i))));
-            m1 = _mm512_max_ps(m1, _mm512_abs_ps(_mm512_loadu_ps(p.add(i + 16))));
-            i += 32;
+        while i + 64 <= n {
+            for (j, mj) in m.iter_mut().enumerate() {
+                *mj = _mm512_max_ps(*mj, _mm512_abs_ps(_mm512_loadu_ps(p.add(i + 16 * j))));
+            }
+            i += 64;
         }
         while i < n {
             let mask: __mmask16 = if n - i >= 16 { 0xffff } else { (1u16 << (n - i)) - 1 };
-            m0 = _mm512_max_ps(m0, _mm512_abs_ps(_mm512_maskz_loadu_ps(mask, p.add(i))));
+            m[0] = _mm512_max_ps(m[0], _mm512_abs_ps(_mm512_maskz_loadu_ps(mask, p.add(i))));
             i += 16;
         }
-        let max = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
+        let max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(m[0], m[1]), _mm512_max_ps(m[2], m[3])));
         let inv = QMAX / max;
         if !(max > 0.0 && inv.is_finite() && max.is_finite()) {
             return false;
         }
         *scale = max / QMAX;
         let vinv = _mm512_set1_ps(inv);
-        let (lo, hi) = (_mm512_set1_ps(-QMAX), _mm512_set1_ps(QMAX));
         let off = _mm512_set1_epi32(if enc == ActEncoding::Offset { 128 } else { 0 });
         let d = dst.as_mut_ptr();
         let mut i = 0;
-        // Full vectors narrow in a register and store 16 bytes; only the tail uses the masked
-        // narrowing store. (Every intrinsic here must be covered by the target features above:
-        // `_mm512_andnot_ps` needs avx512dq and was not inlined, spilling the max loop; perf
-        // showed quantization at 23% of a 126x768x64 call.)
+        // `cvtps_epi32` rounds half to even (the default rounding mode), and needs no clamp:
+        // |x| <= max, so |x * (127 / max)| <= 127 * (1 + 2^-22), which rounds to at most 127. A
+        // NaN converts to 0x80000000, whose low byte (after the offset) is the encoding of 0, as
+        // the reference's `NaN as i8` is. Full vectors narrow in a register and store 16 bytes;
+        // only the tail uses the masked narrowing store. (Every intrinsic here must be covered by
+        // the target features above: `_mm512_andnot_ps` needs avx512dq and was not inlined,
+        // spilling the max loop; perf showed quantization at 23% of a 126x768x64 call.)
         while i + 16 <= n {
-            let v = _mm512_mul_ps(_mm512_loadu_ps(p.add(i)), vinv);
-            let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-            let q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(r, lo), hi)), off);
+            let q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(p.add(i)), vinv)), off);
             _mm_storeu_si128(d.add(i).cast(), _mm512_cvtepi32_epi8(q));
             i += 16;
         }
         if i < n {
             let mask: __mmask16 = (1u16 << (n - i)) - 1;
             let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, p.add(i)), vinv);
-            let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-            let q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(r, lo), hi)), off);
+            let q = _mm512_add_epi32(_mm512_cvtps_epi32(v), off);
             _mm512_mask_cvtepi32_storeu_epi8(d.add(i).cast(), mask, q);
         }
         true
@@ -183,7 +184,6 @@ mod simd {
         }
         *scale = max / QMAX;
         let vinv = _mm256_set1_ps(inv);
-        let (lo, hi) = (_mm256_set1_ps(-QMAX), _mm256_set1_ps(QMAX));
         let offset = enc == ActEncoding::Offset;
         let off = _mm256_set1_epi32(if offset { 128 } else { 0 });
         // Gathers byte 0 of each i32 lane into the low 4 bytes of each 128-bit half.
@@ -194,9 +194,8 @@ mod simd {
         let d = dst.as_mut_ptr();
         let mut i = 0;
         while i + 8 <= n {
-            let v = _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), vinv);
-            let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-            let q = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi)), off);
+            // Rounding and no clamp as in `row_avx512`.
+            let q = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p.add(i)), vinv)), off);
             let b = _mm256_shuffle_epi8(q, shuf);
             let lo4 = _mm256_extract_epi32::<0>(b) as u32;
             let hi4 = _mm256_extract_epi32::<4>(b) as u32;
@@ -259,6 +258,37 @@ mod tests {
         // Subnormal maximum still quantizes to +-127.
         quantize_row(&[1e-44, -1e-44, 0.0, 0.0], &mut q);
         assert_eq!(q, [127, -127, 0, 0]);
+    }
+
+    #[test]
+    fn vectorized_rows_match_reference_on_ties_nan_and_every_tail_length() {
+        for kind in [crate::KernelKind::Avx512Vnni, crate::KernelKind::Avx2] {
+            if !kind.is_supported() {
+                continue;
+            }
+            for k in [1usize, 15, 16, 17, 63, 64, 65, 200, 384] {
+                let kp = k.div_ceil(4) * 4;
+                let rows: Vec<Vec<f32>> = vec![
+                    (0..k).map(|i| ((i * 7919) % 1000) as f32 - 500.25).collect(),
+                    // Exact halves after scaling by 127 / 127: ties round to even.
+                    (0..k).map(|i| if i == 0 { 127.0 } else { (i % 9) as f32 - 4.5 }).collect(),
+                    // A NaN (not the maximum) quantizes to 0, as in the reference.
+                    (0..k).map(|i| if i == k / 2 && k > 1 { f32::NAN } else { (i as f32 + 1.0) * 0.01 }).collect(),
+                ];
+                for (r, row) in rows.iter().enumerate() {
+                    for enc in [ActEncoding::Offset, ActEncoding::Signed] {
+                        let mut out = vec![0u8; kp];
+                        let mut scale = [0f32];
+                        quantize_rows(kind, row, k, kp, enc, &mut out, &mut scale);
+                        let mut q = vec![0i8; k];
+                        let s = quantize_row(row, &mut q);
+                        assert_eq!(s, scale[0], "{kind} k {k} row {r}");
+                        let want: Vec<u8> = q.iter().map(|&v| enc.encode(v)).collect();
+                        assert_eq!(&out[..k], &want[..], "{kind} k {k} row {r} {enc:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
