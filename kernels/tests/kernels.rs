@@ -435,6 +435,44 @@ fn gemv_split_over_threads_matches_reference() {
     }
 }
 
+/// A small batch (rows quantized in parallel, then split over columns) with bias, activation,
+/// residual and a different scale per row: the same output on 1, 2, 3 and 7 tasks, matching
+/// the f64 reference.
+#[test]
+fn small_batch_split_over_threads_matches_reference() {
+    let (m, k, n) = (20, 300, 601);
+    let c = FloatCase {
+        m,
+        k,
+        n,
+        w: (0..n * k).map(|i| ((i * 5 + i / 7) % 255) as i8).map(|v| v.max(-127)).collect(),
+        scales: (0..n).map(|j| 2e-3 + j as f32 * 1e-5).collect(),
+        bias: Some((0..n).map(|j| (j % 13) as f32 * 0.1 - 0.6).collect()),
+        // Rows of different magnitudes, so each has its own scale.
+        x: (0..m * k).map(|i| (((i * 17) % 103) as f32 / 25.0 - 2.0) * (1.0 + (i / k) as f32 * 0.3)).collect(),
+        residual: Some((0..m * n).map(|j| (j % 7) as f32 - 3.0).collect()),
+        act: Activation::Silu,
+    };
+    for kind in [KernelKind::Scalar, KernelKind::Avx2, KernelKind::AvxVnni, KernelKind::Avx512Vnni] {
+        if skip_unless_supported(kind) {
+            continue;
+        }
+        let l = QuantizedLinear::new(&c.w, &c.scales, c.bias.as_deref(), n, k)
+            .unwrap()
+            .with_kernel(kind)
+            .unwrap()
+            .with_activation(c.act);
+        let mut one = vec![f32::NAN; m * n];
+        l.clone().with_threads(1).unwrap().forward_into(&c.x, m, &mut one, c.residual.as_deref()).unwrap();
+        check_against_reference(&c, &one, kind).unwrap();
+        for t in [2, 3, 7] {
+            let mut y = vec![f32::NAN; m * n];
+            l.clone().with_threads(t).unwrap().forward_into(&c.x, m, &mut y, c.residual.as_deref()).unwrap();
+            assert_eq!(y, one, "kernel {kind}, threads {t}");
+        }
+    }
+}
+
 #[test]
 fn threads_split_gives_identical_results() {
     let (m, k, n) = (37, 517, 300);
