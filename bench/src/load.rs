@@ -215,7 +215,10 @@ mod tests {
 
     #[test]
     fn search_finds_the_capacity_of_a_fixed_time_server() {
-        // 2 ms per request: capacity 500/s; an SLA of 20 ms at p90 holds somewhat below that.
+        // 2 ms per request: capacity 500/s. Over a finite window a rate a little above capacity
+        // still meets the SLA: at r/s the queue wait grows to about (r / 500 - 1) * 300 ms by the
+        // window's end, so the p90 (~0.9 of that) passes 20 ms only from r ~ 537/s. A search that
+        // stopped at 525/s (p90 19.97 ms) is right, not a failure.
         let result = find_max_qps(100.0, 20e6, 90.0, Duration::from_millis(300), 3, || -> Result<(), ()> {
             let start = Instant::now();
             while start.elapsed() < Duration::from_millis(2) {
@@ -224,7 +227,8 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert!(result.max_qps > 40.0 && result.max_qps < 520.0, "{result:?}");
+        let window_ceiling = 500.0 * (1.0 + 20.0 / (0.9 * 300.0));
+        assert!(result.max_qps > 40.0 && result.max_qps < window_ceiling * (1.0 + SEARCH_PRECISION), "{result:?}");
         assert!(result.steps.iter().any(|s| !s.met), "the search must have found the edge");
     }
 }
