@@ -294,8 +294,8 @@ impl SpinPool {
 
     /// [`run`](Self::run) for a small closure (at most [`JOB_BYTES`], checked at compile time)
     /// that the pool copies into its publish line, so that a worker reads the job and its
-    /// values in one line transfer. `run` passes a reference (one pointer); a job that starts
-    /// many small calls in a row passes its values.
+    /// values in one line transfer. `run` passes a reference (one pointer); the M = 1 path
+    /// passes its few values themselves (`QuantizedLinear::forward_row`).
     pub(crate) fn run_copied<F: Fn(usize) + Sync + Copy>(&self, parts: usize, f: F) {
         const { assert!(size_of::<F>() <= JOB_BYTES && align_of::<F>() <= align_of::<u64>()) };
         let s = self.shared;
