@@ -342,10 +342,10 @@ const CALLER_LEAD_BYTES: usize = 6 * 1024;
 /// others split the rest evenly.
 fn part_panels(packed: &PackedWeights, parts: usize, part: usize) -> Range<usize> {
     let panels = packed.n().div_ceil(PANEL_COLS);
-    let panel_bytes = PANEL_COLS * packed.k_padded();
     if parts <= 1 {
         return 0..panels;
     }
+    let panel_bytes = PANEL_COLS * packed.k_padded();
     let lead = (CALLER_LEAD_BYTES / panel_bytes).min(panels / parts / 2);
     let first = panels / parts + lead;
     let bound = |p: usize| if p == 0 { 0 } else { first + (panels - first) * (p - 1) / (parts - 1) };

@@ -304,16 +304,16 @@ impl SpinPool {
             (0..parts).for_each(f);
             return;
         }
-        let Ok(parts_u32) = u32::try_from(parts) else {
-            use rayon::prelude::*;
-            (0..parts).into_par_iter().for_each(&f);
-            return;
+        // Rayon when another caller holds the pool, or for a part count the publish line cannot
+        // hold (more than u32::MAX; `busy` is then left alone).
+        let parts_u32 = match u32::try_from(parts) {
+            Ok(p) if !self.busy.swap(true, Acquire) => p,
+            _ => {
+                use rayon::prelude::*;
+                (0..parts).into_par_iter().with_max_len(1).for_each(&f);
+                return;
+            }
         };
-        if self.busy.swap(true, Acquire) {
-            use rayon::prelude::*;
-            (0..parts).into_par_iter().with_max_len(1).for_each(&f);
-            return;
-        }
         let participants = workers + 1;
         let home_parts = parts.min(participants);
         // `home_parts <= parts`, which fits u32.

@@ -414,23 +414,30 @@ fn gemv_split_over_threads_matches_reference() {
             residual: Some((0..n).map(|j| (j % 5) as f32 - 2.0).collect()),
             act: Activation::GeluErf,
         };
-        for kind in [KernelKind::Scalar, KernelKind::Avx2, KernelKind::AvxVnni, KernelKind::Avx512Vnni] {
-            if skip_unless_supported(kind) {
-                continue;
-            }
-            let l = QuantizedLinear::new(&c.w, &c.scales, c.bias.as_deref(), n, k)
-                .unwrap()
-                .with_kernel(kind)
-                .unwrap()
-                .with_activation(c.act);
-            let mut one = vec![f32::NAN; n];
-            l.clone().with_threads(1).unwrap().forward_into(&c.x, m, &mut one, c.residual.as_deref()).unwrap();
-            check_against_reference(&c, &one, kind).unwrap();
-            for t in [2, 3, 7] {
-                let mut y = vec![f32::NAN; n];
-                l.clone().with_threads(t).unwrap().forward_into(&c.x, m, &mut y, c.residual.as_deref()).unwrap();
-                assert_eq!(y, one, "kernel {kind}, {k}x{n}, threads {t}");
-            }
+        check_thread_splits(&c);
+    }
+}
+
+/// Every supported kernel gives `c` the same output on 1, 2, 3 and 7 tasks, and the one-task
+/// output matches the f64 reference.
+fn check_thread_splits(c: &FloatCase) {
+    let (m, k, n) = (c.m, c.k, c.n);
+    for kind in [KernelKind::Scalar, KernelKind::Avx2, KernelKind::AvxVnni, KernelKind::Avx512Vnni] {
+        if skip_unless_supported(kind) {
+            continue;
+        }
+        let l = QuantizedLinear::new(&c.w, &c.scales, c.bias.as_deref(), n, k)
+            .unwrap()
+            .with_kernel(kind)
+            .unwrap()
+            .with_activation(c.act);
+        let mut one = vec![f32::NAN; m * n];
+        l.clone().with_threads(1).unwrap().forward_into(&c.x, m, &mut one, c.residual.as_deref()).unwrap();
+        check_against_reference(c, &one, kind).unwrap();
+        for t in [2, 3, 7] {
+            let mut y = vec![f32::NAN; m * n];
+            l.clone().with_threads(t).unwrap().forward_into(&c.x, m, &mut y, c.residual.as_deref()).unwrap();
+            assert_eq!(y, one, "kernel {kind}, {m}x{k}x{n}, threads {t}");
         }
     }
 }
@@ -453,24 +460,7 @@ fn small_batch_split_over_threads_matches_reference() {
         residual: Some((0..m * n).map(|j| (j % 7) as f32 - 3.0).collect()),
         act: Activation::Silu,
     };
-    for kind in [KernelKind::Scalar, KernelKind::Avx2, KernelKind::AvxVnni, KernelKind::Avx512Vnni] {
-        if skip_unless_supported(kind) {
-            continue;
-        }
-        let l = QuantizedLinear::new(&c.w, &c.scales, c.bias.as_deref(), n, k)
-            .unwrap()
-            .with_kernel(kind)
-            .unwrap()
-            .with_activation(c.act);
-        let mut one = vec![f32::NAN; m * n];
-        l.clone().with_threads(1).unwrap().forward_into(&c.x, m, &mut one, c.residual.as_deref()).unwrap();
-        check_against_reference(&c, &one, kind).unwrap();
-        for t in [2, 3, 7] {
-            let mut y = vec![f32::NAN; m * n];
-            l.clone().with_threads(t).unwrap().forward_into(&c.x, m, &mut y, c.residual.as_deref()).unwrap();
-            assert_eq!(y, one, "kernel {kind}, threads {t}");
-        }
-    }
+    check_thread_splits(&c);
 }
 
 #[test]
