@@ -247,8 +247,9 @@ pub struct BenchModelArgs {
     #[arg(long)]
     pub plain_w8a8: bool,
     /// Where an encoder runs: `cpu`, or `cuda` / `cuda:N` (GPU N: the whole forward on the GPU,
-    /// int8 layers as plain per-token W8A8; needs a qtier built with `--features cuda`, the NVIDIA
-    /// driver and libnvrtc). A GPU run records the GPU in the report's hardware.
+    /// int8 layers with the same outlier decomposition as on the CPU; needs a qtier built with
+    /// `--features cuda`, the NVIDIA driver and libnvrtc). A GPU run records the GPU in the
+    /// report's hardware.
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     pub device: qtier_models::gpu::ComputeDevice,
     /// After the closed-loop measurement, offer this many requests per second (Poisson arrivals)

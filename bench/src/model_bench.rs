@@ -8,7 +8,7 @@
 //! `--device cuda[:N]` ([`run_model_bench_on`]) times the same workloads on the GPU encoder
 //! ([`qtier_models::gpu::GpuEncoder`]: the whole forward on the device, the embeddings copied
 //! back inside the timed call) and records the GPU in the report's hardware; int8 layers run
-//! there as plain per-token W8A8 (the CPU's outlier decomposition has no GPU counterpart).
+//! there with the outlier decomposition as the [`Int8Options`] say, as on the CPU.
 
 use std::path::Path;
 
@@ -212,7 +212,7 @@ impl BenchEncoder {
                 BenchEncoder::Cpu(Box::new(SentenceEncoder::load_with(dir, int8).map_err(model_error)?))
             }
             ComputeDevice::Cuda { ordinal } => {
-                BenchEncoder::Cuda(Box::new(GpuEncoder::load(dir, ordinal).map_err(model_error)?))
+                BenchEncoder::Cuda(Box::new(GpuEncoder::load_with(dir, ordinal, int8).map_err(model_error)?))
             }
         })
     }

@@ -346,3 +346,53 @@ extern "C" __global__ void __launch_bounds__(QTIER_DP4A_WARPS * 32) qtier_gemm_s
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The outlier decomposition's float half (activations quantized with outlier lists, quant.cu).
+
+// W[col][kk] from the layout above (`qtier_kernels::cuda::layout::weight_position`).
+__device__ __forceinline__ int qtier_weight_at(const qtier_u32* __restrict__ b, int ktiles, int col, int kk) {
+    const long long tile = (long long)(col / QTIER_NTILE) * ktiles + kk / QTIER_KTILE;
+    const int g = col % QTIER_NTILE;
+    const int kin = kk % QTIER_KTILE;
+    const int word = 2 * (4 * g + (kin % 16) / 4) + kin / 16;
+    const qtier_u32 bits = b[tile * QTIER_TILE_WORDS + word] >> (8 * (kin % 4));
+    return (int)(qtier_s8)(unsigned char)(bits & 0xffu);
+}
+
+// out[row][col] += value * (W[col][channel] * w_scales[col]) for each of the row's outliers in
+// list order (product and sum rounded separately, as the CPU runtime adds them), then `act` and
+// `residual`. For a layer with an activation the GEMM ran without activation and residual and
+// this applies them; for one without, the GEMM applied bias and residual (the sum commutes) and
+// this gets act = QTIER_ACT_NONE, residual = null, and skips rows without outliers. `kp` is the
+// weights' padded K (as the GEMM's). Grid: column blocks of blockDim.x on x, rows strided on y.
+extern "C" __global__ void __launch_bounds__(256)
+    qtier_outlier_epilogue(float* __restrict__ out, int m, int n, const qtier_u32* __restrict__ b, int kp,
+                           const float* __restrict__ w_scales, const int* __restrict__ counts,
+                           const int* __restrict__ channels, const float* __restrict__ values, int max_outliers,
+                           int act, const float* __restrict__ residual) {
+    const int col = blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= n) {
+        return;
+    }
+    const int ktiles = kp / QTIER_KTILE;
+    const float w_scale = w_scales[col];
+    for (int row = blockIdx.y; row < m; row += gridDim.y) {
+        const int count = counts[row];
+        if (count == 0 && act == QTIER_ACT_NONE && residual == nullptr) {
+            continue;
+        }
+        const long long idx = (long long)row * n + col;
+        float v = out[idx];
+        for (int j = 0; j < count; ++j) {
+            const long long slot = (long long)row * max_outliers + j;
+            const float weight = __fmul_rn((float)qtier_weight_at(b, ktiles, col, channels[slot]), w_scale);
+            v = __fadd_rn(v, __fmul_rn(values[slot], weight));
+        }
+        v = qtier_activation(v, act);
+        if (residual != nullptr) {
+            v += residual[idx];
+        }
+        out[idx] = v;
+    }
+}

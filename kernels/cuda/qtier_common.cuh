@@ -13,8 +13,9 @@ typedef unsigned int qtier_u32;
 #define QTIER_ACT_GELU_TANH 3
 #define QTIER_ACT_SILU 4
 
-// -inf without math.h.
+// -inf and +inf without math.h.
 #define QTIER_NEG_INF __int_as_float(0xff800000)
+#define QTIER_POS_INF __int_as_float(0x7f800000)
 
 // Largest quantized magnitude (symmetric int8, -128 unused), as in `qtier_kernels::quant`.
 #define QTIER_QMAX 127.0f

@@ -8,6 +8,12 @@
 //!    [`OUTPUT_TOLERANCE`].
 //!    The fp32 Linear of float checkpoints ([`CudaLinear`]) must match a CPU f64 reference within
 //!    [`FLOAT_TOLERANCE`] on every shape up to [`FLOAT_CHECK_MAX_MACS`].
+//!    The outlier decomposition ([`OutlierRule`], on inputs with planted outliers): the GPU's
+//!    outlier lists must equal a CPU selection (rows whose decision is within [`RULE_MARGIN`] of
+//!    a threshold are left out of that comparison), its quantized rows the CPU's quantization of
+//!    the rows with their outliers zeroed, bit for bit, and the layer's outputs (GELU with a
+//!    residual, and no activation with a residual) the CPU decomposition within
+//!    [`OUTPUT_TOLERANCE`].
 //! 2. Timing of the fused Linear (quantize + GEMM + epilogue, hot weights, one stream) and of
 //!    the GEMM alone on already-quantized activations, as medians over repeated batches of
 //!    launches, with achieved TOPS (2 m n k / time).
@@ -19,7 +25,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use qtier_kernels::cuda::{
-    CudaDevice, CudaError, CudaLinear, CudaQuantizedLinear, GemmPath, QuantizedActivations, linear,
+    CudaDevice, CudaError, CudaLinear, CudaQuantizedLinear, GemmPath, OutlierRule, QuantizedActivations, linear,
 };
 use qtier_kernels::quant::quantize_row;
 use qtier_kernels::{Activation, QuantizedLinear};
@@ -39,6 +45,14 @@ const FLOAT_TOLERANCE: f64 = 1e-4;
 /// Largest shape (multiply-adds) the fp32 Linear is checked on: its f64 CPU reference is
 /// scalar, and 2e8 multiply-adds take well under a second.
 const FLOAT_CHECK_MAX_MACS: usize = 200_000_000;
+
+/// The outlier rule of qtier's CPU runtime (`qtier_models::linear::{OUTLIER_RATIO,
+/// OUTLIER_TRIGGER_RATIO, MAX_OUTLIER_CHANNELS}`).
+const RULE: OutlierRule = OutlierRule { ratio: 3.0, trigger_ratio: 8.0, max_channels: 16 };
+
+/// Relative distance from a rule threshold below which a row's outlier decision may differ
+/// between the GPU (tree-summed RMS) and the CPU selection here (sequential sum).
+const RULE_MARGIN: f32 = 1e-3;
 
 /// Odd shapes: partial tiles in every dimension, K not a multiple of 32, m on both sides of the
 /// dp4a / tensor-core switch (8).
@@ -180,6 +194,119 @@ fn check(dev: &CudaDevice, c: &Case) -> Result<Vec<String>, Box<dyn std::error::
     Ok(failures)
 }
 
+/// `c.x` with outliers planted: every third row gets three (two of equal magnitude, opposite
+/// signs: a tie), every third row after it twenty (more than [`RULE`] takes), the rest none.
+fn with_planted_outliers(c: &Case) -> Vec<f32> {
+    let (m, k) = (c.m, c.k);
+    let mut x = c.x.clone();
+    for row in 0..m {
+        let planted: Vec<f32> = match row % 3 {
+            0 => vec![40.0, -40.0, 25.0],
+            1 => (0..20).map(|j| if j % 2 == 0 { 30.0 + j as f32 } else { -(30.0 + j as f32) }).collect(),
+            _ => Vec::new(),
+        };
+        for (j, v) in planted.into_iter().enumerate() {
+            let channel = (row * 7 + j * 13) % k;
+            x[row * k + channel] = v;
+        }
+    }
+    x
+}
+
+/// [`RULE`]'s selection on the CPU: `(channel, value)` largest magnitude first (ties in channel
+/// order), and whether the row is clear of the thresholds by [`RULE_MARGIN`].
+fn select_outliers(row: &[f32]) -> (Vec<(usize, f32)>, bool) {
+    let rms = (row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32).sqrt();
+    let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let near = |a: f32, threshold: f32| (a - threshold).abs() <= RULE_MARGIN * threshold;
+    let trigger = rms * RULE.trigger_ratio;
+    let threshold = rms * RULE.ratio;
+    if max <= trigger {
+        return (Vec::new(), !near(max, trigger));
+    }
+    let mut picked: Vec<(usize, f32)> =
+        row.iter().enumerate().filter(|(_, v)| v.abs() > threshold).map(|(j, &v)| (j, v)).collect();
+    picked.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
+    let clear = !near(max, trigger) && row.iter().all(|v| !near(v.abs(), threshold));
+    picked.truncate(RULE.max_channels);
+    (picked, clear)
+}
+
+/// The outlier decomposition on `c`'s shape with planted outliers (see the module docs).
+fn check_outliers(dev: &CudaDevice, c: &Case) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let (m, k, n) = (c.m, c.k, c.n);
+    let mut failures = Vec::new();
+    let x = with_planted_outliers(c);
+    let x_dev = dev.upload(&x)?;
+    let mut qa = QuantizedActivations::with_outliers(dev, m, k, RULE)?;
+    linear::quantize_rows(dev, &x_dev, &mut qa)?;
+    let lists = qa.download_outliers(dev)?.ok_or("activations without outlier lists")?;
+    let (gq, gs) = (dev.download(qa.values())?, dev.download(qa.scales())?);
+    let kp = qa.k_padded();
+    // The CPU's side: selection, the rows with their outliers zeroed, their quantization.
+    let (mut list_bad, mut unclear, mut q_bad, mut s_bad) = (0, 0, 0, 0);
+    let mut zeroed = x.clone();
+    for row in 0..m {
+        let (expected, clear) = select_outliers(&x[row * k..(row + 1) * k]);
+        // The GPU's lists decide the zeroed rows, so a row near a threshold still checks the rest.
+        for &(channel, _) in &lists[row] {
+            // (Clamped: a channel out of range is a GPU bug the list comparison reports.)
+            zeroed[row * k + channel.min(k - 1)] = 0.0;
+        }
+        if !clear {
+            unclear += 1;
+        } else if expected.iter().zip(&lists[row]).any(|(a, b)| a.0 != b.0 || a.1.to_bits() != b.1.to_bits())
+            || expected.len() != lists[row].len()
+        {
+            list_bad += 1;
+        }
+        let mut q = vec![0i8; k];
+        let scale = quantize_row(&zeroed[row * k..(row + 1) * k], &mut q);
+        q_bad += (0..k).filter(|&j| gq[row * kp + j] != q[j]).count();
+        s_bad += usize::from(gs[row].to_bits() != scale.to_bits());
+    }
+    let taken: usize = lists.iter().map(Vec::len).sum();
+    if list_bad + q_bad + s_bad > 0 {
+        failures.push(format!(
+            "{m}x{k}x{n} outliers: {list_bad} rows' lists, {q_bad} quantized values and {s_bad} scales differ from the CPU"
+        ));
+    }
+    // The layer, both ways its float half runs.
+    let residual: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32 * 0.25).collect();
+    let res_dev = dev.upload(&residual)?;
+    for activation in [Activation::GeluErf, Activation::None] {
+        let cpu = QuantizedLinear::new(&c.w, &c.scales, Some(&c.bias), n, k)?;
+        let mut expected = vec![0f32; m * n];
+        cpu.forward_into_with_activation(&zeroed, m, &mut expected, None, Activation::None)?;
+        for (row, list) in lists.iter().enumerate() {
+            let out_row = &mut expected[row * n..(row + 1) * n];
+            for &(channel, value) in list {
+                for (col, y) in out_row.iter_mut().enumerate() {
+                    *y += value * (f32::from(c.w[col * k + channel]) * c.scales[col]);
+                }
+            }
+        }
+        qtier_kernels::activation::apply_in_place(activation, &mut expected);
+        for (y, r) in expected.iter_mut().zip(&residual) {
+            *y += r;
+        }
+        let gpu = CudaQuantizedLinear::new(dev, &c.w, &c.scales, Some(&c.bias), n, k)?
+            .with_activation(activation)
+            .with_outlier_rule(RULE)?;
+        let mut out = dev.zeros::<f32>(m * n)?;
+        gpu.forward(dev, &x_dev, m, Some(&res_dev), &mut out)?;
+        let found = dev.download(&out)?;
+        let worst = found.iter().zip(&expected).map(|(g, c)| (g - c).abs() / c.abs().max(1.0)).fold(0f32, f32::max);
+        if worst.is_nan() || worst > OUTPUT_TOLERANCE {
+            failures.push(format!(
+                "{m}x{k}x{n} decomposed output ({activation:?}): worst relative error {worst:e} > {OUTPUT_TOLERANCE:e}"
+            ));
+        }
+    }
+    eprintln!("{m}x{k}x{n}: {taken} outliers taken, {unclear} rows near a threshold");
+    Ok(failures)
+}
+
 /// The fp32 Linear (GELU and residual fused) against an f64 CPU reference on `c`'s shape.
 fn check_float(dev: &CudaDevice, c: &Case) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     let (m, k, n) = (c.m, c.k, c.n);
@@ -248,6 +375,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (i, &(m, k, n)) in qtier_kernels::REFERENCE_SHAPES.iter().chain(&ODD_SHAPES).enumerate() {
         let case = Case::new(m, k, n, 0x9e37_79b9_7f4a_7c15 ^ i as u64);
         let mut f = check(&dev, &case)?;
+        f.extend(check_outliers(&dev, &case)?);
         if m * k * n <= FLOAT_CHECK_MAX_MACS {
             f.extend(check_float(&dev, &case)?);
         }

@@ -10,10 +10,10 @@
 //! embeddings (`batch x hidden`) come back.
 //!
 //! Linear layers stored int8 (compressed-tensors `int-quantized`) run on the fused int8 GEMM
-//! ([`CudaQuantizedLinear`], plain per-token W8A8: the CPU runtime's outlier decomposition has no
-//! GPU counterpart yet, so int8 accuracy on the GPU is that of `qtier eval --plain-w8a8`); the
-//! LayerNorm before an int8 layer writes its quantized input in the same pass. Float layers run
-//! on the fp32 GEMM ([`CudaLinear`]). Without the `cuda` feature, or without a driver or GPU,
+//! ([`CudaQuantizedLinear`]) with the CPU runtime's outlier decomposition ([`Int8Options`], the
+//! same rule: [`outlier_rule`]) unless it is turned off, then as plain per-token W8A8; the
+//! LayerNorm before an int8 layer writes its quantized input (and its outliers) in the same
+//! pass. Float layers run on the fp32 GEMM ([`CudaLinear`]). Without the `cuda` feature, or without a driver or GPU,
 //! [`GpuEncoder::load`] returns [`ModelError::Cuda`] saying why; it never panics.
 
 use std::fmt;
@@ -24,13 +24,22 @@ use std::sync::{Mutex, PoisonError};
 use qtier_kernels::Activation;
 use qtier_kernels::cuda::encoder::{self, AttentionShape, EmbeddingTables, LayerNormParams};
 use qtier_kernels::cuda::launch::ATTENTION_MAX_SEQ;
-use qtier_kernels::cuda::{CudaDevice, CudaError, CudaLinear, CudaQuantizedLinear, DeviceBuffer, QuantizedActivations};
+use qtier_kernels::cuda::{
+    CudaDevice, CudaError, CudaLinear, CudaQuantizedLinear, DeviceBuffer, OutlierRule, QuantizedActivations,
+};
 
 use crate::config::{BertConfig, Pooling, SentenceConfig, model_type, read_json};
 use crate::error::{ModelError, Result};
+use crate::linear::{Int8Options, MAX_OUTLIER_CHANNELS, OUTLIER_RATIO, OUTLIER_TRIGGER_RATIO};
 use crate::sentence::EMBED_BATCH;
 use crate::tokenize::{TextTokenizer, TokenBatch};
 use crate::weights::ModelWeights;
+
+/// The CPU runtime's outlier decomposition rule ([`OUTLIER_RATIO`], [`OUTLIER_TRIGGER_RATIO`],
+/// [`MAX_OUTLIER_CHANNELS`]) for the GPU's int8 layers.
+pub fn outlier_rule() -> OutlierRule {
+    OutlierRule { ratio: OUTLIER_RATIO, trigger_ratio: OUTLIER_TRIGGER_RATIO, max_channels: MAX_OUTLIER_CHANNELS }
+}
 
 /// Where a model runs: `cpu` or `cuda[:N]` (GPU `N`, default 0), as `--device` takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -337,14 +346,15 @@ impl WeightSource {
     }
 
     /// `modules` (each `out x in`, with bias, one input) as one layer whose output is theirs side
-    /// by side; int8 when all are stored int8, float when none is.
+    /// by side; int8 (with the outlier decomposition under `outliers`, when given) when all are
+    /// stored int8, float when none is.
     fn linear(
         &self,
         dev: &CudaDevice,
         modules: &[&str],
-        out_features: usize,
-        in_features: usize,
+        (out_features, in_features): (usize, usize),
         activation: Activation,
+        outliers: Option<OutlierRule>,
     ) -> Result<GpuLinear> {
         let name = modules.join("+");
         let quantized = modules.iter().filter(|m| self.weights.is_quantized(m)).count();
@@ -361,9 +371,13 @@ impl WeightSource {
                 values.extend_from_slice(&weight.values);
                 scales.extend_from_slice(&weight.scales);
             }
-            let layer = CudaQuantizedLinear::new(dev, &values, &scales, Some(&bias), total_out, in_features)
-                .map_err(upload_error(&name))?;
-            Ok(GpuLinear::Int8(Box::new(layer.with_activation(activation))))
+            let mut layer = CudaQuantizedLinear::new(dev, &values, &scales, Some(&bias), total_out, in_features)
+                .map_err(upload_error(&name))?
+                .with_activation(activation);
+            if let Some(rule) = outliers {
+                layer = layer.with_outlier_rule(rule).map_err(upload_error(&name))?;
+            }
+            Ok(GpuLinear::Int8(Box::new(layer)))
         } else if quantized == 0 {
             let mut weights = Vec::with_capacity(total_out * in_features);
             for module in modules {
@@ -400,6 +414,8 @@ pub struct GpuEncoder {
     tokenizer: TextTokenizer,
     embeddings: EmbeddingTables,
     layers: Vec<GpuLayer>,
+    /// The int8 layers' outlier decomposition (none: plain per-token W8A8).
+    outlier_rule: Option<OutlierRule>,
     workspace: Mutex<Option<Workspace>>,
 }
 
@@ -415,9 +431,15 @@ impl fmt::Debug for GpuEncoder {
 
 impl GpuEncoder {
     /// Opens GPU `ordinal` and loads the encoder, tokenizer and sentence-transformers
-    /// configuration of `dir` onto it, float or int8 as the checkpoint stores each Linear.
+    /// configuration of `dir` onto it, float or int8 as the checkpoint stores each Linear (int8
+    /// with the default [`Int8Options`]: the outlier decomposition on).
     /// The device is opened first: without a usable GPU the error says so whatever `dir` holds.
     pub fn load(dir: &Path, ordinal: usize) -> Result<GpuEncoder> {
+        GpuEncoder::load_with(dir, ordinal, Int8Options::default())
+    }
+
+    /// [`load`](Self::load) with the int8 layers run as `int8` says.
+    pub fn load_with(dir: &Path, ordinal: usize, int8: Int8Options) -> Result<GpuEncoder> {
         let device = open_device(ordinal)?;
         let config_path = dir.join("config.json");
         let kind = model_type(&config_path)?;
@@ -443,6 +465,7 @@ impl GpuEncoder {
         let (h, i) = (config.hidden_size, config.intermediate_size);
         let eps = config.layer_norm_eps as f32;
         let act = config.hidden_act.kernel_activation();
+        let outliers = int8.outlier_decomposition.then(outlier_rule);
         let embedding_norm = source.layer_norm(dev, "embeddings.LayerNorm", h, eps)?;
         let embeddings = EmbeddingTables::new(
             dev,
@@ -457,17 +480,17 @@ impl GpuEncoder {
             let p = format!("encoder.layer.{n}");
             let [query, key, value] = ["query", "key", "value"].map(|part| format!("{p}.attention.self.{part}"));
             layers.push(GpuLayer {
-                qkv: source.linear(dev, &[&query, &key, &value], h, h, Activation::None)?,
+                qkv: source.linear(dev, &[&query, &key, &value], (h, h), Activation::None, outliers)?,
                 attention_output: source.linear(
                     dev,
                     &[&format!("{p}.attention.output.dense")],
-                    h,
-                    h,
+                    (h, h),
                     Activation::None,
+                    outliers,
                 )?,
                 attention_norm: source.layer_norm(dev, &format!("{p}.attention.output.LayerNorm"), h, eps)?,
-                intermediate: source.linear(dev, &[&format!("{p}.intermediate.dense")], i, h, act)?,
-                output: source.linear(dev, &[&format!("{p}.output.dense")], h, i, Activation::None)?,
+                intermediate: source.linear(dev, &[&format!("{p}.intermediate.dense")], (i, h), act, outliers)?,
+                output: source.linear(dev, &[&format!("{p}.output.dense")], (h, i), Activation::None, outliers)?,
                 output_norm: source.layer_norm(dev, &format!("{p}.output.LayerNorm"), h, eps)?,
             });
         }
@@ -480,6 +503,7 @@ impl GpuEncoder {
             tokenizer,
             embeddings,
             layers,
+            outlier_rule: outliers,
             workspace: Mutex::new(None),
         })
     }
@@ -512,6 +536,12 @@ impl GpuEncoder {
     /// True when any Linear layer runs on the int8 kernels.
     pub fn is_int8(&self) -> bool {
         self.layers.iter().flat_map(GpuLayer::linears).any(GpuLinear::is_int8)
+    }
+
+    /// The int8 layers' outlier decomposition rule (none: plain per-token W8A8, or no int8
+    /// layers).
+    pub fn outlier_rule(&self) -> Option<OutlierRule> {
+        self.outlier_rule.filter(|_| self.is_int8())
     }
 
     /// The GEMM kernels a forward of `rows` token rows runs, distinct, in execution order (e.g.
@@ -554,9 +584,13 @@ impl GpuEncoder {
         };
         if self.is_int8() && workspace.quantized.as_ref().is_none_or(|q| q.rows() != sizes.rows) {
             workspace.quantized = None;
+            let (rows, hidden) = (sizes.rows, self.config.hidden_size);
             workspace.quantized = Some(
-                QuantizedActivations::new(&self.device, sizes.rows, self.config.hidden_size)
-                    .map_err(failed("allocating GPU memory"))?,
+                match self.outlier_rule {
+                    Some(rule) => QuantizedActivations::with_outliers(&self.device, rows, hidden, rule),
+                    None => QuantizedActivations::new(&self.device, rows, hidden),
+                }
+                .map_err(failed("allocating GPU memory"))?,
             );
         }
         let hidden = self.forward(batch, workspace).map_err(failed("running the encoder"))?;

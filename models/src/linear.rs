@@ -558,6 +558,115 @@ mod tests {
         assert!(outlier_channels(&values(5, 384)).is_empty());
     }
 
+    /// The GPU's outlier selection and zeroing (`qtier_quantize_row_with_outliers` in
+    /// kernels/cuda/quant.cu), transcribed for a block of 256 threads: each round every thread
+    /// keeps its first candidate of its strided channels (above the threshold, after the last
+    /// channel taken, in the order magnitude descending, channel ascending), the block keeps the
+    /// first of those, until none is left or MAX_OUTLIER_CHANNELS are taken; then a value is
+    /// zeroed when it is at or before the last channel taken in that order. Returns the channels
+    /// taken and the row the GPU quantizes.
+    fn gpu_selection(row: &[f32]) -> (Vec<usize>, Vec<f32>) {
+        const THREADS: usize = 256;
+        const NONE: i64 = i64::MAX;
+        let first = |a: (f32, i64), b: (f32, i64)| a.0 > b.0 || (a.0 == b.0 && a.1 < b.1);
+        let rms = (row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32).sqrt();
+        let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let mut taken = Vec::new();
+        let mut last = (f32::INFINITY, -1i64);
+        if max > rms * OUTLIER_TRIGGER_RATIO {
+            let threshold = rms * OUTLIER_RATIO;
+            while taken.len() < MAX_OUTLIER_CHANNELS {
+                let mut block = (-1.0f32, NONE);
+                for thread in 0..THREADS {
+                    let mut mine = (-1.0f32, NONE);
+                    for i in (thread..row.len()).step_by(THREADS) {
+                        let pair = (row[i].abs(), i as i64);
+                        if pair.0 > threshold && first(last, pair) && first(pair, mine) {
+                            mine = pair;
+                        }
+                    }
+                    if first(mine, block) {
+                        block = mine;
+                    }
+                }
+                if block.1 == NONE {
+                    break;
+                }
+                taken.push(block.1 as usize);
+                last = block;
+            }
+        }
+        if taken.is_empty() {
+            return (taken, row.to_vec());
+        }
+        let kept = row
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| if v.abs() > last.0 || (v.abs() == last.0 && i as i64 <= last.1) { 0.0 } else { v })
+            .collect();
+        (taken, kept)
+    }
+
+    #[test]
+    fn the_gpu_selection_takes_what_the_cpu_takes() {
+        let mut rows = Vec::new();
+        // One spike (none taken from 5 values: the spike is their RMS).
+        for (seed, len) in [(21u64, 384usize), (22, 1536), (23, 100), (24, 5)] {
+            let mut row = values(seed, len);
+            row[len / 2] = 400.0;
+            rows.push(row);
+        }
+        // A spike and 40 candidates in pairs of equal magnitude and opposite sign (ties), on
+        // channels of different threads and of one thread (256 apart): 16 taken from the long
+        // rows, a few from the short one, whose RMS the candidates raise.
+        for (seed, len) in [(25u64, 4096usize), (26, 1536), (27, 300)] {
+            let mut row = values(seed, len);
+            row[len / 2] = 100.0;
+            for j in 0..40 {
+                let magnitude = 10.0 + (j / 2) as f32;
+                let channel = if j % 4 == 3 { (j * 37 + 256) % len } else { (j * 37) % len };
+                row[channel] = if j % 2 == 0 { magnitude } else { -magnitude };
+            }
+            rows.push(row);
+        }
+        // 20 spikes of one magnitude: the first 16 by channel.
+        let mut spikes = vec![0.5f32; 4096];
+        for j in 0..20 {
+            spikes[j * 197] = if j % 2 == 0 { 60.0 } else { -60.0 };
+        }
+        rows.push(spikes);
+        // Nothing taken: no spike, zeros, a NaN, an infinity.
+        rows.push(values(28, 384));
+        rows.push(vec![0.0; 384]);
+        let mut nan = values(29, 384);
+        nan[7] = 400.0;
+        nan[9] = f32::NAN;
+        rows.push(nan);
+        let mut infinite = values(30, 384);
+        infinite[7] = f32::INFINITY;
+        rows.push(infinite);
+        let mut taken_per_row = Vec::new();
+        let mut ties_taken = 0;
+        for (index, row) in rows.iter().enumerate() {
+            let expected = outlier_channels(row);
+            let (taken, kept) = gpu_selection(row);
+            assert_eq!(taken, expected, "row {index}");
+            let mut zeroed = row.clone();
+            for &channel in &expected {
+                zeroed[channel] = 0.0;
+            }
+            let same = |a: &f32, b: &f32| a.to_bits() == b.to_bits();
+            assert!(kept.iter().zip(&zeroed).all(|(a, b)| same(a, b)), "row {index}");
+            ties_taken += expected.windows(2).filter(|p| row[p[0]].abs() == row[p[1]].abs()).count();
+            taken_per_row.push(expected.len());
+        }
+        assert_eq!(taken_per_row[..4], [1, 1, 1, 0]);
+        assert_eq!(taken_per_row[4..6], [16, 16]);
+        assert!((2..16).contains(&taken_per_row[6]), "{taken_per_row:?}");
+        assert_eq!(taken_per_row[7..], [16, 0, 0, 0, 0]);
+        assert!(ties_taken >= 15, "{ties_taken} ties taken");
+    }
+
     #[test]
     fn reusing_the_input_gives_the_same_output_and_restores_it() {
         let (n, k, rows) = (70, 96, 5);

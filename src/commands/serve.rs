@@ -55,8 +55,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "NAME")]
     pub model_name: Option<String>,
     /// Where the model runs: `cpu`, or `cuda` / `cuda:N` (GPU N: the whole forward on the GPU,
-    /// int8 layers as plain per-token W8A8; needs a qtier built with `--features cuda`, the NVIDIA
-    /// driver and libnvrtc). The GPU is checked before the port is bound.
+    /// int8 layers with the same outlier decomposition as on the CPU; needs a qtier built with
+    /// `--features cuda`, the NVIDIA driver and libnvrtc). The GPU is checked before the port is
+    /// bound.
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     pub device: qtier_models::gpu::ComputeDevice,
 }

@@ -6,7 +6,7 @@
 use super::device::{Arg, CudaDevice, DeviceBuffer};
 use super::error::{CudaError, checked_product, int_arg};
 use super::launch::{self, ATTENTION_MAX_HEAD_DIM, ATTENTION_MAX_SEQ};
-use super::linear::QuantizedActivations;
+use super::linear::{NO_OUTLIER_ARGS, QuantizedActivations};
 use super::source;
 use crate::error::KernelError;
 
@@ -164,7 +164,7 @@ pub fn layernorm(
         }
         None => Arg::Ptr(0),
     };
-    let (q, scales, kp) = match quantized {
+    let (q, scales, kp, outliers) = match quantized {
         Some(qa) => {
             if qa.k() != h || qa.rows() < rows {
                 return Err(
@@ -174,10 +174,11 @@ pub fn layernorm(
             qa.check(dev)?;
             let kp = qa.k_padded();
             let (q, s) = qa.args_mut();
-            (q, s, kp)
+            (q, s, kp, qa.outlier_args_mut()?)
         }
-        None => (Arg::Ptr(0), Arg::Ptr(0), h),
+        None => (Arg::Ptr(0), Arg::Ptr(0), h, NO_OUTLIER_ARGS),
     };
+    let [counts, channels, values, max_outliers, ratio, trigger] = outliers;
     dev.launch(
         source::LAYERNORM_ROWS,
         launch::row_dims(rows)?,
@@ -192,6 +193,12 @@ pub fn layernorm(
             q,
             Arg::I32(int_arg("k_padded", kp)?),
             scales,
+            counts,
+            channels,
+            values,
+            max_outliers,
+            ratio,
+            trigger,
         ],
     )
 }

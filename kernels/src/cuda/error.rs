@@ -67,6 +67,14 @@ pub enum CudaError {
         /// Why it is rejected.
         reason: &'static str,
     },
+    /// An outlier rule ([`super::linear::OutlierRule`]) the kernels cannot use.
+    #[error("invalid outlier rule ({rule}): {reason}")]
+    InvalidOutlierRule {
+        /// The rule, as `Debug` prints it.
+        rule: String,
+        /// Why it is rejected.
+        reason: &'static str,
+    },
     /// A device buffer was passed to a device (or layer) other than the one that owns it.
     #[error("{what} lives on another CUDA device handle than the one it was used with")]
     WrongDevice {

@@ -169,6 +169,20 @@ pub fn row_dims(rows: usize) -> Result<LaunchDims, CudaError> {
     })
 }
 
+/// The outlier epilogue over an `m x n` output: [`ELEMENTWISE_THREADS`]-wide column blocks on
+/// x, rows on y (strided past the grid's y limit).
+pub fn outlier_epilogue_dims(m: usize, n: usize) -> Result<LaunchDims, CudaError> {
+    Ok(LaunchDims {
+        grid: (
+            grid_extent("n", n.div_ceil(ELEMENTWISE_THREADS as usize), i32::MAX as usize)?,
+            grid_extent("m", m.min(MAX_GRID_YZ), MAX_GRID_YZ)?,
+            1,
+        ),
+        block: (ELEMENTWISE_THREADS, 1, 1),
+        shared_bytes: 0,
+    })
+}
+
 /// Grid-stride elementwise launch over `len` values.
 pub fn elementwise_dims(len: usize) -> Result<LaunchDims, CudaError> {
     let blocks = len.div_ceil(ELEMENTWISE_THREADS as usize).min(ELEMENTWISE_MAX_BLOCKS as usize);
@@ -283,5 +297,11 @@ mod tests {
         assert!(gemm_f32_dims(0, 8).is_err());
         // 16 x 16 threads of 4 x 4 outputs cover the tile.
         assert_eq!((F32_THREADS as usize) * 16, F32_TILE * F32_TILE);
+        // The outlier epilogue: one thread per column, rows strided past the y limit.
+        let o = outlier_epilogue_dims(128, 1536).unwrap();
+        assert_eq!((o.grid, o.block.0), ((6, 128, 1), ELEMENTWISE_THREADS));
+        assert_eq!(outlier_epilogue_dims(100_000, 257).unwrap().grid, (2, 65_535, 1));
+        assert!(outlier_epilogue_dims(0, 8).is_err());
+        assert!(outlier_epilogue_dims(8, 0).is_err());
     }
 }

@@ -390,6 +390,32 @@ mod tests {
         }
     }
 
+    /// `qtier_weight_at` (gemm_s8.cu, the outlier epilogue's weight read), transcribed.
+    fn emulate_weight_at(words: &[u32], k_tiles: usize, col: usize, kk: usize) -> i8 {
+        let tile = (col / NTILE) * k_tiles + kk / KTILE;
+        let (g, kin) = (col % NTILE, kk % KTILE);
+        let word = 2 * (4 * g + (kin % 16) / 4) + kin / 16;
+        (words[tile * TILE_WORDS + word] >> (8 * (kin % 4))) as u8 as i8
+    }
+
+    #[test]
+    fn emulated_weight_reads_find_every_weight() {
+        for (n, k) in [(37, 70), (130, 33), (9, 96), (1, 5)] {
+            let w = random_i8(n * k, (n * k) as u64);
+            let packed = GpuPackedWeights::new(&w, n, k).unwrap();
+            let words = packed.words();
+            for col in 0..n {
+                for kk in 0..k {
+                    assert_eq!(
+                        emulate_weight_at(&words, packed.k_tiles(), col, kk),
+                        w[col * k + kk],
+                        "{n}x{k} ({col}, {kk})"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn extreme_weights_accumulate_exactly() {
         let (m, n, k) = (17, 16, 640);

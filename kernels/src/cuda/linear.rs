@@ -22,8 +22,55 @@ pub fn activation_code(activation: Activation) -> i32 {
     }
 }
 
+/// The outlier decomposition (LLM.int8(), Dettmers et al., 2022) on the GPU, as qtier's CPU
+/// runtime does it (`qtier_models::Int8Options`): a row (token) whose largest magnitude exceeds
+/// `trigger_ratio` times its root-mean-square value has its values above `ratio` times that RMS,
+/// largest first (ties in channel order) and at most `max_channels` of them, taken out of the
+/// int8 GEMM (quantized as zeros, so the row's scale follows its ordinary values); the layer adds
+/// `value * dequantized weight` for each in float after the GEMM, before the activation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutlierRule {
+    /// A value is an outlier of its row above this multiple of the row's RMS.
+    pub ratio: f32,
+    /// Only rows whose largest magnitude exceeds this multiple of their RMS are decomposed.
+    pub trigger_ratio: f32,
+    /// At most this many outliers per row.
+    pub max_channels: usize,
+}
+
+impl OutlierRule {
+    fn check(&self) -> Result<i32, CudaError> {
+        let bad = |reason| CudaError::InvalidOutlierRule { rule: format!("{self:?}"), reason };
+        if !(self.ratio.is_finite() && self.ratio > 0.0 && self.trigger_ratio.is_finite() && self.trigger_ratio > 0.0) {
+            return Err(bad("the ratios must be finite and positive"));
+        }
+        if self.max_channels == 0 {
+            return Err(bad("max_channels must be at least 1"));
+        }
+        i32::try_from(self.max_channels).map_err(|_| bad("max_channels exceeds i32::MAX"))
+    }
+}
+
+/// The quantization kernels' outlier arguments when the decomposition is off.
+pub(crate) const NO_OUTLIER_ARGS: [Arg; 6] =
+    [Arg::Ptr(0), Arg::Ptr(0), Arg::Ptr(0), Arg::I32(0), Arg::F32(0.0), Arg::F32(0.0)];
+
+/// One row's outliers: `(channel, value)` pairs, largest magnitude first.
+pub type RowOutliers = Vec<(usize, f32)>;
+
+/// Where the quantization writes a row's outliers: `counts[row]`, and the first `counts[row]` of
+/// `channels` / `values[row * max_channels..]`, largest magnitude first.
+#[derive(Debug)]
+struct OutlierLists {
+    rule: OutlierRule,
+    counts: DeviceBuffer<i32>,
+    channels: DeviceBuffer<i32>,
+    values: DeviceBuffer<f32>,
+}
+
 /// Rows of activations quantized per token on the device: int8 `[rows, k_padded]` (zero past
-/// `k`) and one scale per row. Written by [`quantize_rows`] or by the fused LayerNorm
+/// `k`) and one scale per row, and with [`with_outliers`](Self::with_outliers) each row's
+/// outliers ([`OutlierRule`]). Written by [`quantize_rows`] or by the fused LayerNorm
 /// ([`super::encoder::layernorm`]), read by [`CudaQuantizedLinear::forward_quantized`].
 #[derive(Debug)]
 pub struct QuantizedActivations {
@@ -31,6 +78,7 @@ pub struct QuantizedActivations {
     scales: DeviceBuffer<f32>,
     rows: usize,
     k: usize,
+    outliers: Option<OutlierLists>,
 }
 
 impl QuantizedActivations {
@@ -42,7 +90,50 @@ impl QuantizedActivations {
             scales: dev.zeros(rows)?,
             rows,
             k,
+            outliers: None,
         })
+    }
+
+    /// Room for `rows` rows of `k` features and their outliers under `rule`: whatever quantizes
+    /// into these activations takes the outliers out, and a layer that reads them adds them back.
+    pub fn with_outliers(dev: &CudaDevice, rows: usize, k: usize, rule: OutlierRule) -> Result<Self, CudaError> {
+        rule.check()?;
+        let slots = checked_product("rows", rows, rule.max_channels)?;
+        Ok(QuantizedActivations {
+            outliers: Some(OutlierLists {
+                rule,
+                counts: dev.zeros(rows)?,
+                channels: dev.zeros(slots)?,
+                values: dev.zeros(slots)?,
+            }),
+            ..QuantizedActivations::new(dev, rows, k)?
+        })
+    }
+
+    /// The outlier rule these activations are quantized with, if any.
+    pub fn outlier_rule(&self) -> Option<OutlierRule> {
+        self.outliers.as_ref().map(|o| o.rule)
+    }
+
+    /// Each row's outliers as the last quantization found them, downloaded; `None` without an
+    /// outlier rule. Waits for the device's queued work.
+    pub fn download_outliers(&self, dev: &CudaDevice) -> Result<Option<Vec<RowOutliers>>, CudaError> {
+        let Some(lists) = &self.outliers else {
+            return Ok(None);
+        };
+        let (counts, channels, values) =
+            (dev.download(&lists.counts)?, dev.download(&lists.channels)?, dev.download(&lists.values)?);
+        let slots = lists.rule.max_channels;
+        let rows = counts[..self.rows]
+            .iter()
+            .enumerate()
+            .map(|(row, &count)| {
+                let count = usize::try_from(count).unwrap_or(0).min(slots);
+                let first = row * slots;
+                (first..first + count).map(|slot| (channels[slot] as usize, values[slot])).collect()
+            })
+            .collect();
+        Ok(Some(rows))
     }
 
     /// Rows.
@@ -74,9 +165,32 @@ impl QuantizedActivations {
         (self.q.arg(), self.scales.arg())
     }
 
+    /// The quantization kernels' outlier arguments (`QTIER_OUTLIER_PARAMS` in quant.cu): null
+    /// lists without a rule.
+    pub(crate) fn outlier_args_mut(&mut self) -> Result<[Arg; 6], CudaError> {
+        Ok(match &self.outliers {
+            Some(lists) => [
+                lists.counts.arg(),
+                lists.channels.arg(),
+                lists.values.arg(),
+                Arg::I32(lists.rule.check()?),
+                Arg::F32(lists.rule.ratio),
+                Arg::F32(lists.rule.trigger_ratio),
+            ],
+            None => NO_OUTLIER_ARGS,
+        })
+    }
+
     pub(crate) fn check(&self, dev: &CudaDevice) -> Result<(), CudaError> {
         dev.check("quantized activations", &self.q, self.rows * self.k_padded())?;
-        dev.check("activation scales", &self.scales, self.rows)
+        dev.check("activation scales", &self.scales, self.rows)?;
+        if let Some(lists) = &self.outliers {
+            let slots = self.rows * lists.rule.max_channels;
+            dev.check("outlier counts", &lists.counts, self.rows)?;
+            dev.check("outlier channels", &lists.channels, slots)?;
+            dev.check("outlier values", &lists.values, slots)?;
+        }
+        Ok(())
     }
 }
 
@@ -86,10 +200,23 @@ pub fn quantize_rows(dev: &CudaDevice, x: &DeviceBuffer<f32>, out: &mut Quantize
     dev.check("x", x, checked_product("rows", rows, k)?)?;
     out.check(dev)?;
     let (q, s) = out.args_mut();
+    let [counts, channels, values, max_outliers, ratio, trigger] = out.outlier_args_mut()?;
     dev.launch(
         source::QUANTIZE_ROWS,
         launch::row_dims(rows)?,
-        &[x.arg(), Arg::I32(int_arg("k", k)?), Arg::I32(int_arg("k", out.k_padded())?), q, s],
+        &[
+            x.arg(),
+            Arg::I32(int_arg("k", k)?),
+            Arg::I32(int_arg("k", out.k_padded())?),
+            q,
+            s,
+            counts,
+            channels,
+            values,
+            max_outliers,
+            ratio,
+            trigger,
+        ],
     )
 }
 
@@ -102,7 +229,7 @@ enum Output<'a> {
 
 /// An int8 Linear layer on one GPU: `y = act(x_q W_q^T * x_scale * w_scale + bias) + residual`
 /// with per-token activation quantization, weights uploaded once in the layout of
-/// [`super::layout`].
+/// [`super::layout`]; with an [`OutlierRule`], the outlier decomposition too (f32 output).
 #[derive(Debug)]
 pub struct CudaQuantizedLinear {
     device_id: u64,
@@ -113,6 +240,7 @@ pub struct CudaQuantizedLinear {
     bias: Option<DeviceBuffer<f32>>,
     activation: Activation,
     path: Option<GemmPath>,
+    outlier_rule: Option<OutlierRule>,
     scratch: Mutex<Option<QuantizedActivations>>,
 }
 
@@ -152,6 +280,7 @@ impl CudaQuantizedLinear {
             bias: bias.map(|b| dev.upload(&b)).transpose()?,
             activation: Activation::None,
             path: None,
+            outlier_rule: None,
             scratch: Mutex::new(None),
         })
     }
@@ -166,6 +295,21 @@ impl CudaQuantizedLinear {
     pub fn with_path(mut self, path: GemmPath) -> Self {
         self.path = Some(path);
         self
+    }
+
+    /// Runs [`forward`](Self::forward) with the outlier decomposition under `rule` (the layer
+    /// quantizes its input with outlier lists). [`forward_quantized`](Self::forward_quantized)
+    /// decomposes whenever its activations carry outlier lists, whatever this says, and
+    /// [`forward_f16`](Self::forward_f16) never does.
+    pub fn with_outlier_rule(mut self, rule: OutlierRule) -> Result<Self, CudaError> {
+        rule.check()?;
+        self.outlier_rule = Some(rule);
+        Ok(self)
+    }
+
+    /// The outlier rule [`forward`](Self::forward) quantizes with, if any.
+    pub fn outlier_rule(&self) -> Option<OutlierRule> {
+        self.outlier_rule
     }
 
     /// Output features.
@@ -201,7 +345,8 @@ impl CudaQuantizedLinear {
         self.quantize_and_run(dev, x, m, residual, Output::F32(out))
     }
 
-    /// Like [`forward`](Self::forward) with f16 output (`u16` bits, round to nearest even).
+    /// Like [`forward`](Self::forward) with f16 output (`u16` bits, round to nearest even), always
+    /// plain per-token W8A8 (the decomposition's float half works on f32 outputs).
     pub fn forward_f16(
         &self,
         dev: &CudaDevice,
@@ -213,7 +358,8 @@ impl CudaQuantizedLinear {
         self.quantize_and_run(dev, x, m, residual, Output::F16(out))
     }
 
-    /// Runs the layer on activations already quantized (e.g. by the fused LayerNorm).
+    /// Runs the layer on activations already quantized (e.g. by the fused LayerNorm), with the
+    /// outlier decomposition when they carry outlier lists.
     pub fn forward_quantized(
         &self,
         dev: &CudaDevice,
@@ -251,9 +397,16 @@ impl CudaQuantizedLinear {
         for (dst, src) in padded.chunks_exact_mut(kp).zip(x_q.chunks_exact(self.k)) {
             dst[..self.k].copy_from_slice(src);
         }
-        let acts = QuantizedActivations { q: dev.upload(&padded)?, scales: dev.zeros(m)?, rows: m, k: self.k };
+        let acts =
+            QuantizedActivations { q: dev.upload(&padded)?, scales: dev.zeros(m)?, rows: m, k: self.k, outliers: None };
         let mut out = dev.zeros(checked_product("m", m, self.n)?)?;
-        ShallowLinear { layer: self, path: Some(path) }.run(dev, &acts, None, Output::I32(&mut out))?;
+        ShallowLinear { layer: self, path: Some(path) }.run(
+            dev,
+            &acts,
+            Activation::None,
+            None,
+            Output::I32(&mut out),
+        )?;
         dev.download(&out)
     }
 
@@ -272,16 +425,25 @@ impl CudaQuantizedLinear {
         // cannot interleave their quantization and GEMM on the stream.
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         if scratch.as_ref().is_none_or(|s| s.rows < m) {
-            *scratch = Some(QuantizedActivations::new(dev, m, self.k)?);
+            *scratch = Some(match self.outlier_rule {
+                Some(rule) => QuantizedActivations::with_outliers(dev, m, self.k, rule)?,
+                None => QuantizedActivations::new(dev, m, self.k)?,
+            });
         }
         let acts = scratch.as_mut().expect("scratch allocated above");
+        // The f16 output is plain W8A8: its quantization leaves the outlier lists out.
+        let lists = if matches!(out, Output::F16(_)) { acts.outliers.take() } else { None };
         let full_rows = acts.rows;
         acts.rows = m;
         let result = quantize_rows(dev, x, acts).and_then(|()| self.run(dev, acts, residual, out));
         acts.rows = full_rows;
+        if lists.is_some() {
+            acts.outliers = lists;
+        }
         result
     }
 
+    /// The GEMM, and with outlier lists in `x` (f32 output) the decomposition's float half.
     fn run(
         &self,
         dev: &CudaDevice,
@@ -289,7 +451,41 @@ impl CudaQuantizedLinear {
         residual: Option<&DeviceBuffer<f32>>,
         out: Output<'_>,
     ) -> Result<(), CudaError> {
-        ShallowLinear { layer: self, path: self.path }.run(dev, x, residual, out)
+        let gemm = ShallowLinear { layer: self, path: self.path };
+        let (lists, out) = match (&x.outliers, out) {
+            (Some(lists), Output::F32(out)) => (lists, out),
+            (_, out) => return gemm.run(dev, x, self.activation, residual, out),
+        };
+        // With an activation, the outlier epilogue applies it and the residual after adding the
+        // outliers; without one, the GEMM's residual commutes with the outliers' sum.
+        let deferred = self.activation != Activation::None;
+        let (gemm_activation, gemm_residual) =
+            if deferred { (Activation::None, None) } else { (self.activation, residual) };
+        gemm.run(dev, x, gemm_activation, gemm_residual, Output::F32(out))?;
+        let m = x.rows;
+        if m == 0 {
+            return Ok(());
+        }
+        let (epilogue_activation, epilogue_residual) =
+            if deferred { (self.activation, residual) } else { (Activation::None, None) };
+        dev.launch(
+            source::OUTLIER_EPILOGUE,
+            launch::outlier_epilogue_dims(m, self.n)?,
+            &[
+                out.arg(),
+                Arg::I32(int_arg("m", m)?),
+                Arg::I32(int_arg("n", self.n)?),
+                self.weights.arg(),
+                Arg::I32(int_arg("k", x.k_padded())?),
+                self.w_scales.arg(),
+                lists.counts.arg(),
+                lists.channels.arg(),
+                lists.values.arg(),
+                Arg::I32(lists.rule.check()?),
+                Arg::I32(activation_code(epilogue_activation)),
+                epilogue_residual.map_or(Arg::Ptr(0), DeviceBuffer::arg),
+            ],
+        )
     }
 }
 
@@ -300,10 +496,12 @@ struct ShallowLinear<'a> {
 }
 
 impl ShallowLinear<'_> {
+    /// The GEMM with `activation` and `residual` in its epilogue (the layer's bias always).
     fn run(
         &self,
         dev: &CudaDevice,
         x: &QuantizedActivations,
+        activation: Activation,
         residual: Option<&DeviceBuffer<f32>>,
         out: Output<'_>,
     ) -> Result<(), CudaError> {
@@ -349,7 +547,7 @@ impl ShallowLinear<'_> {
             l.w_scales.arg(),
             l.bias.as_ref().map_or(null, DeviceBuffer::arg),
             residual.map_or(null, DeviceBuffer::arg),
-            Arg::I32(activation_code(l.activation)),
+            Arg::I32(activation_code(activation)),
             out_f32,
             out_f16,
             acc,
@@ -375,6 +573,46 @@ mod tests {
         ] {
             assert_eq!(source::define_value(header, name), Some(i64::from(activation_code(act))), "{name}");
         }
+    }
+
+    #[test]
+    fn outlier_rules_are_checked() {
+        let rule = OutlierRule { ratio: 3.0, trigger_ratio: 8.0, max_channels: 16 };
+        assert_eq!(rule.check().unwrap(), 16);
+        for bad in [
+            OutlierRule { ratio: 0.0, ..rule },
+            OutlierRule { ratio: f32::NAN, ..rule },
+            OutlierRule { trigger_ratio: -1.0, ..rule },
+            OutlierRule { trigger_ratio: f32::INFINITY, ..rule },
+            OutlierRule { max_channels: 0, ..rule },
+            OutlierRule { max_channels: 1 << 31, ..rule },
+        ] {
+            let error = bad.check().unwrap_err();
+            assert!(matches!(error, CudaError::InvalidOutlierRule { .. }), "{bad:?}: {error}");
+            assert!(error.to_string().contains("max_channels") || error.to_string().contains("ratios"), "{error}");
+        }
+    }
+
+    #[test]
+    fn outlier_parameter_lists_match_the_host_argument_order() {
+        // `NO_OUTLIER_ARGS` / `outlier_args_mut`, appended to both quantization kernels' arguments.
+        let quant = source::QUANT.text;
+        assert!(quant.contains(
+            "int *__restrict__ outlier_counts, int *__restrict__ outlier_channels, float *__restrict__ outlier_values, \\\n        int max_outliers, float outlier_ratio, float outlier_trigger"
+        ));
+        assert!(quant.contains("float* __restrict__ scales, QTIER_OUTLIER_PARAMS) {"));
+        assert!(quant.contains("int kp, float* __restrict__ scales, QTIER_OUTLIER_PARAMS) {"));
+        assert!(matches!(
+            NO_OUTLIER_ARGS,
+            [Arg::Ptr(0), Arg::Ptr(0), Arg::Ptr(0), Arg::I32(_), Arg::F32(_), Arg::F32(_)]
+        ));
+        // `CudaQuantizedLinear::run`'s 12 arguments of the outlier epilogue, in order.
+        let params =
+            "qtier_outlier_epilogue(float* __restrict__ out, int m, int n, const qtier_u32* __restrict__ b, int kp,
+                           const float* __restrict__ w_scales, const int* __restrict__ counts,
+                           const int* __restrict__ channels, const float* __restrict__ values, int max_outliers,
+                           int act, const float* __restrict__ residual)";
+        assert!(GEMM.text.contains(params));
     }
 
     #[test]

@@ -24,4 +24,4 @@ pub use device::{CudaDevice, DeviceBuffer, DeviceElem};
 pub use error::CudaError;
 pub use float_linear::CudaLinear;
 pub use launch::{GemmKernel, GemmPath};
-pub use linear::{CudaQuantizedLinear, QuantizedActivations};
+pub use linear::{CudaQuantizedLinear, OutlierRule, QuantizedActivations};
