@@ -2,13 +2,14 @@
 # The GPU check of the CUDA int8 kernels, for a machine with an NVIDIA GPU (it cannot run in CI):
 #   1. kernels/examples/gpu_check.rs: GEMM correctness vs the CPU reference on the 7 reference
 #      shapes and odd shapes (i32 accumulators equal on every path, activation quantization
-#      bit-identical, fused outputs within OUTPUT_TOLERANCE), then the fused int8 Linear timed
-#      with achieved TOPS;
+#      bit-identical, fused outputs within OUTPUT_TOLERANCE, the outlier decomposition's lists,
+#      quantized rows and outputs), then the fused int8 Linear timed with achieved TOPS;
 #   2. scripts/gpu/torch_int8_peer.py: PyTorch on the same shapes (torch._int_mm with the
 #      quantize / dequantize ops around it, and fp16 torch.matmul), side by side;
 #   3. models/examples/gpu_minilm.rs: all-MiniLM-L6-v2's whole forward on the GPU (fp32 checkpoint
-#      and int8 artifact) against the CPU on the 20 development sentences: min / mean cosine,
-#      pass/fail against 0.995 (issue 9), and the batch-1 x 128-token forward timed.
+#      and int8 artifact, with and without the outlier decomposition) against the CPU on the 20
+#      development sentences: min / mean cosine, pass/fail against 0.995 (issue 9), and the
+#      batch-1 x 128-token forward timed.
 #   4. with a qtier binary built with `--features cuda` (QTIER_GPU_QTIER_BIN): `qtier bench model
 #      --device cuda` of MiniLM int8 and float, the reports `qtier recommend` calibrates GPU
 #      efficiency on (profiles/data/gpus.toml must list the GPU) to project g4dn's T4 and g5's A10G.
