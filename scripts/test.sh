@@ -73,3 +73,14 @@ else
   LD_LIBRARY_PATH="$QTIER_NVRTC_LIB_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
     cargo test --release -p qtier-kernels --features cuda --no-fail-fast nvrtc
 fi
+
+# The CUDA kernels and the GPU path's host code on the CPU emulator (kernels/cuda/emulator: the
+# .cu sources compiled as C++ by the cc crate, needs a C++20 compiler such as g++ 12), through
+# to all-MiniLM-L6-v2's whole GPU forward against the CPU encoder.
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --release -p qtier-kernels -p qtier-models --features qtier-models/cuda-emulator \
+    --no-fail-fast -E 'binary(cuda_emulator) | binary(gpu_emulator)'
+else
+  cargo test --release -p qtier-kernels -p qtier-models --features qtier-models/cuda-emulator --no-fail-fast \
+    --test cuda_emulator --test gpu_emulator
+fi

@@ -64,6 +64,10 @@ __device__ __forceinline__ void qtier_store(int m, int n, const float* __restric
     }
 }
 
+// The tensor-core kernels (inline PTX: mma.sync, cp.async) exist only on the GPU; the CPU
+// emulator (kernels/cuda/emulator) runs the dp4a kernel and the outlier epilogue.
+#ifndef QTIER_CPU_EMULATION
+
 __device__ __forceinline__ unsigned qtier_smem_addr(const void* p) {
     unsigned long long s;
     asm("cvta.to.shared.u64 %0, %1;" : "=l"(s) : "l"(p));
@@ -296,6 +300,8 @@ extern "C" __global__ void __launch_bounds__(128) qtier_gemm_s8_mma8816_64x64(QT
         }
     }
 }
+
+#endif  // QTIER_CPU_EMULATION
 
 // ---------------------------------------------------------------------------------------------
 // dp4a: one warp per 8-column tile and QTIER_DP4A_ROWS rows. Lane (g, t) multiplies column g's

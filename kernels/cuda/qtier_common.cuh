@@ -86,12 +86,17 @@ __device__ __forceinline__ float qtier_block_max(float v, float* scratch) {
     return qtier_warp_max(lane < warps ? scratch[lane] : 0.0f);
 }
 
-// Round-to-nearest f32 -> f16 bits (inline PTX, so no cuda_fp16.h is needed).
+// Round-to-nearest f32 -> f16 bits (inline PTX, so no cuda_fp16.h is needed; the CPU emulator,
+// kernels/cuda/emulator, rounds in software).
+#ifndef QTIER_CPU_EMULATION
 __device__ __forceinline__ unsigned short qtier_f32_to_f16_bits(float v) {
     unsigned short h;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
     return h;
 }
+#else
+inline unsigned short qtier_f32_to_f16_bits(float v) { return (unsigned short)qtier_emu_f32_to_f16_bits(v); }
+#endif
 
 // Quantizes `k` values produced by `value(i)` whose absolute maximum is `max_abs` into
 // `dst[0..kp)` (zeros past `k`), one thread per strided index, and stores the row scale.

@@ -87,7 +87,7 @@ __device__ __forceinline__ void qtier_quantize_row_with_outliers(F value, float 
             if (channel == QTIER_NO_CHANNEL) {
                 break;
             }
-            if (threadIdx.x == channel % (int)blockDim.x) {
+            if ((int)threadIdx.x == channel % (int)blockDim.x) {
                 const long long slot = row * max_outliers + count;
                 outlier_channels[slot] = channel;
                 outlier_values[slot] = value(channel);

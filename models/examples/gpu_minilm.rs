@@ -8,9 +8,9 @@
 //! - `gpu fp32 vs cpu fp32` and `gpu int8 vs cpu fp32` (int8 with the outlier decomposition, the
 //!   default on both devices) must reach [`MIN_COSINE`] (issue 9's bar) at their minimum (on the
 //!   CPU the decomposition reaches about 0.997 on these sentences, README);
-//! - `gpu int8 vs cpu int8` and `gpu int8 plain w8a8 vs cpu int8 plain w8a8` must reach
-//!   [`INT8_MATCH_COSINE`]: the same int8 runtime on both devices, so each is the other's exact
-//!   peer (the plain pair isolates the GEMM path from the decomposition);
+//! - `gpu int8 vs cpu int8` must reach [`INT8_MATCH_COSINE`] and `gpu int8 plain w8a8 vs cpu
+//!   int8 plain w8a8` [`PLAIN_MATCH_COSINE`]: the same int8 runtime on both devices, so each is
+//!   the other's peer (the plain pair isolates the GEMM path from the decomposition);
 //! - `gpu int8 plain w8a8 vs cpu fp32` is reported against [`MIN_COSINE`] as information: plain
 //!   W8A8 reaches a minimum of about 0.982 on these sentences on the CPU (`qtier eval
 //!   --plain-w8a8`).
@@ -48,6 +48,13 @@ const MIN_COSINE: f64 = 0.995;
 /// (LayerNorm, attention, GEMM epilogue order, the RMS behind an outlier decision) and the rare
 /// activation or outlier decision that it tips across a boundary differ.
 const INT8_MATCH_COSINE: f64 = 0.999;
+/// The GPU's plain W8A8 embeddings against the CPU's. Looser than [`INT8_MATCH_COSINE`]: a [CLS]
+/// or [SEP] token's scale is set by its outlier channel (~30x its median), so a last-bit
+/// difference in a LayerNorm output moves a value by a whole coarse step. On qtier's CUDA
+/// emulator (the same kernels on the CPU, `cargo test -p qtier-models --features cuda-emulator`)
+/// the minimum over 4 short texts was 0.9961, each device's plain W8A8 as close to fp32 as the
+/// other's.
+const PLAIN_MATCH_COSINE: f64 = 0.99;
 /// Tokens per sequence of the timed forward.
 const TIMED_SEQ: usize = 128;
 /// Minimum wall time of one timed batch of calls (so launch jitter and timer resolution stay
@@ -187,7 +194,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "gpu int8 plain w8a8 vs cpu int8 plain w8a8",
             &reference_int8_plain,
             &gpu_int8_plain_embeddings,
-            INT8_MATCH_COSINE,
+            PLAIN_MATCH_COSINE,
             true,
         ),
         ("gpu int8 plain w8a8 vs cpu fp32", &reference, &gpu_int8_plain_embeddings, MIN_COSINE, false),

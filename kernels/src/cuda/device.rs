@@ -405,7 +405,172 @@ mod backend {
     }
 }
 
-#[cfg(not(feature = "cuda"))]
+#[cfg(all(feature = "cuda-emulator", not(feature = "cuda")))]
+mod backend {
+    //! The CPU emulator (the `cuda-emulator` feature, for tests): one "device" whose memory is
+    //! host memory and whose kernels are the `.cu` sources compiled as C++
+    //! (kernels/cuda/emulator/emulator.cpp), run synchronously, one launch at a time. The
+    //! tensor-core GEMM kernels are not emulated: launching one is an error naming it.
+    use std::ffi::{CString, c_char};
+    use std::marker::PhantomData;
+    use std::ptr::NonNull;
+    use std::sync::Mutex;
+
+    use super::{Arg, DeviceElem, DeviceInfo};
+    use crate::cuda::arch::GpuArch;
+    use crate::cuda::error::CudaError;
+    use crate::cuda::launch::LaunchDims;
+    use crate::cuda::source::{KernelFn, KernelSource};
+
+    unsafe extern "C" {
+        /// emulator.cpp: runs kernel `name`; 0 on success, else 1 with a message in `error`.
+        fn qtier_emu_launch(
+            name: *const c_char,
+            grid: *const u32,
+            block: *const u32,
+            values: *const u64,
+            kinds: *const u8,
+            count: usize,
+            error: *mut c_char,
+            error_len: usize,
+        ) -> i32;
+    }
+
+    /// Serializes launches with downloads and uploads, as one stream would.
+    static MEMORY: Mutex<()> = Mutex::new(());
+
+    pub(super) struct Device;
+
+    /// Host memory the emulated kernels address by pointer.
+    pub(super) struct Buffer<T> {
+        ptr: NonNull<T>,
+        len: usize,
+        _owns: PhantomData<Box<[T]>>,
+    }
+
+    // SAFETY: the buffer owns its allocation; the emulated kernels write it only inside
+    // `launch`, which holds MEMORY, as do `download`'s reads.
+    unsafe impl<T: Send> Send for Buffer<T> {}
+    // SAFETY: as for Send; shared references only read under MEMORY or pass the address on.
+    unsafe impl<T: Sync> Sync for Buffer<T> {}
+
+    impl<T> Drop for Buffer<T> {
+        fn drop(&mut self) {
+            // SAFETY: `ptr` and `len` come from `Box::into_raw` of a boxed slice in `from_vec`.
+            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.len)) });
+        }
+    }
+
+    fn from_vec<T>(values: Vec<T>) -> Buffer<T> {
+        let len = values.len();
+        let raw = Box::into_raw(values.into_boxed_slice());
+        // SAFETY: Box::into_raw never returns null.
+        Buffer { ptr: unsafe { NonNull::new_unchecked(raw.cast::<T>()) }, len, _owns: PhantomData }
+    }
+
+    pub(super) fn count() -> Result<usize, CudaError> {
+        Ok(1)
+    }
+
+    pub(super) fn open(ordinal: usize) -> Result<(Device, DeviceInfo), CudaError> {
+        if ordinal != 0 {
+            return Err(CudaError::Driver {
+                call: "open (emulator)".into(),
+                message: format!("the emulator has one device, 0, not {ordinal}"),
+            });
+        }
+        let info = DeviceInfo {
+            // Turing: the oldest architecture the kernels support.
+            major: 7,
+            minor: 5,
+            name: "qtier CUDA emulator (CPU)".into(),
+            sm_count: 1,
+            memory_bytes: 0,
+            driver_cuda_version: (0, 0),
+        };
+        Ok((Device, info))
+    }
+
+    pub(super) fn module(_dev: &Device, _arch: GpuArch, _source: &KernelSource) -> Result<(), CudaError> {
+        Ok(())
+    }
+
+    pub(super) fn launch(
+        _dev: &Device,
+        _arch: GpuArch,
+        f: KernelFn,
+        dims: LaunchDims,
+        args: &[Arg],
+    ) -> Result<(), CudaError> {
+        let (values, kinds): (Vec<u64>, Vec<u8>) = args
+            .iter()
+            .map(|arg| match *arg {
+                Arg::Ptr(p) => (p, 0),
+                Arg::I32(v) => (v as i64 as u64, 1),
+                Arg::I64(v) => (v as u64, 2),
+                Arg::F32(v) => (u64::from(v.to_bits()), 3),
+            })
+            .unzip();
+        let name = CString::new(f.name).expect("kernel names have no NUL");
+        let grid = [dims.grid.0, dims.grid.1, dims.grid.2];
+        let block = [dims.block.0, dims.block.1, dims.block.2];
+        let mut error = vec![0u8; 1024];
+        let _memory = MEMORY.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: every pointer is valid for the call (NUL-terminated name, 3-element dims,
+        // `count` values and kinds, an `error_len`-byte buffer); the kernel's own pointer
+        // arguments come from live buffers whose lengths the host checked, as for the GPU.
+        let status = unsafe {
+            qtier_emu_launch(
+                name.as_ptr(),
+                grid.as_ptr(),
+                block.as_ptr(),
+                values.as_ptr(),
+                kinds.as_ptr(),
+                values.len(),
+                error.as_mut_ptr().cast(),
+                error.len(),
+            )
+        };
+        if status == 0 {
+            return Ok(());
+        }
+        let end = error.iter().position(|&b| b == 0).unwrap_or(error.len());
+        Err(CudaError::Driver {
+            call: format!("launch {} (emulator)", f.name),
+            message: String::from_utf8_lossy(&error[..end]).into_owned(),
+        })
+    }
+
+    pub(super) fn device_ptr<T>(buffer: &Buffer<T>) -> u64 {
+        buffer.ptr.as_ptr() as u64
+    }
+
+    pub(super) fn upload<T: DeviceElem>(_dev: &Device, host: &[T]) -> Result<Buffer<T>, CudaError> {
+        if host.is_empty() {
+            return Ok(from_vec(vec![T::default()]));
+        }
+        Ok(from_vec(host.to_vec()))
+    }
+
+    pub(super) fn zeros<T: DeviceElem>(_dev: &Device, len: usize) -> Result<Buffer<T>, CudaError> {
+        // One element at least, as on the GPU. T::default() is zero for every DeviceElem.
+        Ok(from_vec(vec![T::default(); len.max(1)]))
+    }
+
+    pub(super) fn download<T: DeviceElem>(_dev: &Device, buffer: &Buffer<T>, len: usize) -> Result<Vec<T>, CudaError> {
+        let _memory = MEMORY.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the allocation holds `buffer.len` initialized elements, and no kernel writes
+        // them while MEMORY is held.
+        let all = unsafe { std::slice::from_raw_parts(buffer.ptr.as_ptr(), buffer.len) };
+        Ok(all[..len.min(buffer.len)].to_vec())
+    }
+
+    pub(super) fn synchronize(_dev: &Device) -> Result<(), CudaError> {
+        Ok(())
+    }
+}
+
+#[cfg(not(any(feature = "cuda", feature = "cuda-emulator")))]
 mod backend {
     //! Built without CUDA: no device can be opened, so the handle and buffer types are
     //! uninhabited and every entry point that would need one returns [`CudaError::NotBuilt`].
@@ -479,7 +644,7 @@ mod tests {
         assert_eq!(split_cuda_version(-1), (0, 0));
     }
 
-    #[cfg(not(feature = "cuda"))]
+    #[cfg(not(any(feature = "cuda", feature = "cuda-emulator")))]
     #[test]
     fn without_the_cuda_feature_every_entry_point_says_not_built() {
         assert!(matches!(CudaDevice::new(0), Err(CudaError::NotBuilt)));

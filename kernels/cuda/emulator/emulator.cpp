@@ -1,0 +1,402 @@
+// A CPU emulator of the CUDA execution model for qtier's kernel sources, built only with the
+// `cuda-emulator` cargo feature (tests): the very `.cu` files NVRTC compiles for the GPU are
+// compiled here as C++ (QTIER_CPU_EMULATION defined), and `qtier_emu_launch` runs a kernel by
+// name with the host's argument list, so the host code of `qtier_kernels::cuda` and the kernels'
+// indexing, reductions and barriers run in CI without a GPU.
+//
+// The model: one launch at a time; the blocks of a grid run one after another, and the threads
+// of a block run as fibers (each its own stack) on the calling thread, switched cooperatively at
+// barriers: __syncthreads waits for every thread of the block that has not returned from the
+// kernel (returned threads no longer count, as on the GPU), __syncwarp and the warp shuffles
+// for the lanes of the thread's warp. Threads left waiting at barriers that can never complete
+// (e.g. a __syncthreads some threads skip while others wait at a __syncwarp) are reported as a
+// deadlock, not hung. Shared memory (`__shared__`, a function-local static here) is shared by a
+// block's threads and reused by the next block, as on the GPU. Arguments are checked against the
+// kernel's C parameter list (count and kind: pointer, int, long long, float); a mismatch is an
+// error, not undefined behaviour.
+//
+// Not emulated: the tensor-core GEMMs (mma.sync and cp.async inline PTX; qtier's CPU tests
+// emulate their fragment layouts separately, see `qtier_kernels::cuda::layout`), concurrency
+// between blocks, and timing. Float results can differ from a GPU's in the last bits: the GPU
+// contracts a * b + c into FMAs where this build does not. x86-64 only (the fiber switch).
+
+#define QTIER_CPU_EMULATION 1
+
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#if !defined(__x86_64__)
+#error "the CUDA emulator's fiber switch is written for x86-64"
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Fibers: one per CUDA thread of the running block.
+
+// Saves the callee-saved registers on the current stack, stores the stack pointer in *from,
+// loads `to` and restores the registers saved there (System V x86-64).
+extern "C" void qtier_emu_switch(void** from, void* to);
+asm(R"(
+    .text
+    .globl qtier_emu_switch
+    .type qtier_emu_switch, @function
+qtier_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size qtier_emu_switch, .-qtier_emu_switch
+)");
+
+namespace qtier_emu {
+
+enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, Done };
+
+struct Fiber {
+    void* sp = nullptr;
+    State state = State::Done;
+    std::unique_ptr<unsigned char[]> stack;
+};
+
+constexpr size_t kStackBytes = 256 * 1024;
+
+struct Block {
+    std::vector<Fiber> fibers;
+    void* scheduler_sp = nullptr;
+    unsigned current = 0;
+    std::function<void()> body;
+    std::string error;
+    // Warp shuffle slots, two sets used alternately (see shfl below).
+    std::vector<unsigned long long> lanes[2];
+    std::vector<unsigned> shuffles;
+};
+
+Block block;
+
+}  // namespace qtier_emu
+
+// ---------------------------------------------------------------------------------------------
+// CUDA C++ spellings.
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __noinline__ __attribute__((noinline))
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __align__(n) alignas(n)
+
+struct QtierEmuDim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+
+// The running thread's coordinates (set by the scheduler before it switches to a fiber).
+static QtierEmuDim3 threadIdx;
+static QtierEmuDim3 blockIdx;
+static QtierEmuDim3 blockDim;
+static QtierEmuDim3 gridDim;
+
+static void qtier_emu_wait(qtier_emu::State state) {
+    qtier_emu::Fiber& self = qtier_emu::block.fibers[qtier_emu::block.current];
+    self.state = state;
+    qtier_emu_switch(&self.sp, qtier_emu::block.scheduler_sp);
+}
+
+static void __syncthreads() { qtier_emu_wait(qtier_emu::State::AtBlockBarrier); }
+
+static void __syncwarp(unsigned = 0xffffffffu) { qtier_emu_wait(qtier_emu::State::AtWarpBarrier); }
+
+// Every lane writes its value, the warp syncs, every lane reads its partner's. The slot sets
+// alternate per call, so the next call's writes cannot overwrite values still to be read: a
+// lane reaches that call's sync only after all lanes passed this one's.
+template <class T>
+static T __shfl_xor_sync(unsigned, T value, int lane_mask) {
+    static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= sizeof(unsigned long long));
+    qtier_emu::Block& b = qtier_emu::block;
+    const unsigned thread = b.current;
+    unsigned long long* slots = &b.lanes[b.shuffles[thread]++ & 1][thread / 32 * 32];
+    std::memcpy(&slots[thread % 32], &value, sizeof(T));
+    __syncwarp();
+    T other;
+    std::memcpy(&other, &slots[(thread % 32) ^ (unsigned)lane_mask], sizeof(T));
+    return other;
+}
+
+template <class T>
+static T min(T a, T b) {
+    return b < a ? b : a;
+}
+
+template <class T>
+static T max(T a, T b) {
+    return a < b ? b : a;
+}
+
+static float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+static float __fdiv_rn(float a, float b) { return a / b; }
+static float __fmul_rn(float a, float b) { return a * b; }
+static float __fadd_rn(float a, float b) { return a + b; }
+static float __int_as_float(unsigned bits) { return std::bit_cast<float>(bits); }
+
+static int __dp4a(int a, int b, int c) {
+    for (int byte = 0; byte < 4; ++byte) {
+        c += (int)(signed char)(a >> (8 * byte)) * (int)(signed char)(b >> (8 * byte));
+    }
+    return c;
+}
+
+// f32 -> f16 bits, round to nearest even (the GPU's cvt.rn.f16.f32).
+static unsigned short qtier_emu_f32_to_f16_bits(float v) { return std::bit_cast<unsigned short>((_Float16)v); }
+
+// ---------------------------------------------------------------------------------------------
+// The kernel sources.
+
+#include "../quant.cu"
+#include "../encoder.cu"
+#include "../gemm_f32.cu"
+#include "../gemm_s8.cu"
+
+// ---------------------------------------------------------------------------------------------
+// Launching.
+
+namespace {
+
+// Argument kinds, as `qtier_kernels::cuda::device::backend` (emulator) encodes them.
+enum ArgKind : unsigned char { kPointer = 0, kInt = 1, kLongLong = 2, kFloat = 3 };
+
+struct Args {
+    const unsigned long long* values;
+    const unsigned char* kinds;
+    size_t count;
+    const char* kernel;
+
+    template <class P>
+    P get(size_t index) const {
+        auto expect = [&](ArgKind kind, const char* what) {
+            if (kinds[index] != kind) {
+                throw std::runtime_error(std::string(kernel) + ": argument " + std::to_string(index) +
+                                         " should be " + what + ", the host passed kind " +
+                                         std::to_string(kinds[index]));
+            }
+        };
+        if constexpr (std::is_pointer_v<P>) {
+            expect(kPointer, "a pointer");
+            return reinterpret_cast<P>(static_cast<uintptr_t>(values[index]));
+        } else if constexpr (std::is_same_v<P, int>) {
+            expect(kInt, "an int");
+            return static_cast<int>(static_cast<long long>(values[index]));
+        } else if constexpr (std::is_same_v<P, long long>) {
+            expect(kLongLong, "a long long");
+            return static_cast<long long>(values[index]);
+        } else {
+            static_assert(std::is_same_v<P, float>, "unsupported kernel parameter type");
+            expect(kFloat, "a float");
+            return std::bit_cast<float>(static_cast<unsigned>(values[index]));
+        }
+    }
+};
+
+template <class... P, size_t... I>
+std::tuple<P...> unpack(const Args& args, std::index_sequence<I...>) {
+    return std::tuple<P...>{args.get<P>(I)...};
+}
+
+using Launcher = void (*)(const Args&, QtierEmuDim3, QtierEmuDim3);
+
+// A new fiber's entry: runs the block's kernel body as thread `current`, then returns to the
+// scheduler for good.
+[[noreturn]] void fiber_main() {
+    qtier_emu::Block& b = qtier_emu::block;
+    try {
+        b.body();
+    } catch (const std::exception& e) {
+        if (b.error.empty()) {
+            b.error = e.what();
+        }
+    }
+    qtier_emu::Fiber& self = b.fibers[b.current];
+    self.state = qtier_emu::State::Done;
+    qtier_emu_switch(&self.sp, b.scheduler_sp);
+    __builtin_unreachable();
+}
+
+// A fresh stack for `fiber` whose first switch enters fiber_main: the six registers
+// qtier_emu_switch pops, then fiber_main's address for its `ret`, placed so that fiber_main
+// starts with the stack alignment of a called function.
+void prepare(qtier_emu::Fiber& fiber) {
+    if (!fiber.stack) {
+        fiber.stack = std::make_unique<unsigned char[]>(qtier_emu::kStackBytes);
+    }
+    auto top = reinterpret_cast<uintptr_t>(fiber.stack.get() + qtier_emu::kStackBytes) & ~uintptr_t{15};
+    auto* slot = reinterpret_cast<uintptr_t*>(top);
+    *--slot = 0;
+    *--slot = reinterpret_cast<uintptr_t>(&fiber_main);
+    for (int reg = 0; reg < 6; ++reg) {
+        *--slot = 0;
+    }
+    fiber.sp = slot;
+    fiber.state = qtier_emu::State::Runnable;
+}
+
+// Runs one block of `threads` fibers to completion. Warp by warp, each warp runs as far as it
+// can (its lanes in turn until each waits or returns, its warp barriers released as soon as all
+// its running lanes reach them) before the next warp starts; then the block barrier is released
+// once every running thread waits there. Running one warp ahead of the others is the order in
+// which a missing __syncthreads shows (a warp overwrites shared memory others have not read).
+void run_block(unsigned threads) {
+    qtier_emu::Block& b = qtier_emu::block;
+    using qtier_emu::State;
+    for (unsigned t = 0; t < threads; ++t) {
+        prepare(b.fibers[t]);
+    }
+    std::fill(b.shuffles.begin(), b.shuffles.end(), 0u);
+    for (;;) {
+        for (unsigned first = 0; first < threads; first += 32) {
+            const unsigned last = std::min(first + 32, threads);
+            for (;;) {
+                for (unsigned t = first; t < last; ++t) {
+                    if (b.fibers[t].state == State::Runnable) {
+                        b.current = t;
+                        threadIdx = {t % blockDim.x, t / blockDim.x % blockDim.y, t / (blockDim.x * blockDim.y)};
+                        qtier_emu_switch(&b.scheduler_sp, b.fibers[t].sp);
+                    }
+                }
+                bool all_at_warp_barrier = true, any_at_warp_barrier = false;
+                for (unsigned t = first; t < last; ++t) {
+                    const State state = b.fibers[t].state;
+                    all_at_warp_barrier = all_at_warp_barrier && (state == State::AtWarpBarrier || state == State::Done);
+                    any_at_warp_barrier = any_at_warp_barrier || state == State::AtWarpBarrier;
+                }
+                if (!(all_at_warp_barrier && any_at_warp_barrier)) {
+                    break;
+                }
+                for (unsigned t = first; t < last; ++t) {
+                    if (b.fibers[t].state == State::AtWarpBarrier) {
+                        b.fibers[t].state = State::Runnable;
+                    }
+                }
+            }
+        }
+        unsigned running = 0, at_block = 0;
+        for (unsigned t = 0; t < threads; ++t) {
+            running += b.fibers[t].state != State::Done;
+            at_block += b.fibers[t].state == State::AtBlockBarrier;
+        }
+        if (running == 0) {
+            return;
+        }
+        if (at_block != running) {
+            // Left suspended: their stacks are reset by the next launch.
+            throw std::runtime_error("barrier deadlock: " + std::to_string(at_block) + " of " +
+                                     std::to_string(running) + " running threads wait at __syncthreads, the others " +
+                                     "at a warp barrier some running lanes of their warp never reach");
+        }
+        for (unsigned t = 0; t < threads; ++t) {
+            if (b.fibers[t].state == State::AtBlockBarrier) {
+                b.fibers[t].state = State::Runnable;
+            }
+        }
+    }
+}
+
+// Runs `kernel` over `grid` blocks of `block` threads with `args` (checked first).
+template <class... P>
+void run(void (*kernel)(P...), const Args& args, QtierEmuDim3 grid, QtierEmuDim3 block) {
+    if (args.count != sizeof...(P)) {
+        throw std::runtime_error(std::string(args.kernel) + " takes " + std::to_string(sizeof...(P)) +
+                                 " arguments, the host passed " + std::to_string(args.count));
+    }
+    const std::tuple<P...> values = unpack<P...>(args, std::index_sequence_for<P...>{});
+    const unsigned threads = block.x * block.y * block.z;
+    if (threads == 0 || threads > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0) {
+        throw std::runtime_error(std::string(args.kernel) + ": empty or oversized launch");
+    }
+    qtier_emu::Block& b = qtier_emu::block;
+    if (b.fibers.size() < threads) {
+        b.fibers.resize(threads);
+    }
+    const size_t lanes = (threads + 31) / 32 * 32;
+    b.lanes[0].assign(lanes, 0);
+    b.lanes[1].assign(lanes, 0);
+    b.shuffles.assign(threads, 0);
+    b.body = [&] { std::apply(kernel, values); };
+    b.error.clear();
+    blockDim = block;
+    gridDim = grid;
+    for (unsigned z = 0; z < grid.z; ++z) {
+        for (unsigned y = 0; y < grid.y; ++y) {
+            for (unsigned x = 0; x < grid.x; ++x) {
+                blockIdx = {x, y, z};
+                run_block(threads);
+                if (!b.error.empty()) {
+                    throw std::runtime_error(std::string(args.kernel) + ": " + b.error);
+                }
+            }
+        }
+    }
+}
+
+#define QTIER_EMU_KERNEL(name) {#name, [](const Args& a, QtierEmuDim3 g, QtierEmuDim3 b) { run(name, a, g, b); }}
+
+const std::map<std::string, Launcher>& launchers() {
+    static const std::map<std::string, Launcher> table = {
+        QTIER_EMU_KERNEL(qtier_quantize_rows),
+        QTIER_EMU_KERNEL(qtier_layernorm_rows),
+        QTIER_EMU_KERNEL(qtier_embedding_layernorm),
+        QTIER_EMU_KERNEL(qtier_attention),
+        QTIER_EMU_KERNEL(qtier_gelu_erf),
+        QTIER_EMU_KERNEL(qtier_residual_add),
+        QTIER_EMU_KERNEL(qtier_mean_pool),
+        QTIER_EMU_KERNEL(qtier_gemm_f32),
+        QTIER_EMU_KERNEL(qtier_gemm_s8_dp4a),
+        QTIER_EMU_KERNEL(qtier_outlier_epilogue),
+    };
+    return table;
+}
+
+std::mutex launch_mutex;
+
+}  // namespace
+
+// Runs kernel `name` over `grid` x `block` with `count` arguments (`values[i]` of kind
+// `kinds[i]`); 0 on success, else 1 with a message in `error` (NUL-terminated, truncated to
+// `error_len`). One launch at a time.
+extern "C" int qtier_emu_launch(const char* name, const unsigned* grid, const unsigned* block,
+                                const unsigned long long* values, const unsigned char* kinds, size_t count,
+                                char* error, size_t error_len) {
+    std::lock_guard<std::mutex> lock(launch_mutex);
+    try {
+        const auto& table = launchers();
+        const auto found = table.find(name);
+        if (found == table.end()) {
+            throw std::runtime_error(std::string(name) + " is not emulated (tensor-core kernels need a GPU)");
+        }
+        found->second(Args{values, kinds, count, name}, {grid[0], grid[1], grid[2]}, {block[0], block[1], block[2]});
+        return 0;
+    } catch (const std::exception& e) {
+        std::snprintf(error, error_len, "%s", e.what());
+        return 1;
+    }
+}

@@ -1,0 +1,109 @@
+//! The GPU sentence encoder ([`GpuEncoder`]) on qtier-kernels' CPU emulator of the CUDA kernels
+//! (`cargo test -p qtier-models --features cuda-emulator`): all-MiniLM-L6-v2's whole GPU
+//! forward (embeddings, the fused LayerNorm -> quantization with its outlier lists, the int8 and
+//! fp32 GEMMs, the outlier epilogue, attention, pooling) against the CPU encoder. Texts are at
+//! most 8 tokens, so every int8 GEMM takes the dp4a kernel, the one the emulator runs (the
+//! tensor-core kernels need a GPU: `scripts/gpu-check.sh`). Needs the test model
+//! (`qtier test-model`, which `scripts/test.sh` runs first).
+#![cfg(all(feature = "cuda-emulator", not(feature = "cuda")))]
+
+use std::path::PathBuf;
+
+use qtier_models::eval::cosine;
+use qtier_models::gpu::GpuEncoder;
+use qtier_models::{Int8Options, SentenceEncoder};
+use qtier_quantize::{LayerSelection, QuantizeOptions, quantize_checkpoint};
+
+/// Texts of at most 8 tokens with [CLS] and [SEP] (checked below), embedded one at a time.
+const TEXTS: [&str; 4] = ["the cat sat on the mat", "a quick test", "hello world", "GPUs run int8 fast"];
+
+/// The same weights and runtime on both devices: float rounding only (the emulator's order of
+/// reductions differs from candle's).
+const FLOAT_MATCH_COSINE: f64 = 0.99999;
+/// The same int8 runtime on both devices: float rounding, and the rare activation it tips across
+/// a quantization step or an outlier threshold.
+const INT8_MATCH_COSINE: f64 = 0.999;
+/// Plain per-token W8A8 on both devices. Looser: a [CLS] or [SEP] token's scale is set by its
+/// outlier channel (~30x its median), so most of its values sit a few coarse steps from zero and
+/// a last-bit difference in a LayerNorm output moves one by a whole step. Measured here: 0.9961
+/// at the minimum, while each device's plain W8A8 is as close to fp32 as the other's (see the
+/// test).
+const PLAIN_MATCH_COSINE: f64 = 0.99;
+/// How much further from fp32 the GPU's plain W8A8 may be than the CPU's, at the minimum.
+const PLAIN_QUALITY_SLACK: f64 = 0.002;
+
+fn model_dir() -> PathBuf {
+    let cache = std::env::var_os("QTIER_CACHE")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache").join("qtier"));
+    let dir = cache.join("models").join("all-MiniLM-L6-v2");
+    assert!(
+        dir.join("config.json").is_file(),
+        "{}: no test model; run `qtier test-model` (scripts/test.sh does)",
+        dir.display()
+    );
+    dir
+}
+
+fn min_cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| cosine(x, y)).fold(f64::INFINITY, f64::min)
+}
+
+fn embed_gpu(encoder: &GpuEncoder) -> Vec<Vec<f32>> {
+    TEXTS.iter().map(|text| encoder.embed_texts(&[text]).unwrap().remove(0)).collect()
+}
+
+#[test]
+fn the_gpu_encoder_matches_the_cpu_encoder_float_and_int8() {
+    let model = model_dir();
+    let scratch = tempfile::tempdir().unwrap();
+    let artifact = scratch.path().join("artifact");
+    let options = QuantizeOptions {
+        input: model.clone(),
+        output: artifact.clone(),
+        selection: LayerSelection::default(),
+        allow_nonfinite: false,
+        force: false,
+        durable: false,
+    };
+    quantize_checkpoint(&options, &|_| {}).unwrap();
+    let plain = Int8Options { outlier_decomposition: false };
+
+    let gpu_fp32 = GpuEncoder::load(&model, 0).unwrap();
+    for text in TEXTS {
+        let tokens = gpu_fp32.tokenizer().encode_batch(&[text]).unwrap();
+        assert!(tokens.seq <= 8, "{text:?}: {} tokens, the dp4a kernel takes at most 8 rows", tokens.seq);
+    }
+    let cpu_fp32 = SentenceEncoder::load(&model).unwrap().embed(&TEXTS).unwrap();
+    let min = min_cosine(&embed_gpu(&gpu_fp32), &cpu_fp32);
+    assert!(min >= FLOAT_MATCH_COSINE, "fp32: {min}");
+
+    let gpu_int8 = GpuEncoder::load(&artifact, 0).unwrap();
+    assert!(gpu_int8.outlier_rule().is_some());
+    let gpu_plain = GpuEncoder::load_with(&artifact, 0, plain).unwrap();
+    assert!(gpu_plain.outlier_rule().is_none());
+    let (int8, plain_w8a8) = (embed_gpu(&gpu_int8), embed_gpu(&gpu_plain));
+    let cpu_int8 = SentenceEncoder::load(&artifact).unwrap().embed(&TEXTS).unwrap();
+    let cpu_plain = SentenceEncoder::load_with(&artifact, plain).unwrap().embed(&TEXTS).unwrap();
+    let min = min_cosine(&int8, &cpu_int8);
+    assert!(min >= INT8_MATCH_COSINE, "int8: {min}");
+    let min = min_cosine(&plain_w8a8, &cpu_plain);
+    assert!(min >= PLAIN_MATCH_COSINE, "int8 plain W8A8: {min}");
+    let (gpu_plain_quality, cpu_plain_quality) =
+        (min_cosine(&plain_w8a8, &cpu_fp32), min_cosine(&cpu_plain, &cpu_fp32));
+    assert!(
+        gpu_plain_quality >= cpu_plain_quality - PLAIN_QUALITY_SLACK,
+        "plain W8A8 vs fp32: GPU {gpu_plain_quality}, CPU {cpu_plain_quality}"
+    );
+    // The decomposition is what brings int8 close to fp32 ([CLS] and [SEP] carry outliers).
+    let decomposed = min_cosine(&int8, &cpu_fp32);
+    assert!(
+        decomposed > gpu_plain_quality,
+        "int8 vs fp32: {decomposed} with the decomposition, {gpu_plain_quality} without"
+    );
+    eprintln!(
+        "min cosine to CPU fp32: int8 {decomposed:.6}, plain W8A8 {gpu_plain_quality:.6} (CPU {cpu_plain_quality:.6})"
+    );
+}
