@@ -64,8 +64,8 @@ __device__ __forceinline__ void qtier_store(int m, int n, const float* __restric
     }
 }
 
-// The tensor-core kernels (inline PTX: mma.sync, cp.async) exist only on the GPU; the CPU
-// emulator (kernels/cuda/emulator) runs the dp4a kernel and the outlier epilogue.
+// The PTX instructions of the tensor-core kernels, one function each (the CPU emulator,
+// kernels/cuda/emulator, supplies its own). cp.async and mma.m16n8k32 exist from sm_80.
 #ifndef QTIER_CPU_EMULATION
 
 __device__ __forceinline__ unsigned qtier_smem_addr(const void* p) {
@@ -73,6 +73,47 @@ __device__ __forceinline__ unsigned qtier_smem_addr(const void* p) {
     asm("cvta.to.shared.u64 %0, %1;" : "=l"(s) : "l"(p));
     return (unsigned)s;
 }
+
+// d += a (8 x 16, row) * b (16 x 8, col), s8 in, s32 accumulate; one warp, fragments as in the
+// PTX ISA ("Matrix fragments for mma.m8n8k16").
+__device__ __forceinline__ void qtier_mma_m8n8k16(int (&d)[2], qtier_u32 a, qtier_u32 b) {
+    asm volatile("mma.sync.aligned.m8n8k16.row.col.s32.s8.s8.s32 {%0,%1}, {%2}, {%3}, {%0,%1};\n"
+                 : "+r"(d[0]), "+r"(d[1])
+                 : "r"(a), "r"(b));
+}
+
+#if __CUDA_ARCH__ >= 800
+// d += a (16 x 32, row) * b (32 x 8, col), s8 in, s32 accumulate; one warp ("Matrix fragments
+// for mma.m16n8k32").
+__device__ __forceinline__ void qtier_mma_m16n8k32(int (&d)[4], const qtier_u32 (&a)[4], qtier_u32 b0, qtier_u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, "
+                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Asynchronous copy of 16 bytes from global `src` to shared `dst`; of `src_bytes` (0 or 16)
+// with zeros for the rest.
+__device__ __forceinline__ void qtier_cp_async16(void* dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(qtier_smem_addr(dst)), "l"(src));
+}
+
+__device__ __forceinline__ void qtier_cp_async16_zfill(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(qtier_smem_addr(dst)), "l"(src),
+                 "r"(src_bytes));
+}
+
+// Closes the group of copies issued since the last commit.
+__device__ __forceinline__ void qtier_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+// Waits until at most N committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void qtier_cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+#endif  // __CUDA_ARCH__ >= 800
+
+#endif  // QTIER_CPU_EMULATION
 
 // ---------------------------------------------------------------------------------------------
 // sm_80+: mma.m16n8k32, QTIER_STAGES-deep cp.async pipeline over k tiles of 32.
@@ -110,17 +151,13 @@ __device__ __forceinline__ void qtier_gemm_mma16832(QTIER_GEMM_PARAMS) {
             const bool valid = row0 + r < m;
             const qtier_s8* src = a + (long long)(valid ? row0 + r : 0) * kp + kt * QTIER_KTILE + half * 16;
             // Rows past m are zero-filled (source size 0).
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
-                             qtier_smem_addr(as + r * QTIER_A_STRIDE + half * 16)),
-                         "l"(src), "r"(valid ? 16 : 0));
+            qtier_cp_async16_zfill(as + r * QTIER_A_STRIDE + half * 16, src, valid ? 16 : 0);
         }
         for (int c = threadIdx.x; c < (BN / QTIER_NTILE) * 16; c += THREADS) {
             const int tile = c >> 4;
             const int part = c & 15;
             const qtier_u32* src = b_block + ((long long)tile * ktiles + kt) * QTIER_TILE_WORDS + part * 4;
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
-                             qtier_smem_addr(bs + tile * QTIER_TILE_WORDS * 4 + part * 16)),
-                         "l"(src));
+            qtier_cp_async16(bs + tile * QTIER_TILE_WORDS * 4 + part * 16, src);
         }
     };
 
@@ -141,17 +178,17 @@ __device__ __forceinline__ void qtier_gemm_mma16832(QTIER_GEMM_PARAMS) {
         if (s < ktiles) {
             load_stage(s, s);
         }
-        asm volatile("cp.async.commit_group;\n" ::);
+        qtier_cp_async_commit();
     }
     for (int kt = 0; kt < ktiles; ++kt) {
-        asm volatile("cp.async.wait_group %0;\n" ::"n"(QTIER_STAGES - 2));
+        qtier_cp_async_wait<QTIER_STAGES - 2>();
         __syncthreads();
         // The slot refilled here was read in iteration kt - 1, which every warp has finished.
         const int next = kt + QTIER_STAGES - 1;
         if (next < ktiles) {
             load_stage(next % QTIER_STAGES, next);
         }
-        asm volatile("cp.async.commit_group;\n" ::);
+        qtier_cp_async_commit();
 
         const unsigned char* as = smem + (kt % QTIER_STAGES) * STAGE;
         const unsigned char* bs = as + A_STAGE;
@@ -172,14 +209,11 @@ __device__ __forceinline__ void qtier_gemm_mma16832(QTIER_GEMM_PARAMS) {
             const qtier_u32 b1 = (qtier_u32)(w >> 32);
 #pragma unroll
             for (int i = 0; i < MI; ++i) {
-                asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, "
-                             "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                             : "+r"(acc[i][j][0]), "+r"(acc[i][j][1]), "+r"(acc[i][j][2]), "+r"(acc[i][j][3])
-                             : "r"(af[i][0]), "r"(af[i][1]), "r"(af[i][2]), "r"(af[i][3]), "r"(b0), "r"(b1));
+                qtier_mma_m16n8k32(acc[i][j], af[i], b0, b1);
             }
         }
     }
-    asm volatile("cp.async.wait_group 0;\n" ::);
+    qtier_cp_async_wait<0>();
 
 #pragma unroll
     for (int i = 0; i < MI; ++i) {
@@ -278,9 +312,7 @@ extern "C" __global__ void __launch_bounds__(128) qtier_gemm_s8_mma8816_64x64(QT
                 const qtier_u32 bf = *(const qtier_u32*)(bs + (wn * NI + j) * QTIER_TILE_WORDS * 4 + lane * 8 + ks * 4);
 #pragma unroll
                 for (int i = 0; i < MI; ++i) {
-                    asm volatile("mma.sync.aligned.m8n8k16.row.col.s32.s8.s8.s32 {%0,%1}, {%2}, {%3}, {%0,%1};\n"
-                                 : "+r"(acc[i][j][0]), "+r"(acc[i][j][1])
-                                 : "r"(af[i]), "r"(bf));
+                    qtier_mma_m8n8k16(acc[i][j], af[i], bf);
                 }
             }
         }
@@ -300,8 +332,6 @@ extern "C" __global__ void __launch_bounds__(128) qtier_gemm_s8_mma8816_64x64(QT
         }
     }
 }
-
-#endif  // QTIER_CPU_EMULATION
 
 // ---------------------------------------------------------------------------------------------
 // dp4a: one warp per 8-column tile and QTIER_DP4A_ROWS rows. Lane (g, t) multiplies column g's

@@ -3,13 +3,14 @@
 //! host code as on a GPU, checked against the CPU kernels and f64 references. This catches what
 //! the NVRTC compile test cannot: wrong indexing, reductions, barriers, argument lists (the
 //! emulator checks each launch's arguments against the kernel's parameter list) and host
-//! orchestration. It does not replace the on-device check (`scripts/gpu-check.sh`): the
-//! tensor-core kernels are not emulated, and a GPU's float rounding (FMA contraction) differs.
+//! orchestration, on both emulated architectures (device 0: sm_75, device 1: sm_86), so every
+//! GEMM kernel runs. It does not replace the on-device check (`scripts/gpu-check.sh`): blocks
+//! run one at a time, and a GPU's float rounding (FMA contraction) differs.
 #![cfg(all(feature = "cuda-emulator", not(feature = "cuda")))]
 
 use qtier_kernels::cuda::encoder::{self, AttentionShape, EmbeddingTables, LayerNormParams};
 use qtier_kernels::cuda::{
-    CudaDevice, CudaError, CudaLinear, CudaQuantizedLinear, GemmPath, OutlierRule, QuantizedActivations, linear,
+    CudaDevice, CudaLinear, CudaQuantizedLinear, GemmKernel, GemmPath, OutlierRule, QuantizedActivations, linear,
 };
 use qtier_kernels::quant::quantize_row;
 use qtier_kernels::{Activation, QuantizedLinear};
@@ -26,6 +27,11 @@ const FLOAT_TOLERANCE: f64 = 1e-5;
 
 fn device() -> CudaDevice {
     CudaDevice::new(0).expect("the emulator opens device 0")
+}
+
+/// Both emulated devices: sm_75 (mma.m8n8k16) and sm_86 (mma.m16n8k32 with cp.async).
+fn devices() -> [CudaDevice; 2] {
+    [0, 1].map(|ordinal| CudaDevice::new(ordinal).expect("the emulator opens devices 0 and 1"))
 }
 
 /// Deterministic values in [-1, 1] (xorshift).
@@ -92,17 +98,16 @@ impl Case {
         CudaQuantizedLinear::new(dev, &self.w, &self.scales, Some(&self.bias), self.n, self.k)
             .unwrap()
             .with_activation(activation)
-            .with_path(GemmPath::Dp4a)
     }
 }
 
-/// Odd shapes: k not a multiple of 32 or of 4, partial 8-column tiles, m past one dp4a block.
-const SHAPES: [(usize, usize, usize); 5] = [(3, 77, 129), (9, 100, 33), (1, 5, 8), (17, 64, 250), (4, 384, 40)];
+/// Odd shapes: k not a multiple of 32 or of 4, m past one dp4a block.
+const SHAPES: [(usize, usize); 5] = [(3, 77), (9, 100), (1, 5), (17, 64), (4, 384)];
 
 #[test]
 fn activation_quantization_matches_the_cpu_bit_for_bit() {
     let dev = device();
-    for (i, &(m, k, _)) in SHAPES.iter().enumerate() {
+    for (i, &(m, k)) in SHAPES.iter().enumerate() {
         let c = Case::new(m, k, 8, 10 + i as u64);
         let mut qa = QuantizedActivations::new(&dev, m, k).unwrap();
         linear::quantize_rows(&dev, &dev.upload(&c.x).unwrap(), &mut qa).unwrap();
@@ -117,49 +122,46 @@ fn activation_quantization_matches_the_cpu_bit_for_bit() {
     }
 }
 
-#[test]
-fn the_int8_linear_matches_the_cpu_layer() {
-    let dev = device();
-    for (i, &(m, k, n)) in SHAPES.iter().enumerate() {
-        let c = Case::new(m, k, n, 20 + i as u64);
-        // The exact accumulators of the dp4a kernel.
-        let xq: Vec<i8> = weights(30 + i as u64, m * k);
-        let cpu = c.cpu_layer(Activation::GeluErf);
-        let gpu = c.gpu_layer(&dev, Activation::GeluErf);
-        assert_eq!(
-            gpu.accumulate_i32(&dev, &xq, m, GemmPath::Dp4a).unwrap(),
-            cpu.accumulate_i32(cpu.kernel(), &xq, m).unwrap(),
-            "{m}x{k}x{n}"
-        );
-        // The fused layer: quantization, GEMM, bias, GELU, residual; f32 and f16 output.
-        let residual = values(40 + i as u64, m * n);
-        let mut expected = vec![0.0; m * n];
-        cpu.forward_into(&c.x, m, &mut expected, Some(&residual)).unwrap();
-        let (x, r) = (dev.upload(&c.x).unwrap(), dev.upload(&residual).unwrap());
-        let mut out = dev.zeros::<f32>(m * n).unwrap();
-        gpu.forward(&dev, &x, m, Some(&r), &mut out).unwrap();
-        let worst = worst_relative_error(&dev.download(&out).unwrap(), &expected);
-        assert!(worst <= INT8_TOLERANCE, "{m}x{k}x{n}: {worst:e}");
-        let mut half = dev.zeros::<u16>(m * n).unwrap();
-        gpu.forward_f16(&dev, &x, m, Some(&r), &mut half).unwrap();
-        let half: Vec<f32> =
-            dev.download(&half).unwrap().into_iter().map(|h| half::f16::from_bits(h).to_f32()).collect();
-        let worst = worst_relative_error(&half, &expected);
-        assert!(worst <= 1e-3, "{m}x{k}x{n} f16: {worst:e}");
-    }
-}
+/// Shapes for every GEMM kernel: m <= 8 takes dp4a; on sm_86 (80 multiprocessors) 300 x 4100
+/// takes the 128 x 128 mma.m16n8k32 tile and the rest the 64 x 64 one; on sm_75, mma.m8n8k16.
+const GEMM_SHAPES: [(usize, usize, usize); 6] =
+    [(3, 77, 129), (9, 100, 33), (1, 5, 8), (17, 64, 250), (70, 130, 31), (300, 96, 4100)];
 
 #[test]
-fn the_tensor_core_kernels_are_reported_as_not_emulated() {
-    let dev = device();
-    let c = Case::new(16, 32, 8, 50);
-    let layer = c.gpu_layer(&dev, Activation::None).with_path(GemmPath::TensorCore);
-    match layer.forward_host(&dev, &c.x, c.m) {
-        Err(CudaError::Driver { call, message }) => {
-            assert!(call.contains("qtier_gemm_s8_mma8816_64x64"), "{call}");
-            assert!(message.contains("not emulated"), "{message}");
+fn the_int8_linear_matches_the_cpu_layer_on_every_kernel() {
+    let mut kernels_run = Vec::new();
+    for dev in devices() {
+        for (i, &(m, k, n)) in GEMM_SHAPES.iter().enumerate() {
+            let c = Case::new(m, k, n, 20 + i as u64);
+            let cpu = c.cpu_layer(Activation::GeluErf);
+            let gpu = c.gpu_layer(&dev, Activation::GeluErf);
+            let what = format!("{} {m}x{k}x{n}", dev.name());
+            // The exact accumulators of both paths.
+            let xq: Vec<i8> = weights(30 + i as u64, m * k);
+            let expected = cpu.accumulate_i32(cpu.kernel(), &xq, m).unwrap();
+            for path in [GemmPath::TensorCore, GemmPath::Dp4a] {
+                assert_eq!(gpu.accumulate_i32(&dev, &xq, m, path).unwrap(), expected, "{what} {path:?}");
+            }
+            // The fused layer: quantization, GEMM, bias, GELU, residual; f32 and f16 output.
+            let residual = values(40 + i as u64, m * n);
+            let mut expected = vec![0.0; m * n];
+            cpu.forward_into(&c.x, m, &mut expected, Some(&residual)).unwrap();
+            let (x, r) = (dev.upload(&c.x).unwrap(), dev.upload(&residual).unwrap());
+            let mut out = dev.zeros::<f32>(m * n).unwrap();
+            gpu.forward(&dev, &x, m, Some(&r), &mut out).unwrap();
+            let worst = worst_relative_error(&dev.download(&out).unwrap(), &expected);
+            assert!(worst <= INT8_TOLERANCE, "{what}: {worst:e}");
+            let mut half = dev.zeros::<u16>(m * n).unwrap();
+            gpu.forward_f16(&dev, &x, m, Some(&r), &mut half).unwrap();
+            let half: Vec<f32> =
+                dev.download(&half).unwrap().into_iter().map(|h| half::f16::from_bits(h).to_f32()).collect();
+            let worst = worst_relative_error(&half, &expected);
+            assert!(worst <= 1e-3, "{what} f16: {worst:e}");
+            kernels_run.push(gpu.kernel_for(&dev, m));
         }
-        other => panic!("expected the emulator's error, got {other:?}"),
+    }
+    for kernel in [GemmKernel::Dp4a, GemmKernel::Mma8816, GemmKernel::Mma16832Small, GemmKernel::Mma16832Large] {
+        assert!(kernels_run.contains(&kernel), "{kernel:?} never ran: {kernels_run:?}");
     }
 }
 

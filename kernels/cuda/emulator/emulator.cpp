@@ -15,9 +15,12 @@
 // kernel's C parameter list (count and kind: pointer, int, long long, float); a mismatch is an
 // error, not undefined behaviour.
 //
-// Not emulated: the tensor-core GEMMs (mma.sync and cp.async inline PTX; qtier's CPU tests
-// emulate their fragment layouts separately, see `qtier_kernels::cuda::layout`), concurrency
-// between blocks, and timing. Float results can differ from a GPU's in the last bits: the GPU
+// The tensor-core kernels' PTX (gemm_s8.cu wraps each instruction in a function) is emulated
+// too: mma.sync m16n8k32 and m8n8k16 (s8) warp-collectively with the PTX ISA's fragment layouts,
+// and cp.async as the latest completion its semantics allow (a group's copies land when a
+// cp.async.wait_group lets fewer groups stay in flight, so reading shared memory before the wait
+// reads stale data; copies never waited for are an error). The sm_80 code paths are compiled
+// (__CUDA_ARCH__ 800). Not emulated: concurrency between blocks, and timing. Float results can differ from a GPU's in the last bits: the GPU
 // contracts a * b + c into FMAs where this build does not. x86-64 only (the fiber switch).
 
 #define QTIER_CPU_EMULATION 1
@@ -27,6 +30,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -74,9 +78,30 @@ namespace qtier_emu {
 
 enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, Done };
 
+// One lane's operands of a warp-wide mma.
+struct MmaSlot {
+    unsigned a[4];
+    unsigned b[2];
+};
+
+// One cp.async: `bytes` of 16 from `src`, the rest zeros.
+struct AsyncCopy {
+    void* dst;
+    const void* src;
+    int bytes;
+};
+
+// A thread's cp.async copies: issued since the last commit, and committed groups in flight.
+struct AsyncCopies {
+    std::vector<AsyncCopy> open;
+    std::deque<std::vector<AsyncCopy>> committed;
+};
+
 struct Fiber {
     void* sp = nullptr;
     State state = State::Done;
+    // threadIdx, in the running launch.
+    unsigned x = 0, y = 0, z = 0;
     std::unique_ptr<unsigned char[]> stack;
 };
 
@@ -88,9 +113,18 @@ struct Block {
     unsigned current = 0;
     std::function<void()> body;
     std::string error;
-    // Warp shuffle slots, two sets used alternately (see shfl below).
+    // Warp shuffle and mma slots, two sets each used alternately (see shfl below), and how
+    // many of each every thread has done.
     std::vector<unsigned long long> lanes[2];
     std::vector<unsigned> shuffles;
+    std::vector<MmaSlot> mma_slots[2];
+    std::vector<unsigned> mmas;
+    // Per warp: its current mma's operands unpacked (A rows and B columns, 32 k each), and the
+    // mma count they belong to.
+    std::vector<signed char> mma_a, mma_b;
+    std::vector<unsigned> mma_unpacked;
+    // Per thread.
+    std::vector<AsyncCopies> copies;
 };
 
 Block block;
@@ -106,7 +140,7 @@ Block block;
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 #define __shared__ static
-#define __align__(n) alignas(n)
+#define __align__(n) __attribute__((aligned(n)))
 
 struct QtierEmuDim3 {
     unsigned x = 1, y = 1, z = 1;
@@ -154,11 +188,126 @@ static T max(T a, T b) {
     return a < b ? b : a;
 }
 
+// fma without a libm call per multiply-add (the build targets baseline x86-64, no FMA unit): the
+// f64 product of two floats is exact, so only the final sum can round twice (rarely, one ulp).
+static float qtier_emu_fmaf(float a, float b, float c) { return (float)((double)a * (double)b + (double)c); }
+#define fmaf(a, b, c) qtier_emu_fmaf(a, b, c)
+
 static float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 static float __fdiv_rn(float a, float b) { return a / b; }
 static float __fmul_rn(float a, float b) { return a * b; }
 static float __fadd_rn(float a, float b) { return a + b; }
 static float __int_as_float(unsigned bits) { return std::bit_cast<float>(bits); }
+
+// ---------------------------------------------------------------------------------------------
+// The tensor-core kernels' instructions (gemm_s8.cu's wrappers).
+
+// The emulator compiles the sm_80 code paths (mma.m16n8k32, cp.async).
+#define __CUDA_ARCH__ 800
+
+static int qtier_emu_s8(unsigned word, int k) { return (int)(signed char)(word >> (8 * (k % 4))); }
+
+// The rows of A and columns of B of the warp's current mma, `k` values each, unpacked from the
+// lanes' fragments by the first lane to get here after the exchange: every lane deposits its
+// operands (slot sets alternate as for the shuffles), the warp syncs. `a_at(slot, row, k)` and
+// `b_at(slot, col, k)` read one value out of the deposited fragments.
+template <int M, int N, int K, class A, class B>
+static void qtier_emu_mma_operands(const qtier_emu::MmaSlot& mine, A a_at, B b_at, const signed char** rows,
+                                   const signed char** cols) {
+    qtier_emu::Block& b = qtier_emu::block;
+    const unsigned thread = b.current, warp = thread / 32;
+    const unsigned serial = ++b.mmas[thread];
+    qtier_emu::MmaSlot* slots = &b.mma_slots[serial & 1][warp * 32];
+    slots[thread % 32] = mine;
+    __syncwarp();
+    signed char* a = &b.mma_a[warp * 16 * 32];
+    signed char* bt = &b.mma_b[warp * 8 * 32];
+    if (b.mma_unpacked[warp] != serial) {
+        for (int row = 0; row < M; ++row) {
+            for (int k = 0; k < K; ++k) {
+                a[row * K + k] = (signed char)a_at(slots, row, k);
+            }
+        }
+        for (int col = 0; col < N; ++col) {
+            for (int k = 0; k < K; ++k) {
+                bt[col * K + k] = (signed char)b_at(slots, col, k);
+            }
+        }
+        b.mma_unpacked[warp] = serial;
+    }
+    *rows = a;
+    *cols = bt;
+}
+
+template <int K>
+static int qtier_emu_dot(const signed char* a, const signed char* b) {
+    int sum = 0;
+    for (int k = 0; k < K; ++k) {
+        sum += (int)a[k] * (int)b[k];
+    }
+    return sum;
+}
+
+// Lane (g = lane / 4, t = lane % 4): A registers 0-3 hold row g, g + 8, g, g + 8 at k 4t..4t+3,
+// same, 16+4t.., same; B registers 0-1 hold column g at k 4t.. and 16+4t..; D holds row g
+// (d0, d1) and g + 8 (d2, d3) at columns 2t, 2t + 1.
+static void qtier_mma_m16n8k32(int (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    const signed char *rows, *cols;
+    qtier_emu_mma_operands<16, 8, 32>(
+        {{a[0], a[1], a[2], a[3]}, {b0, b1}},
+        [](const qtier_emu::MmaSlot* w, int row, int k) {
+            return qtier_emu_s8(w[(row % 8) * 4 + (k % 16) / 4].a[(row >= 8) + 2 * (k >= 16)], k);
+        },
+        [](const qtier_emu::MmaSlot* w, int col, int k) { return qtier_emu_s8(w[col * 4 + (k % 16) / 4].b[k >= 16], k); },
+        &rows, &cols);
+    const int lane = (int)(qtier_emu::block.current % 32);
+    const int g = lane / 4, t = lane % 4;
+    for (int i = 0; i < 4; ++i) {
+        d[i] += qtier_emu_dot<32>(rows + (g + (i >= 2 ? 8 : 0)) * 32, cols + (2 * t + (i & 1)) * 32);
+    }
+}
+
+// Lane (g, t): A holds row g at k 4t..4t+3; B column g at k 4t..; D row g, columns 2t, 2t + 1.
+static void qtier_mma_m8n8k16(int (&d)[2], unsigned a, unsigned b) {
+    const signed char *rows, *cols;
+    qtier_emu_mma_operands<8, 8, 16>(
+        {{a, 0, 0, 0}, {b, 0}},
+        [](const qtier_emu::MmaSlot* w, int row, int k) { return qtier_emu_s8(w[row * 4 + k / 4].a[0], k); },
+        [](const qtier_emu::MmaSlot* w, int col, int k) { return qtier_emu_s8(w[col * 4 + k / 4].b[0], k); },
+        &rows, &cols);
+    const int lane = (int)(qtier_emu::block.current % 32);
+    const int g = lane / 4, t = lane % 4;
+    for (int i = 0; i < 2; ++i) {
+        d[i] += qtier_emu_dot<16>(rows + g * 16, cols + (2 * t + i) * 16);
+    }
+}
+
+static void qtier_cp_async16_zfill(void* dst, const void* src, int src_bytes) {
+    qtier_emu::block.copies[qtier_emu::block.current].open.push_back({dst, src, src_bytes});
+}
+
+static void qtier_cp_async16(void* dst, const void* src) { qtier_cp_async16_zfill(dst, src, 16); }
+
+static void qtier_cp_async_commit() {
+    qtier_emu::AsyncCopies& mine = qtier_emu::block.copies[qtier_emu::block.current];
+    mine.committed.push_back(std::move(mine.open));
+    mine.open.clear();
+}
+
+template <int N>
+static void qtier_cp_async_wait() {
+    qtier_emu::AsyncCopies& mine = qtier_emu::block.copies[qtier_emu::block.current];
+    while (mine.committed.size() > (size_t)N) {
+        for (const qtier_emu::AsyncCopy& copy : mine.committed.front()) {
+            if (copy.bytes < 0 || copy.bytes > 16) {
+                throw std::runtime_error("cp.async source size " + std::to_string(copy.bytes) + " outside 0..16");
+            }
+            std::memset(copy.dst, 0, 16);
+            std::memcpy(copy.dst, copy.src, (size_t)copy.bytes);
+        }
+        mine.committed.pop_front();
+    }
+}
 
 static int __dp4a(int a, int b, int c) {
     for (int byte = 0; byte < 4; ++byte) {
@@ -272,15 +421,22 @@ void run_block(unsigned threads) {
         prepare(b.fibers[t]);
     }
     std::fill(b.shuffles.begin(), b.shuffles.end(), 0u);
+    std::fill(b.mmas.begin(), b.mmas.end(), 0u);
+    std::fill(b.mma_unpacked.begin(), b.mma_unpacked.end(), 0u);
+    for (qtier_emu::AsyncCopies& copies : b.copies) {
+        copies.open.clear();
+        copies.committed.clear();
+    }
     for (;;) {
         for (unsigned first = 0; first < threads; first += 32) {
             const unsigned last = std::min(first + 32, threads);
             for (;;) {
                 for (unsigned t = first; t < last; ++t) {
-                    if (b.fibers[t].state == State::Runnable) {
+                    qtier_emu::Fiber& fiber = b.fibers[t];
+                    if (fiber.state == State::Runnable) {
                         b.current = t;
-                        threadIdx = {t % blockDim.x, t / blockDim.x % blockDim.y, t / (blockDim.x * blockDim.y)};
-                        qtier_emu_switch(&b.scheduler_sp, b.fibers[t].sp);
+                        threadIdx = {fiber.x, fiber.y, fiber.z};
+                        qtier_emu_switch(&b.scheduler_sp, fiber.sp);
                     }
                 }
                 bool all_at_warp_barrier = true, any_at_warp_barrier = false;
@@ -305,6 +461,12 @@ void run_block(unsigned threads) {
             at_block += b.fibers[t].state == State::AtBlockBarrier;
         }
         if (running == 0) {
+            for (unsigned t = 0; t < threads; ++t) {
+                if (!b.copies[t].open.empty() || !b.copies[t].committed.empty()) {
+                    throw std::runtime_error("thread " + std::to_string(t) +
+                                             " returned with cp.async copies never waited for");
+                }
+            }
             return;
         }
         if (at_block != running) {
@@ -341,6 +503,19 @@ void run(void (*kernel)(P...), const Args& args, QtierEmuDim3 grid, QtierEmuDim3
     b.lanes[0].assign(lanes, 0);
     b.lanes[1].assign(lanes, 0);
     b.shuffles.assign(threads, 0);
+    b.mma_slots[0].assign(lanes, {});
+    b.mma_slots[1].assign(lanes, {});
+    b.mmas.assign(threads, 0);
+    const size_t warps = lanes / 32;
+    b.mma_a.assign(warps * 16 * 32, 0);
+    b.mma_b.assign(warps * 8 * 32, 0);
+    b.mma_unpacked.assign(warps, 0);
+    for (unsigned t = 0; t < threads; ++t) {
+        b.fibers[t].x = t % block.x;
+        b.fibers[t].y = t / block.x % block.y;
+        b.fibers[t].z = t / (block.x * block.y);
+    }
+    b.copies.assign(threads, {});
     b.body = [&] { std::apply(kernel, values); };
     b.error.clear();
     blockDim = block;
@@ -371,6 +546,9 @@ const std::map<std::string, Launcher>& launchers() {
         QTIER_EMU_KERNEL(qtier_mean_pool),
         QTIER_EMU_KERNEL(qtier_gemm_f32),
         QTIER_EMU_KERNEL(qtier_gemm_s8_dp4a),
+        QTIER_EMU_KERNEL(qtier_gemm_s8_mma8816_64x64),
+        QTIER_EMU_KERNEL(qtier_gemm_s8_mma16832_64x64),
+        QTIER_EMU_KERNEL(qtier_gemm_s8_mma16832_128x128),
         QTIER_EMU_KERNEL(qtier_outlier_epilogue),
     };
     return table;
@@ -391,7 +569,7 @@ extern "C" int qtier_emu_launch(const char* name, const unsigned* grid, const un
         const auto& table = launchers();
         const auto found = table.find(name);
         if (found == table.end()) {
-            throw std::runtime_error(std::string(name) + " is not emulated (tensor-core kernels need a GPU)");
+            throw std::runtime_error(std::string(name) + " is not a kernel the emulator knows");
         }
         found->second(Args{values, kinds, count, name}, {grid[0], grid[1], grid[2]}, {block[0], block[1], block[2]});
         return 0;

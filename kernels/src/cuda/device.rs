@@ -407,10 +407,11 @@ mod backend {
 
 #[cfg(all(feature = "cuda-emulator", not(feature = "cuda")))]
 mod backend {
-    //! The CPU emulator (the `cuda-emulator` feature, for tests): one "device" whose memory is
-    //! host memory and whose kernels are the `.cu` sources compiled as C++
-    //! (kernels/cuda/emulator/emulator.cpp), run synchronously, one launch at a time. The
-    //! tensor-core GEMM kernels are not emulated: launching one is an error naming it.
+    //! The CPU emulator (the `cuda-emulator` feature, for tests): "devices" whose memory is host
+    //! memory and whose kernels are the `.cu` sources compiled as C++
+    //! (kernels/cuda/emulator/emulator.cpp), run synchronously, one launch at a time. Device 0
+    //! stands for a T4 (sm_75, 40 multiprocessors), device 1 for an A10G (sm_86, 80), so the
+    //! host picks each architecture's kernels; only that choice differs between them.
     use std::ffi::{CString, c_char};
     use std::marker::PhantomData;
     use std::ptr::NonNull;
@@ -468,23 +469,25 @@ mod backend {
         Buffer { ptr: unsafe { NonNull::new_unchecked(raw.cast::<T>()) }, len, _owns: PhantomData }
     }
 
+    /// (compute capability, multiprocessors) of the emulated devices: a T4's and an A10G's.
+    const DEVICES: [((u32, u32), usize); 2] = [((7, 5), 40), ((8, 6), 80)];
+
     pub(super) fn count() -> Result<usize, CudaError> {
-        Ok(1)
+        Ok(DEVICES.len())
     }
 
     pub(super) fn open(ordinal: usize) -> Result<(Device, DeviceInfo), CudaError> {
-        if ordinal != 0 {
+        let Some(&((major, minor), sm_count)) = DEVICES.get(ordinal) else {
             return Err(CudaError::Driver {
                 call: "open (emulator)".into(),
-                message: format!("the emulator has one device, 0, not {ordinal}"),
+                message: format!("the emulator has devices 0 (sm_75) and 1 (sm_86), not {ordinal}"),
             });
-        }
+        };
         let info = DeviceInfo {
-            // Turing: the oldest architecture the kernels support.
-            major: 7,
-            minor: 5,
-            name: "qtier CUDA emulator (CPU)".into(),
-            sm_count: 1,
+            major,
+            minor,
+            name: format!("qtier CUDA emulator (CPU), sm_{major}{minor}"),
+            sm_count,
             memory_bytes: 0,
             driver_cuda_version: (0, 0),
         };
