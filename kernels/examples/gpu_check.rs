@@ -25,7 +25,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use qtier_kernels::cuda::{
-    CudaDevice, CudaError, CudaLinear, CudaQuantizedLinear, GemmPath, OutlierRule, QuantizedActivations, linear,
+    CudaDevice, CudaError, CudaLinear, CudaQuantizedLinear, GemmPath, QuantizedActivations, linear,
 };
 use qtier_kernels::quant::quantize_row;
 use qtier_kernels::{Activation, QuantizedLinear};
@@ -46,13 +46,10 @@ const FLOAT_TOLERANCE: f64 = 1e-4;
 /// scalar, and 2e8 multiply-adds take well under a second.
 const FLOAT_CHECK_MAX_MACS: usize = 200_000_000;
 
-/// The outlier rule of qtier's CPU runtime (`qtier_models::linear::{OUTLIER_RATIO,
-/// OUTLIER_TRIGGER_RATIO, MAX_OUTLIER_CHANNELS}`).
-const RULE: OutlierRule = OutlierRule { ratio: 3.0, trigger_ratio: 8.0, max_channels: 16 };
+#[path = "../tests/support/outliers.rs"]
+mod outliers;
 
-/// Relative distance from a rule threshold below which a row's outlier decision may differ
-/// between the GPU (tree-summed RMS) and the CPU selection here (sequential sum).
-const RULE_MARGIN: f32 = 1e-3;
+use outliers::{RULE, decomposed_output, select_outliers, with_planted_outliers};
 
 /// Odd shapes: partial tiles in every dimension, K not a multiple of 32, m on both sides of the
 /// dp4a / tensor-core switch (8).
@@ -194,49 +191,11 @@ fn check(dev: &CudaDevice, c: &Case) -> Result<Vec<String>, Box<dyn std::error::
     Ok(failures)
 }
 
-/// `c.x` with outliers planted: every third row gets three (two of equal magnitude, opposite
-/// signs: a tie), every third row after it twenty (more than [`RULE`] takes), the rest none.
-fn with_planted_outliers(c: &Case) -> Vec<f32> {
-    let (m, k) = (c.m, c.k);
-    let mut x = c.x.clone();
-    for row in 0..m {
-        let planted: Vec<f32> = match row % 3 {
-            0 => vec![40.0, -40.0, 25.0],
-            1 => (0..20).map(|j| if j % 2 == 0 { 30.0 + j as f32 } else { -(30.0 + j as f32) }).collect(),
-            _ => Vec::new(),
-        };
-        for (j, v) in planted.into_iter().enumerate() {
-            let channel = (row * 7 + j * 13) % k;
-            x[row * k + channel] = v;
-        }
-    }
-    x
-}
-
-/// [`RULE`]'s selection on the CPU: `(channel, value)` largest magnitude first (ties in channel
-/// order), and whether the row is clear of the thresholds by [`RULE_MARGIN`].
-fn select_outliers(row: &[f32]) -> (Vec<(usize, f32)>, bool) {
-    let rms = (row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32).sqrt();
-    let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let near = |a: f32, threshold: f32| (a - threshold).abs() <= RULE_MARGIN * threshold;
-    let trigger = rms * RULE.trigger_ratio;
-    let threshold = rms * RULE.ratio;
-    if max <= trigger {
-        return (Vec::new(), !near(max, trigger));
-    }
-    let mut picked: Vec<(usize, f32)> =
-        row.iter().enumerate().filter(|(_, v)| v.abs() > threshold).map(|(j, &v)| (j, v)).collect();
-    picked.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
-    let clear = !near(max, trigger) && row.iter().all(|v| !near(v.abs(), threshold));
-    picked.truncate(RULE.max_channels);
-    (picked, clear)
-}
-
 /// The outlier decomposition on `c`'s shape with planted outliers (see the module docs).
 fn check_outliers(dev: &CudaDevice, c: &Case) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     let (m, k, n) = (c.m, c.k, c.n);
     let mut failures = Vec::new();
-    let x = with_planted_outliers(c);
+    let x = with_planted_outliers(&c.x, m, k);
     let x_dev = dev.upload(&x)?;
     let mut qa = QuantizedActivations::with_outliers(dev, m, k, RULE)?;
     linear::quantize_rows(dev, &x_dev, &mut qa)?;
@@ -274,22 +233,9 @@ fn check_outliers(dev: &CudaDevice, c: &Case) -> Result<Vec<String>, Box<dyn std
     // The layer, both ways its float half runs.
     let residual: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32 * 0.25).collect();
     let res_dev = dev.upload(&residual)?;
+    let plain = QuantizedLinear::new(&c.w, &c.scales, Some(&c.bias), n, k)?;
     for activation in [Activation::GeluErf, Activation::None] {
-        let cpu = QuantizedLinear::new(&c.w, &c.scales, Some(&c.bias), n, k)?;
-        let mut expected = vec![0f32; m * n];
-        cpu.forward_into_with_activation(&zeroed, m, &mut expected, None, Activation::None)?;
-        for (row, list) in lists.iter().enumerate() {
-            let out_row = &mut expected[row * n..(row + 1) * n];
-            for &(channel, value) in list {
-                for (col, y) in out_row.iter_mut().enumerate() {
-                    *y += value * (f32::from(c.w[col * k + channel]) * c.scales[col]);
-                }
-            }
-        }
-        qtier_kernels::activation::apply_in_place(activation, &mut expected);
-        for (y, r) in expected.iter_mut().zip(&residual) {
-            *y += r;
-        }
+        let expected = decomposed_output(&plain, &c.w, &c.scales, &zeroed, &lists, activation, &residual)?;
         let gpu = CudaQuantizedLinear::new(dev, &c.w, &c.scales, Some(&c.bias), n, k)?
             .with_activation(activation)
             .with_outlier_rule(RULE)?;

@@ -10,13 +10,15 @@
 
 use qtier_kernels::cuda::encoder::{self, AttentionShape, EmbeddingTables, LayerNormParams};
 use qtier_kernels::cuda::{
-    CudaDevice, CudaLinear, CudaQuantizedLinear, GemmKernel, GemmPath, OutlierRule, QuantizedActivations, linear,
+    CudaDevice, CudaLinear, CudaQuantizedLinear, GemmKernel, GemmPath, QuantizedActivations, linear,
 };
 use qtier_kernels::quant::quantize_row;
 use qtier_kernels::{Activation, QuantizedLinear};
 
-/// qtier's CPU runtime's outlier rule (`qtier_models::linear`).
-const RULE: OutlierRule = OutlierRule { ratio: 3.0, trigger_ratio: 8.0, max_channels: 16 };
+#[path = "support/outliers.rs"]
+mod outliers;
+
+use outliers::{RULE, decomposed_output, select_outliers, with_planted_outliers};
 
 /// Outputs of the int8 layer against the CPU layer, per unit of `max(1, |cpu|)`: the
 /// accumulators are exact, the epilogue's rounding order differs (`fmaf` on the GPU side).
@@ -62,7 +64,6 @@ fn worst_relative_error(found: &[f32], expected: &[f32]) -> f32 {
 
 /// A layer's test data: `m x k` input (with a zero row), `n x k` weights, scales, bias.
 struct Case {
-    m: usize,
     k: usize,
     n: usize,
     x: Vec<f32>,
@@ -78,7 +79,6 @@ impl Case {
             x[k..2 * k].fill(0.0);
         }
         Case {
-            m,
             k,
             n,
             x,
@@ -165,43 +165,12 @@ fn the_int8_linear_matches_the_cpu_layer_on_every_kernel() {
     }
 }
 
-/// `c.x` with outliers planted: every third row three (two of equal magnitude: a tie), every
-/// third row after it twenty (more than [`RULE`] takes), the rest none.
-fn with_planted_outliers(c: &Case) -> Vec<f32> {
-    let mut x = c.x.clone();
-    for row in 0..c.m {
-        let planted: Vec<f32> = match row % 3 {
-            0 => vec![40.0, -40.0, 25.0],
-            1 => (0..20).map(|j| if j % 2 == 0 { 30.0 + j as f32 } else { -(30.0 + j as f32) }).collect(),
-            _ => Vec::new(),
-        };
-        for (j, v) in planted.into_iter().enumerate() {
-            x[row * c.k + (row * 7 + j * 13) % c.k] = v;
-        }
-    }
-    x
-}
-
-/// [`RULE`]'s selection, written plainly: `(channel, value)`, largest magnitude first.
-fn select_outliers(row: &[f32]) -> Vec<(usize, f32)> {
-    let rms = (row.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / row.len() as f64).sqrt() as f32;
-    let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-    if max <= rms * RULE.trigger_ratio {
-        return Vec::new();
-    }
-    let mut picked: Vec<(usize, f32)> =
-        row.iter().enumerate().filter(|(_, v)| v.abs() > rms * RULE.ratio).map(|(j, &v)| (j, v)).collect();
-    picked.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
-    picked.truncate(RULE.max_channels);
-    picked
-}
-
 #[test]
 fn outliers_are_selected_zeroed_and_added_back_as_on_the_cpu() {
     let dev = device();
     for (i, &(m, k, n)) in [(7, 384, 40), (6, 1536, 24), (4, 1000, 9)].iter().enumerate() {
         let c = Case::new(m, k, n, 60 + i as u64);
-        let x = with_planted_outliers(&c);
+        let x = with_planted_outliers(&c.x, m, k);
         let x_dev = dev.upload(&x).unwrap();
         let mut qa = QuantizedActivations::with_outliers(&dev, m, k, RULE).unwrap();
         linear::quantize_rows(&dev, &x_dev, &mut qa).unwrap();
@@ -210,7 +179,8 @@ fn outliers_are_selected_zeroed_and_added_back_as_on_the_cpu() {
         let mut zeroed = x.clone();
         let mut taken = 0;
         for row in 0..m {
-            let expected = select_outliers(&x[row * k..(row + 1) * k]);
+            let (expected, clear) = select_outliers(&x[row * k..(row + 1) * k]);
+            assert!(clear, "{m}x{k} row {row}: planted outliers too near a threshold");
             let bits = |l: &[(usize, f32)]| l.iter().map(|(c, v)| (*c, v.to_bits())).collect::<Vec<_>>();
             assert_eq!(bits(&lists[row]), bits(&expected), "{m}x{k} row {row}");
             for &(channel, _) in &expected {
@@ -224,30 +194,25 @@ fn outliers_are_selected_zeroed_and_added_back_as_on_the_cpu() {
         }
         assert!(taken >= 3, "{m}x{k}: the planted outliers were not taken");
         // The layer with the rule, with and without an activation, against the CPU's
-        // decomposition: the GEMM of the zeroed rows, each outlier's value times its dequantized
-        // weight column added, then the activation and the residual.
+        // decomposition; activations quantized beforehand carry their lists and give the same.
         let residual = values(70 + i as u64, m * n);
         let r = dev.upload(&residual).unwrap();
         for activation in [Activation::GeluErf, Activation::None] {
-            let mut expected = vec![0.0; m * n];
-            c.cpu_layer(Activation::None).forward_into(&zeroed, m, &mut expected, None).unwrap();
-            for (row, list) in lists.iter().enumerate() {
-                for &(channel, value) in list {
-                    for (col, y) in expected[row * n..(row + 1) * n].iter_mut().enumerate() {
-                        *y += value * (f32::from(c.w[col * k + channel]) * c.scales[col]);
-                    }
-                }
-            }
-            qtier_kernels::activation::apply_in_place(activation, &mut expected);
-            for (y, r) in expected.iter_mut().zip(&residual) {
-                *y += r;
-            }
+            let expected = decomposed_output(
+                &c.cpu_layer(Activation::None),
+                &c.w,
+                &c.scales,
+                &zeroed,
+                &lists,
+                activation,
+                &residual,
+            )
+            .unwrap();
             let layer = c.gpu_layer(&dev, activation).with_outlier_rule(RULE).unwrap();
             let mut out = dev.zeros::<f32>(m * n).unwrap();
             layer.forward(&dev, &x_dev, m, Some(&r), &mut out).unwrap();
             let worst = worst_relative_error(&dev.download(&out).unwrap(), &expected);
             assert!(worst <= INT8_TOLERANCE, "{m}x{k}x{n} {activation:?}: {worst:e}");
-            // Already-quantized activations carry their lists: the same result.
             let mut again = dev.zeros::<f32>(m * n).unwrap();
             c.gpu_layer(&dev, activation).forward_quantized(&dev, &qa, Some(&r), &mut again).unwrap();
             assert_eq!(dev.download(&again).unwrap(), dev.download(&out).unwrap(), "{m}x{k}x{n} {activation:?}");
@@ -304,7 +269,8 @@ fn layernorm_and_its_fused_quantization_match_references() {
         for row in 0..rows {
             let mut values = y[row * h..(row + 1) * h].to_vec();
             if let Some(lists) = &lists {
-                let expected_list = select_outliers(&values);
+                let (expected_list, clear) = select_outliers(&values);
+                assert!(clear, "row {row}: too near a threshold");
                 assert_eq!(lists[row].len(), expected_list.len(), "row {row}");
                 for (&(channel, value), &(expected_channel, _)) in lists[row].iter().zip(&expected_list) {
                     assert_eq!(channel, expected_channel, "row {row}");
