@@ -76,11 +76,13 @@ fi
 
 # The CUDA kernels and the GPU path's host code on the CPU emulator (kernels/cuda/emulator: the
 # .cu sources compiled as C++ by the cc crate, needs a C++20 compiler such as g++ 12), through
-# to all-MiniLM-L6-v2's whole GPU forward against the CPU encoder.
+# to all-MiniLM-L6-v2's whole GPU forward against the CPU encoder, and `qtier bench model` /
+# `qtier serve` with `--device cuda` (the qtier binary rebuilt with the emulator for these).
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --release -p qtier-kernels -p qtier-models --features qtier-models/cuda-emulator \
-    --no-fail-fast -E 'binary(cuda_emulator) | binary(gpu_emulator)'
+  cargo nextest run --release -p qtier -p qtier-kernels -p qtier-models --features qtier/cuda-emulator \
+    --no-fail-fast -E 'binary(cuda_emulator) | binary(gpu_emulator) | (binary(cli) & (test(/^device::/) | test(serve_on_the_emulated)))'
 else
   cargo test --release -p qtier-kernels -p qtier-models --features qtier-models/cuda-emulator --no-fail-fast \
     --test cuda_emulator --test gpu_emulator
+  cargo test --release --features cuda-emulator --no-fail-fast --test cli -- device:: serve_on_the_emulated
 fi

@@ -496,3 +496,32 @@ fn serves_a_published_artifact_after_pulling_and_verifying_it() {
     assert_eq!(response.json()["model"], "minilm", "the manifest's model name");
     assert!(pulled.join("qtier-manifest.json").is_file());
 }
+
+/// `qtier serve --device cuda` on qtier-kernels' CUDA emulator (a build with `--features
+/// cuda-emulator`, which `scripts/test.sh` runs this with): the GPU encoder behind the HTTP
+/// server, int8 with the outlier decomposition, answers like `qtier embed` on the CPU, singly and
+/// in one batch (the emulated device 1, an sm_86, so batches take the mma.m16n8k32 kernels).
+#[cfg(feature = "cuda-emulator")]
+#[test]
+fn serve_on_the_emulated_gpu_answers_like_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let int8 = dir.path().join("minilm-int8");
+    run_ok(&["quantize", arg(test_model()), "-o", arg(&int8)]);
+    let texts = ["A man is playing a guitar.", "The new movie is awesome", "A cheetah is running behind its prey."];
+    let file = dir.path().join("texts.txt");
+    std::fs::write(&file, texts.join("\n")).unwrap();
+    let json: Value = serde_json::from_str(&run_ok(&["embed", arg(&int8), "--texts", arg(&file), "--json"])).unwrap();
+    let expected: Vec<Vec<f64>> = json["embeddings"].as_array().unwrap().iter().map(vector).collect();
+
+    let server = Server::start(&int8, &["--device", "cuda:1", "--max-wait-ms", "20"], &[]);
+    server.wait_ready();
+    server.wait_for_log("qtier CUDA emulator (CPU), sm_86");
+    let batch = embeddings_of(&server.embeddings(&serde_json::json!({"input": texts})));
+    let single = embeddings_of(&server.embeddings(&serde_json::json!({"input": texts[0]})));
+    assert_eq!((batch.len(), single.len()), (texts.len(), 1));
+    for (i, (got, want)) in batch.iter().chain(&single).zip(expected.iter().chain(&expected[..1])).enumerate() {
+        let c = cosine(got, want);
+        // The same int8 runtime on both devices (see models/tests/gpu_emulator.rs).
+        assert!(c >= 0.999, "embedding {i}: cosine {c} to the CPU's");
+    }
+}
