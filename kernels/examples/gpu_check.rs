@@ -7,7 +7,8 @@
 //!    and the fused outputs (bias, GELU, residual) must match the CPU layer within
 //!    [`OUTPUT_TOLERANCE`].
 //!    The fp32 Linear of float checkpoints ([`CudaLinear`]) must match a CPU f64 reference within
-//!    [`FLOAT_TOLERANCE`] on every shape up to [`FLOAT_CHECK_MAX_MACS`].
+//!    [`FLOAT_TOLERANCE`] and the accumulation's rounding bound on every shape up to
+//!    [`FLOAT_CHECK_MAX_MACS`].
 //!    The outlier decomposition ([`OutlierRule`], on inputs with planted outliers): the GPU's
 //!    outlier lists must equal a CPU selection (rows whose decision is within [`RULE_MARGIN`] of
 //!    a threshold are left out of that comparison), its quantized rows the CPU's quantization of
@@ -36,11 +37,16 @@ use qtier_kernels::{Activation, QuantizedLinear};
 /// A&S erf is within 1.5e-7; see `qtier_kernels::activation::ACTIVATION_ABS_TOLERANCE`).
 const OUTPUT_TOLERANCE: f32 = 1e-4;
 
-/// Largest difference between the GPU's fp32 Linear (fp32 FMA accumulation, GELU and residual
-/// fused) and a CPU f64 reference, per unit of `max(1, |reference|)`: the accumulation order
-/// differs, so the error grows like `sqrt(k)` ulps of the partial sums (at k = 1000 and inputs
-/// within 3, a few 1e-6), plus the erf of the GELU.
-const FLOAT_TOLERANCE: f64 = 1e-4;
+/// The GPU's fp32 Linear (fp32 FMA accumulation, GELU and residual fused) against a CPU f64
+/// reference: an output may differ by [`FLOAT_TOLERANCE`] per unit of `max(1, |reference|)` (the
+/// GELU's erf and the epilogue) plus [`FLOAT_ROUNDING_ULPS`] f32 half-ulps times `sqrt(k)` times
+/// `sum |x w| + |bias|` (the k-long f32 accumulation, whose rounding errors add up like a random
+/// walk). A fixed relative bound of 1e-4 failed 1x4096x11008 on qtier's CUDA emulator (the same
+/// kernel source and accumulation order, on the CPU): 1.34e-4 of a reference whose terms sum to
+/// thousands in magnitude.
+const FLOAT_TOLERANCE: f64 = 1e-5;
+/// See [`FLOAT_TOLERANCE`].
+const FLOAT_ROUNDING_ULPS: f64 = 4.0;
 
 /// Largest shape (multiply-adds) the fp32 Linear is checked on: its f64 CPU reference is
 /// scalar, and 2e8 multiply-adds take well under a second.
@@ -264,17 +270,23 @@ fn check_float(dev: &CudaDevice, c: &Case) -> Result<Vec<String>, Box<dyn std::e
     layer.forward(dev, &x, m, Some(&r), &mut out)?;
     let gpu = dev.download(&out)?;
     let gelu = |v: f64| 0.5 * v * (1.0 + erf(v / std::f64::consts::SQRT_2));
+    let half_ulp = f64::from(f32::EPSILON) / 2.0;
+    // The worst output as a fraction of what it may differ by (a failure above 1).
     let mut worst = 0f64;
     for row in 0..m {
         for col in 0..n {
-            let dot: f64 = (0..k).map(|i| f64::from(c.x[row * k + i]) * f64::from(w[col * k + i])).sum();
+            let terms = (0..k).map(|i| f64::from(c.x[row * k + i]) * f64::from(w[col * k + i]));
+            let (dot, magnitude) = terms.fold((0.0, 0.0), |(sum, size), t| (sum + t, size + t.abs()));
             let expected = gelu(dot + f64::from(c.bias[col])) + f64::from(residual[row * n + col]);
-            let error = (f64::from(gpu[row * n + col]) - expected).abs() / expected.abs().max(1.0);
-            worst = if error.is_nan() { f64::INFINITY } else { worst.max(error) };
+            let rounding =
+                FLOAT_ROUNDING_ULPS * half_ulp * (k as f64).sqrt() * (magnitude + f64::from(c.bias[col]).abs());
+            let allowed = FLOAT_TOLERANCE * expected.abs().max(1.0) + rounding;
+            let share = (f64::from(gpu[row * n + col]) - expected).abs() / allowed;
+            worst = if share.is_nan() { f64::INFINITY } else { worst.max(share) };
         }
     }
-    Ok(if worst > FLOAT_TOLERANCE {
-        vec![format!("{m}x{k}x{n} fp32 Linear: worst relative error {worst:e} > {FLOAT_TOLERANCE:e}")]
+    Ok(if worst > 1.0 {
+        vec![format!("{m}x{k}x{n} fp32 Linear: an output differs by {worst:.2} times what is allowed")]
     } else {
         Vec::new()
     })
