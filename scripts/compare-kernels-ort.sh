@@ -13,10 +13,15 @@ threads=${2:-2}
 python=${QTIER_PEERS_PYTHON:-/tmp/qtier-peers-venv/bin/python}
 peer_script=${QTIER_ORT_SCRIPT:-../shared/peers/ort_linear.py}
 work=$(mktemp -d)
+# The peer script leaves its ONNX models (~370 MB a run) in a temporary directory it never
+# removes: give it one inside ours, and remove ours however this script ends.
+trap 'rm -rf "$work"' EXIT
+mkdir "$work/peer-tmp"
 cargo build --release --quiet --bin qtier
 for round in $(seq "$rounds"); do
   "${CARGO_TARGET_DIR:-target}"/release/qtier --threads "$threads" bench kernels --json > "$work/qtier-$round.json"
-  "$python" "$peer_script" --threads "$threads" --json "$work/ort-$round.json" > /dev/null
+  TMPDIR="$work/peer-tmp" "$python" "$peer_script" --threads "$threads" --json "$work/ort-$round.json" > /dev/null
+  rm -rf "$work/peer-tmp"/ort-peer-*
 done
 python3 - "$work" "$rounds" <<'PY'
 import json, statistics, sys

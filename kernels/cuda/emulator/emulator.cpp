@@ -13,7 +13,9 @@
 // deadlock, not hung. Shared memory (`__shared__`, a function-local static here) is shared by a
 // block's threads and reused by the next block, as on the GPU. Arguments are checked against the
 // kernel's C parameter list (count and kind: pointer, int, long long, float); a mismatch is an
-// error, not undefined behaviour.
+// error, not undefined behaviour. Device buffers are 256-byte aligned as cuMemAlloc's, and the
+// build checks every load and store for its type's alignment (-fsanitize=alignment, aborting),
+// as a GPU faults on a misaligned vector load that x86 would perform.
 //
 // The tensor-core kernels' PTX (gemm_s8.cu wraps each instruction in a function) is emulated
 // too: mma.sync m16n8k32 and m8n8k16 (s8) warp-collectively with the PTX ISA's fragment layouts,

@@ -412,6 +412,7 @@ mod backend {
     //! (kernels/cuda/emulator/emulator.cpp), run synchronously, one launch at a time. Device 0
     //! stands for a T4 (sm_75, 40 multiprocessors), device 1 for an A10G (sm_86, 80), so the
     //! host picks each architecture's kernels; only that choice differs between them.
+    use std::alloc::Layout;
     use std::ffi::{CString, c_char};
     use std::marker::PhantomData;
     use std::ptr::NonNull;
@@ -442,12 +443,17 @@ mod backend {
 
     pub(super) struct Device;
 
-    /// Host memory the emulated kernels address by pointer.
+    /// Host memory the emulated kernels address by pointer, aligned as `cuMemAlloc`'s (256
+    /// bytes: the kernels' vector loads rely on it, and the emulator checks their alignment).
     pub(super) struct Buffer<T> {
         ptr: NonNull<T>,
         len: usize,
-        _owns: PhantomData<Box<[T]>>,
+        layout: Layout,
+        _owns: PhantomData<[T]>,
     }
+
+    /// `cuMemAlloc`'s alignment.
+    const ALIGN: usize = 256;
 
     // SAFETY: the buffer owns its allocation; the emulated kernels write it only inside
     // `launch`, which holds MEMORY, as do `download`'s reads.
@@ -457,16 +463,21 @@ mod backend {
 
     impl<T> Drop for Buffer<T> {
         fn drop(&mut self) {
-            // SAFETY: `ptr` and `len` come from `Box::into_raw` of a boxed slice in `from_vec`.
-            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.len)) });
+            // SAFETY: `ptr` was allocated by `zeroed` with `layout`.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), self.layout) };
         }
     }
 
-    fn from_vec<T>(values: Vec<T>) -> Buffer<T> {
-        let len = values.len();
-        let raw = Box::into_raw(values.into_boxed_slice());
-        // SAFETY: Box::into_raw never returns null.
-        Buffer { ptr: unsafe { NonNull::new_unchecked(raw.cast::<T>()) }, len, _owns: PhantomData }
+    /// `len` (at least 1) zero elements; all-zero bytes are zero for every [`DeviceElem`].
+    fn zeroed<T: DeviceElem>(len: usize) -> Result<Buffer<T>, CudaError> {
+        let len = len.max(1);
+        let too_big = || CudaError::InvalidArgument { what: "len", value: len, reason: "too large to allocate" };
+        let bytes = len.checked_mul(std::mem::size_of::<T>()).ok_or_else(too_big)?;
+        let layout = Layout::from_size_align(bytes, ALIGN.max(std::mem::align_of::<T>())).map_err(|_| too_big())?;
+        // SAFETY: `layout` has a non-zero size (len >= 1 and every DeviceElem is at least a byte).
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(raw.cast::<T>()).ok_or_else(too_big)?;
+        Ok(Buffer { ptr, len, layout, _owns: PhantomData })
     }
 
     /// (compute capability, multiprocessors) of the emulated devices: a T4's and an A10G's.
@@ -549,15 +560,15 @@ mod backend {
     }
 
     pub(super) fn upload<T: DeviceElem>(_dev: &Device, host: &[T]) -> Result<Buffer<T>, CudaError> {
-        if host.is_empty() {
-            return Ok(from_vec(vec![T::default()]));
-        }
-        Ok(from_vec(host.to_vec()))
+        let buffer = zeroed::<T>(host.len())?;
+        // SAFETY: the new allocation holds at least `host.len()` elements and overlaps nothing.
+        unsafe { std::ptr::copy_nonoverlapping(host.as_ptr(), buffer.ptr.as_ptr(), host.len()) };
+        Ok(buffer)
     }
 
     pub(super) fn zeros<T: DeviceElem>(_dev: &Device, len: usize) -> Result<Buffer<T>, CudaError> {
-        // One element at least, as on the GPU. T::default() is zero for every DeviceElem.
-        Ok(from_vec(vec![T::default(); len.max(1)]))
+        // One element at least, as on the GPU.
+        zeroed(len)
     }
 
     pub(super) fn download<T: DeviceElem>(_dev: &Device, buffer: &Buffer<T>, len: usize) -> Result<Vec<T>, CudaError> {
