@@ -22,8 +22,9 @@
 // and cp.async as the latest completion its semantics allow (a group's copies land when a
 // cp.async.wait_group lets fewer groups stay in flight, so reading shared memory before the wait
 // reads stale data; copies never waited for are an error). The sm_80 code paths are compiled
-// (__CUDA_ARCH__ 800). Not emulated: concurrency between blocks, and timing. Float results can differ from a GPU's in the last bits: the GPU
-// contracts a * b + c into FMAs where this build does not. x86-64 only (the fiber switch).
+// (__CUDA_ARCH__ 800). Not emulated: concurrency between blocks, and timing. Float results can
+// differ from a GPU's in the last bits: the GPU contracts a * b + c into FMAs where this build
+// does not. x86-64 only (the fiber switch).
 
 #define QTIER_CPU_EMULATION 1
 
@@ -260,7 +261,9 @@ static void qtier_mma_m16n8k32(int (&d)[4], const unsigned (&a)[4], unsigned b0,
         [](const qtier_emu::MmaSlot* w, int row, int k) {
             return qtier_emu_s8(w[(row % 8) * 4 + (k % 16) / 4].a[(row >= 8) + 2 * (k >= 16)], k);
         },
-        [](const qtier_emu::MmaSlot* w, int col, int k) { return qtier_emu_s8(w[col * 4 + (k % 16) / 4].b[k >= 16], k); },
+        [](const qtier_emu::MmaSlot* w, int col, int k) {
+            return qtier_emu_s8(w[col * 4 + (k % 16) / 4].b[k >= 16], k);
+        },
         &rows, &cols);
     const int lane = (int)(qtier_emu::block.current % 32);
     const int g = lane / 4, t = lane % 4;
@@ -444,7 +447,8 @@ void run_block(unsigned threads) {
                 bool all_at_warp_barrier = true, any_at_warp_barrier = false;
                 for (unsigned t = first; t < last; ++t) {
                     const State state = b.fibers[t].state;
-                    all_at_warp_barrier = all_at_warp_barrier && (state == State::AtWarpBarrier || state == State::Done);
+                    const bool waiting_or_done = state == State::AtWarpBarrier || state == State::Done;
+                    all_at_warp_barrier = all_at_warp_barrier && waiting_or_done;
                     any_at_warp_barrier = any_at_warp_barrier || state == State::AtWarpBarrier;
                 }
                 if (!(all_at_warp_barrier && any_at_warp_barrier)) {
