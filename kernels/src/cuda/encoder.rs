@@ -164,7 +164,7 @@ pub fn layernorm(
         }
         None => Arg::Ptr(0),
     };
-    let (q, scales, kp, outliers) = match quantized {
+    let (q, scales, kp, outlier_args) = match quantized {
         Some(qa) => {
             if qa.k() != h || qa.rows() < rows {
                 return Err(
@@ -174,33 +174,24 @@ pub fn layernorm(
             qa.check(dev)?;
             let kp = qa.k_padded();
             let (q, s) = qa.args_mut();
-            (q, s, kp, qa.outlier_args_mut()?)
+            (q, s, kp, qa.outlier_args_mut())
         }
         None => (Arg::Ptr(0), Arg::Ptr(0), h, NO_OUTLIER_ARGS),
     };
-    let [counts, channels, values, max_outliers, ratio, trigger] = outliers;
-    dev.launch(
-        source::LAYERNORM_ROWS,
-        launch::row_dims(rows)?,
-        &[
-            x.arg(),
-            residual.map_or(Arg::Ptr(0), DeviceBuffer::arg),
-            norm.gamma.arg(),
-            norm.beta.arg(),
-            Arg::F32(norm.eps),
-            Arg::I32(int_arg("hidden", h)?),
-            y,
-            q,
-            Arg::I32(int_arg("k_padded", kp)?),
-            scales,
-            counts,
-            channels,
-            values,
-            max_outliers,
-            ratio,
-            trigger,
-        ],
-    )
+    let args = [
+        x.arg(),
+        residual.map_or(Arg::Ptr(0), DeviceBuffer::arg),
+        norm.gamma.arg(),
+        norm.beta.arg(),
+        Arg::F32(norm.eps),
+        Arg::I32(int_arg("hidden", h)?),
+        y,
+        q,
+        Arg::I32(int_arg("k_padded", kp)?),
+        scales,
+    ];
+    let args: Vec<Arg> = args.into_iter().chain(outlier_args).collect();
+    dev.launch(source::LAYERNORM_ROWS, launch::row_dims(rows)?, &args)
 }
 
 /// Shape of a multi-head attention call.

@@ -63,6 +63,8 @@ pub type RowOutliers = Vec<(usize, f32)>;
 #[derive(Debug)]
 struct OutlierLists {
     rule: OutlierRule,
+    /// `rule.max_channels` as the kernels' `int` (checked once, when the lists are made).
+    max_outliers: i32,
     counts: DeviceBuffer<i32>,
     channels: DeviceBuffer<i32>,
     values: DeviceBuffer<f32>,
@@ -97,11 +99,12 @@ impl QuantizedActivations {
     /// Room for `rows` rows of `k` features and their outliers under `rule`: whatever quantizes
     /// into these activations takes the outliers out, and a layer that reads them adds them back.
     pub fn with_outliers(dev: &CudaDevice, rows: usize, k: usize, rule: OutlierRule) -> Result<Self, CudaError> {
-        rule.check()?;
+        let max_outliers = rule.check()?;
         let slots = checked_product("rows", rows, rule.max_channels)?;
         Ok(QuantizedActivations {
             outliers: Some(OutlierLists {
                 rule,
+                max_outliers,
                 counts: dev.zeros(rows)?,
                 channels: dev.zeros(slots)?,
                 values: dev.zeros(slots)?,
@@ -167,18 +170,18 @@ impl QuantizedActivations {
 
     /// The quantization kernels' outlier arguments (`QTIER_OUTLIER_PARAMS` in quant.cu): null
     /// lists without a rule.
-    pub(crate) fn outlier_args_mut(&mut self) -> Result<[Arg; 6], CudaError> {
-        Ok(match &self.outliers {
+    pub(crate) fn outlier_args_mut(&mut self) -> [Arg; 6] {
+        match &self.outliers {
             Some(lists) => [
                 lists.counts.arg(),
                 lists.channels.arg(),
                 lists.values.arg(),
-                Arg::I32(lists.rule.check()?),
+                Arg::I32(lists.max_outliers),
                 Arg::F32(lists.rule.ratio),
                 Arg::F32(lists.rule.trigger_ratio),
             ],
             None => NO_OUTLIER_ARGS,
-        })
+        }
     }
 
     pub(crate) fn check(&self, dev: &CudaDevice) -> Result<(), CudaError> {
@@ -200,24 +203,9 @@ pub fn quantize_rows(dev: &CudaDevice, x: &DeviceBuffer<f32>, out: &mut Quantize
     dev.check("x", x, checked_product("rows", rows, k)?)?;
     out.check(dev)?;
     let (q, s) = out.args_mut();
-    let [counts, channels, values, max_outliers, ratio, trigger] = out.outlier_args_mut()?;
-    dev.launch(
-        source::QUANTIZE_ROWS,
-        launch::row_dims(rows)?,
-        &[
-            x.arg(),
-            Arg::I32(int_arg("k", k)?),
-            Arg::I32(int_arg("k", out.k_padded())?),
-            q,
-            s,
-            counts,
-            channels,
-            values,
-            max_outliers,
-            ratio,
-            trigger,
-        ],
-    )
+    let args = [x.arg(), Arg::I32(int_arg("k", k)?), Arg::I32(int_arg("k", out.k_padded())?), q, s];
+    let args: Vec<Arg> = args.into_iter().chain(out.outlier_args_mut()).collect();
+    dev.launch(source::QUANTIZE_ROWS, launch::row_dims(rows)?, &args)
 }
 
 /// Where the GEMM writes.
@@ -481,7 +469,7 @@ impl CudaQuantizedLinear {
                 lists.counts.arg(),
                 lists.channels.arg(),
                 lists.values.arg(),
-                Arg::I32(lists.rule.check()?),
+                Arg::I32(lists.max_outliers),
                 Arg::I32(activation_code(epilogue_activation)),
                 epilogue_residual.map_or(Arg::Ptr(0), DeviceBuffer::arg),
             ],
