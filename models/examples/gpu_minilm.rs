@@ -34,7 +34,11 @@ use std::time::Instant;
 use qtier_models::eval::{DEV_SENTENCES, cosine, lines};
 use qtier_models::gpu::GpuEncoder;
 use qtier_models::{Int8Options, SentenceEncoder, TokenBatch};
-use qtier_quantize::{LayerSelection, QuantizeOptions, quantize_checkpoint};
+
+#[path = "../tests/support/minilm.rs"]
+mod minilm;
+
+use minilm::{default_model_dir, quantize_default};
 
 /// One embedding per sentence.
 type Embeddings = [Vec<f32>];
@@ -66,14 +70,6 @@ fn emit(out: &mut Option<std::fs::File>, line: String) {
     if let Some(f) = out {
         let _ = writeln!(f, "{line}");
     }
-}
-
-fn default_model_dir() -> PathBuf {
-    let cache = std::env::var_os("QTIER_CACHE")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache").join("qtier"));
-    cache.join("models").join("all-MiniLM-L6-v2")
 }
 
 /// (min, mean) cosine of paired embeddings.
@@ -142,15 +138,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(dir) => PathBuf::from(dir),
         None => {
             let output = quantized_dir.path().join("artifact");
-            let options = QuantizeOptions {
-                input: model.clone(),
-                output: output.clone(),
-                selection: LayerSelection::default(),
-                allow_nonfinite: false,
-                force: false,
-                durable: false,
-            };
-            quantize_checkpoint(&options, &|_| {})?;
+            quantize_default(&model, &output)?;
             output
         }
     };

@@ -13,8 +13,9 @@
 //! ([`CudaQuantizedLinear`]) with the CPU runtime's outlier decomposition ([`Int8Options`], the
 //! same rule: [`outlier_rule`]) unless it is turned off, then as plain per-token W8A8; the
 //! LayerNorm before an int8 layer writes its quantized input (and its outliers) in the same
-//! pass. Float layers run on the fp32 GEMM ([`CudaLinear`]). Without the `cuda` feature, or without a driver or GPU,
-//! [`GpuEncoder::load`] returns [`ModelError::Cuda`] saying why; it never panics.
+//! pass. Float layers run on the fp32 GEMM ([`CudaLinear`]). Without the `cuda` feature, or
+//! without a driver or GPU, [`GpuEncoder::load`] returns [`ModelError::Cuda`] saying why; it
+//! never panics.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

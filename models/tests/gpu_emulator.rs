@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use qtier_models::eval::{DEV_SENTENCES, cosine, lines};
 use qtier_models::gpu::GpuEncoder;
 use qtier_models::{Int8Options, SentenceEncoder};
-use qtier_quantize::{LayerSelection, QuantizeOptions, quantize_checkpoint};
+
+#[path = "support/minilm.rs"]
+mod minilm;
 
 /// Texts of at most 8 tokens with [CLS] and [SEP] (checked below), embedded one at a time.
 const TEXTS: [&str; 4] = ["the cat sat on the mat", "a quick test", "hello world", "GPUs run int8 fast"];
@@ -39,11 +41,7 @@ const PLAIN_MATCH_COSINE: f64 = 0.99;
 const PLAIN_QUALITY_SLACK: f64 = 0.002;
 
 fn model_dir() -> PathBuf {
-    let cache = std::env::var_os("QTIER_CACHE")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache").join("qtier"));
-    let dir = cache.join("models").join("all-MiniLM-L6-v2");
+    let dir = minilm::default_model_dir();
     assert!(
         dir.join("config.json").is_file(),
         "{}: no test model; run `qtier test-model` (scripts/test.sh does)",
@@ -59,15 +57,7 @@ fn min_cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
 
 fn quantized(model: &std::path::Path, scratch: &tempfile::TempDir) -> PathBuf {
     let artifact = scratch.path().join("artifact");
-    let options = QuantizeOptions {
-        input: model.to_path_buf(),
-        output: artifact.clone(),
-        selection: LayerSelection::default(),
-        allow_nonfinite: false,
-        force: false,
-        durable: false,
-    };
-    quantize_checkpoint(&options, &|_| {}).unwrap();
+    minilm::quantize_default(model, &artifact).unwrap();
     artifact
 }
 
