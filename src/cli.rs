@@ -31,7 +31,8 @@ pub enum Command {
     /// Compare an int8 artifact with its float model on real text: embedding cosine,
     /// nearest-neighbour agreement and per-layer output SQNR.
     Eval(EvalArgs),
-    /// Measure latency: kernels, machine limits (models and load tests arrive with their issues).
+    /// Measure latency: the int8 kernels against this machine's limits, a model end to end (CPU or
+    /// GPU), or a running server under load; merge reports of interleaved runs.
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Compare two `qtier bench model` reports: per workload the change in median and tail and

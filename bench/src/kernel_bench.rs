@@ -6,6 +6,11 @@
 //! `weight bytes / read bandwidth at the weight's size` (both measured by
 //! [`qtier_kernels::limits`] with the same thread count); `percent_of_limit` is that time over
 //! the measured median.
+//!
+//! The statistics (qtier's and the peers') exclude the clock's own cost, measured in the same run
+//! ([`crate::timing::clock_overhead_ns`], reported as `clock_overhead_ns`): the limits are
+//! measured over long loops without a clock read per pass, and ONNX Runtime's peer figures
+//! subtract its empty-run overhead. `samples_ns` are kept as measured.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,7 +25,7 @@ use crate::stats::Sample;
 use crate::timing::{TimingConfig, measure};
 
 /// Version of [`KernelBenchReport`]'s layout.
-pub const KERNEL_REPORT_SCHEMA_VERSION: u32 = 1;
+pub const KERNEL_REPORT_SCHEMA_VERSION: u32 = 2;
 
 /// The reference shapes of the kernel issue: MiniLM's FFN at batch 1 and 32, BERT-base's at 128
 /// tokens, and Llama-7B's projections at decode (M=1), small-batch decode (16) and prefill (128).
@@ -108,11 +113,11 @@ pub struct KernelRow {
     pub k: usize,
     /// Output features.
     pub n: usize,
-    /// Median of the samples, µs.
+    /// Median of the samples less the clock's cost, µs.
     pub median_us: f64,
-    /// 10th percentile, µs.
+    /// 10th percentile less the clock's cost, µs.
     pub p10_us: f64,
-    /// 90th percentile, µs.
+    /// 90th percentile less the clock's cost, µs.
     pub p90_us: f64,
     /// `2MNK / median`, GOP/s.
     pub gops: f64,
@@ -124,11 +129,11 @@ pub struct KernelRow {
     pub percent_of_limit: f64,
     /// Peer timings in the same process, when asked for.
     pub peers: Option<PeerTimings>,
-    /// Every sample, ns.
+    /// Every sample as measured (the clock's cost included), ns.
     pub samples_ns: Vec<f64>,
 }
 
-/// Median µs of the peers on one shape.
+/// Median µs of the peers on one shape, less the clock's cost.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PeerTimings {
     /// candle f32 `matmul` (weights pre-transposed, contiguous).
@@ -153,6 +158,10 @@ pub struct KernelBenchReport {
     pub threads: usize,
     /// Measured limits.
     pub limits: MachineLimits,
+    /// The clock's own cost in each sample, ns, subtracted from every statistic of the report
+    /// ([`crate::timing::clock_overhead_ns`]; absent, and so 0, in schema version 1 reports).
+    #[serde(default)]
+    pub clock_overhead_ns: f64,
     /// One row per shape.
     pub rows: Vec<KernelRow>,
 }
@@ -183,6 +192,7 @@ pub fn run_kernel_bench(
     let peak_kind = if KernelKind::Avx512Vnni.is_supported() { KernelKind::Avx512Vnni } else { kernel };
     progress("measuring this machine's int8 peak");
     let peak = limits::int8_peak(peak_kind, config.threads)?;
+    let clock_ns = crate::timing::clock_overhead_ns();
     let mut read_gbps_by_bytes = BTreeMap::new();
     let mut rows = Vec::with_capacity(config.shapes.len());
     for shape in &config.shapes {
@@ -198,7 +208,7 @@ pub fn run_kernel_bench(
             }
         };
         progress(&format!("timing {shape}"));
-        rows.push(time_shape(config, *shape, peak.gops, bandwidth)?);
+        rows.push(time_shape(config, *shape, peak.gops, bandwidth, clock_ns)?);
     }
     Ok(KernelBenchReport {
         schema_version: KERNEL_REPORT_SCHEMA_VERSION,
@@ -207,11 +217,23 @@ pub fn run_kernel_bench(
         kernel: kernel.name().to_string(),
         threads: config.threads,
         limits: MachineLimits { int8_gops: peak.gops, int8_kernel: peak.kernel.name().to_string(), read_gbps_by_bytes },
+        clock_overhead_ns: clock_ns,
         rows,
     })
 }
 
-fn time_shape(config: &KernelBenchConfig, shape: LinearShape, peak_gops: f64, read_gbps: f64) -> Result<KernelRow> {
+/// `ns` less the clock's cost `clock_ns`, in µs (never below zero).
+fn call_us(ns: f64, clock_ns: f64) -> f64 {
+    (ns - clock_ns).max(0.0) / 1e3
+}
+
+fn time_shape(
+    config: &KernelBenchConfig,
+    shape: LinearShape,
+    peak_gops: f64,
+    read_gbps: f64,
+    clock_ns: f64,
+) -> Result<KernelRow> {
     let LinearShape { m, k, n } = shape;
     let weights: Vec<i8> = pseudo_random(n * k, 1).iter().map(|v| (v * 127.0).round() as i8).collect();
     let scales = vec![1.0 / 127.0; n];
@@ -221,23 +243,23 @@ fn time_shape(config: &KernelBenchConfig, shape: LinearShape, peak_gops: f64, re
     let mut out = vec![0.0f32; m * n];
     let timings = measure(&config.timing, || layer.forward_into(&x, m, &mut out, None))?;
     let sample = Sample::new(timings.samples_ns.clone())?;
-    let median_ns = sample.median();
+    let median_us = call_us(sample.median(), clock_ns);
     let compute_us = shape.operations() / (peak_gops * 1e9) * 1e6;
     let memory_us = (n * k) as f64 / (read_gbps * 1e9) * 1e6;
     let limit_us = compute_us.max(memory_us);
-    let peers = if config.peers { Some(time_peers(config, shape, &weights, &x)?) } else { None };
+    let peers = if config.peers { Some(time_peers(config, shape, &weights, &x, clock_ns)?) } else { None };
     Ok(KernelRow {
         shape: shape.to_string(),
         m,
         k,
         n,
-        median_us: median_ns / 1e3,
-        p10_us: sample.percentile(10.0)? / 1e3,
-        p90_us: sample.percentile(90.0)? / 1e3,
-        gops: shape.operations() / median_ns,
+        median_us,
+        p10_us: call_us(sample.percentile(10.0)?, clock_ns),
+        p90_us: call_us(sample.percentile(90.0)?, clock_ns),
+        gops: shape.operations() / (median_us * 1e3),
         limit_us,
         bound: if compute_us >= memory_us { "compute" } else { "memory" }.to_string(),
-        percent_of_limit: 100.0 * limit_us / (median_ns / 1e3),
+        percent_of_limit: 100.0 * limit_us / median_us,
         peers,
         samples_ns: timings.samples_ns,
     })
@@ -247,7 +269,13 @@ fn peer_error(peer: &'static str) -> impl Fn(candle_core::Error) -> BenchError {
     move |e| BenchError::Peer { peer, problem: e.to_string() }
 }
 
-fn time_peers(config: &KernelBenchConfig, shape: LinearShape, weights: &[i8], x: &[f32]) -> Result<PeerTimings> {
+fn time_peers(
+    config: &KernelBenchConfig,
+    shape: LinearShape,
+    weights: &[i8],
+    x: &[f32],
+    clock_ns: f64,
+) -> Result<PeerTimings> {
     let LinearShape { m, k, n } = shape;
     let device = Device::Cpu;
     let float_weights: Vec<f32> = weights.iter().map(|w| f32::from(*w) / 127.0).collect();
@@ -264,11 +292,12 @@ fn time_peers(config: &KernelBenchConfig, shape: LinearShape, weights: &[i8], x:
         let quantized = QTensor::quantize(&weight, GgmlDType::Q8_0).map_err(&q8_error)?;
         let matmul = QMatMul::from_qtensor(quantized).map_err(&q8_error)?;
         let q8_timings = measure(&peer_timing, || matmul.forward(&input).map(drop)).map_err(&q8_error)?;
-        Some(Sample::new(q8_timings.samples_ns)?.median() / 1e3)
+        Some(call_us(Sample::new(q8_timings.samples_ns)?.median(), clock_ns))
     } else {
         None
     };
-    Ok(PeerTimings { candle_f32_median_us: Sample::new(f32_timings.samples_ns)?.median() / 1e3, candle_q8_0_median_us })
+    let candle_f32_median_us = call_us(Sample::new(f32_timings.samples_ns)?.median(), clock_ns);
+    Ok(PeerTimings { candle_f32_median_us, candle_q8_0_median_us })
 }
 
 #[cfg(test)]

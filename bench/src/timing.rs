@@ -41,11 +41,7 @@ pub struct Timings {
 
 /// Times `call` according to `config`. An error from `call` stops the loop and is returned.
 pub fn measure<E>(config: &TimingConfig, mut call: impl FnMut() -> Result<(), E>) -> Result<Timings, E> {
-    let mut timed = || -> Result<f64, E> {
-        let start = Instant::now();
-        call()?;
-        Ok(start.elapsed().as_nanos() as f64)
-    };
+    let mut timed = || time_call(&mut call);
 
     let warmup_start = Instant::now();
     let mut warmup_calls = 0;
@@ -78,6 +74,37 @@ pub fn measure<E>(config: &TimingConfig, mut call: impl FnMut() -> Result<(), E>
     }
     let stopped_by_time_limit = samples_ns.len() < config.min_samples;
     Ok(Timings { samples_ns, warmup_calls, stopped_by_time_limit })
+}
+
+/// Nanoseconds between the two clock reads around one call: the sample [`measure`] records.
+fn time_call<E>(call: &mut impl FnMut() -> Result<(), E>) -> Result<f64, E> {
+    let start = Instant::now();
+    call()?;
+    Ok(start.elapsed().as_nanos() as f64)
+}
+
+/// Empty timed regions [`clock_overhead_ns`] takes the median of.
+const CLOCK_OVERHEAD_SAMPLES: usize = 20_001;
+
+/// The clock's own share of every sample: the median nanoseconds [`measure`] records around a
+/// call that does nothing (the end of one clock read and the start of the next; 20 ns on this
+/// project's VMs, whose clock ticks in 10 ns steps). Negligible for a model's milliseconds, it
+/// is a percent of a two-microsecond kernel call, and the peers' figures exclude theirs (ONNX
+/// Runtime's peer script subtracts an empty `session.run`), so `qtier bench kernels` subtracts
+/// it from its statistics.
+pub fn clock_overhead_ns() -> f64 {
+    let mut empty = || -> Result<(), std::convert::Infallible> {
+        std::hint::black_box(());
+        Ok(())
+    };
+    let mut samples: Vec<f64> = (0..CLOCK_OVERHEAD_SAMPLES)
+        .map(|_| match time_call(&mut empty) {
+            Ok(ns) => ns,
+            Err(never) => match never {},
+        })
+        .collect();
+    let middle = samples.len() / 2;
+    *samples.select_nth_unstable_by(middle, f64::total_cmp).1
 }
 
 #[cfg(test)]
@@ -118,6 +145,28 @@ mod tests {
         .unwrap();
         assert!(timings.stopped_by_time_limit);
         assert!(timings.samples_ns.iter().all(|ns| *ns >= 2e6));
+    }
+
+    #[test]
+    fn the_clock_overhead_is_what_an_empty_call_measures() {
+        let overhead = clock_overhead_ns();
+        assert!(overhead.is_finite() && overhead >= 0.0, "{overhead}");
+        // A call that takes 50 us measures at least that, and the clock's cost is a small part.
+        let config = TimingConfig {
+            max_warmup: Duration::ZERO,
+            min_duration: Duration::ZERO,
+            min_samples: 5,
+            max_duration: Duration::from_secs(10),
+        };
+        let busy = || -> Result<(), ()> {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_micros(50) {}
+            Ok(())
+        };
+        let timings = measure(&config, busy).unwrap();
+        let shortest = timings.samples_ns.iter().copied().fold(f64::INFINITY, f64::min);
+        assert!(shortest >= 50_000.0, "{shortest} ns");
+        assert!(overhead < shortest / 10.0, "an empty call measured {overhead} ns, a 50 us one {shortest} ns");
     }
 
     #[test]

@@ -348,11 +348,13 @@ fn kernels(args: BenchKernelsArgs, threads: usize) -> anyhow::Result<()> {
 
 fn print_kernel_table(report: &KernelBenchReport) {
     outln!(
-        "int8 Linear, kernel {}, {} threads; limits: int8 peak {:.0} GOP/s ({})",
+        "int8 Linear, kernel {}, {} threads; limits: int8 peak {:.0} GOP/s ({}); clock's cost {:.0} ns per \
+         sample (subtracted)",
         report.kernel,
         report.threads,
         report.limits.int8_gops,
-        report.limits.int8_kernel
+        report.limits.int8_kernel,
+        report.clock_overhead_ns
     );
     outln!(
         "{:>15} {:>10} {:>10} {:>10} {:>8} {:>8} {:>7} {:>12} {:>12}",

@@ -43,8 +43,8 @@ pub struct DeployArgs {
     /// --recommendation).
     #[arg(long, value_name = "TYPE")]
     pub instance_type: Option<String>,
-    /// Run on spot capacity for tiers that allow it only with this flag (silver), as `qtier
-    /// recommend --allow-spot` (a recommendation says itself how each tier is bought).
+    /// Run on spot capacity also for the tiers that take it only on request (built in: silver),
+    /// as `qtier recommend --allow-spot` (a recommendation says itself how each tier is bought).
     #[arg(long, conflicts_with = "recommendation")]
     pub allow_spot: bool,
     /// Service tiers (TOML) replacing the built-in gold, silver and bronze (a recommendation

@@ -30,7 +30,8 @@ pub struct RecommendArgs {
     /// Required throughput per tier, requests per second: `gold=200,silver=50`.
     #[arg(long, value_name = "LIST")]
     pub qps: Option<String>,
-    /// Let spot capacity serve the tiers that allow it only with this flag (silver).
+    /// Also consider spot capacity for the tiers that take it only on request (built in: silver;
+    /// bronze always may use spot, gold never).
     #[arg(long)]
     pub allow_spot: bool,
     /// Let projected (not measured) figures meet a tier.

@@ -103,6 +103,16 @@ fn kernel_bench_reports_the_issue_fields() {
         assert!(row[key].as_f64().unwrap() > 0.0, "{key}");
     }
     assert!(row["peers"]["candle_f32_median_us"].as_f64().unwrap() > 0.0);
+    // The statistics exclude the clock's cost, the samples keep it.
+    let clock_ns = report["clock_overhead_ns"].as_f64().unwrap();
+    assert!((0.0..1_000.0).contains(&clock_ns), "clock overhead {clock_ns} ns");
+    let mut samples: Vec<f64> = row["samples_ns"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    samples.sort_by(f64::total_cmp);
+    let middle = samples.len() / 2;
+    let sample_median =
+        if samples.len() % 2 == 1 { samples[middle] } else { (samples[middle - 1] + samples[middle]) / 2.0 };
+    let median_us = row["median_us"].as_f64().unwrap();
+    assert!((median_us * 1e3 + clock_ns - sample_median).abs() < 1e-6 * sample_median, "{median_us} us, {clock_ns} ns");
 }
 
 /// Runs `qtier bench model` on a small workload and returns the report's path.
