@@ -317,4 +317,143 @@ mod tests {
         let overflow = file(r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}}"#, 8);
         assert!(error(&overflow).contains("overflows"));
     }
+
+    /// A valid file of up to four tensors (dtype index into `DTYPES`, shape) laid out in order.
+    fn valid_file(tensors: &[(usize, Vec<usize>)]) -> Vec<u8> {
+        const DTYPES: [Dtype; 5] = [Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::I8, Dtype::I32];
+        let mut entries = Vec::new();
+        let mut offset = 0;
+        for (i, (dtype, shape)) in tensors.iter().enumerate() {
+            let dtype = DTYPES[dtype % DTYPES.len()];
+            let len = shape.iter().product::<usize>() * dtype.size_in_bytes();
+            entries.push(format!(
+                r#""t{i}":{{"dtype":"{}","shape":{shape:?},"data_offsets":[{offset},{}]}}"#,
+                dtype.name(),
+                offset + len
+            ));
+            offset += len;
+        }
+        let header = format!(r#"{{"__metadata__":{{"format":"pt"}},{}}}"#, entries.join(","));
+        let mut bytes = file(&header, offset);
+        let data_start = bytes.len() - offset;
+        for (i, b) in bytes[data_start..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        bytes
+    }
+
+    /// One way to damage a file: truncate it, overwrite a byte (anywhere, or in the header with
+    /// a JSON character), change the header length prefix, or make the header lie: replace one
+    /// of its numbers (a dimension or an offset) with another, keeping the prefix consistent.
+    #[derive(Debug, Clone)]
+    enum Damage {
+        Truncate(usize),
+        Byte(usize, u8),
+        JsonChar(usize, char),
+        LengthDelta(i64),
+        Number(usize, u64),
+    }
+
+    fn damage() -> impl Strategy<Value = Damage> {
+        prop_oneof![
+            any::<usize>().prop_map(Damage::Truncate),
+            (any::<usize>(), any::<u8>()).prop_map(|(at, b)| Damage::Byte(at, b)),
+            (any::<usize>(), proptest::sample::select(r#"{}[]",:-.eE0123456789 "#.chars().collect::<Vec<_>>()))
+                .prop_map(|(at, c)| Damage::JsonChar(at, c)),
+            (-64i64..64).prop_map(Damage::LengthDelta),
+            (any::<usize>(), prop_oneof![0u64..64, Just(u64::MAX), Just(1 << 32)])
+                .prop_map(|(which, value)| Damage::Number(which, value)),
+        ]
+    }
+
+    fn apply(bytes: &mut Vec<u8>, damage: &Damage) {
+        let header_end = LENGTH_PREFIX_BYTES + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        match *damage {
+            Damage::Truncate(at) => bytes.truncate(at % bytes.len()),
+            Damage::Byte(at, b) => {
+                let at = at % bytes.len();
+                bytes[at] = b;
+            }
+            Damage::JsonChar(at, c) => {
+                let at = LENGTH_PREFIX_BYTES + at % (header_end - LENGTH_PREFIX_BYTES);
+                bytes[at] = c as u8;
+            }
+            Damage::LengthDelta(delta) => {
+                let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()).wrapping_add_signed(delta);
+                bytes[..8].copy_from_slice(&len.to_le_bytes());
+            }
+            Damage::Number(which, value) => {
+                let header = &bytes[LENGTH_PREFIX_BYTES..header_end];
+                let numbers: Vec<Range<usize>> = header
+                    .chunk_by(|a, b| a.is_ascii_digit() == b.is_ascii_digit())
+                    .scan(0, |at, run| {
+                        let range = *at..*at + run.len();
+                        *at += run.len();
+                        Some((range, run[0].is_ascii_digit()))
+                    })
+                    .filter_map(|(range, digits)| digits.then_some(range))
+                    .collect();
+                if numbers.is_empty() {
+                    return;
+                }
+                let target = numbers[which % numbers.len()].clone();
+                let mut new_header = header[..target.start].to_vec();
+                new_header.extend_from_slice(value.to_string().as_bytes());
+                new_header.extend_from_slice(&header[target.end..]);
+                let mut rebuilt = (new_header.len() as u64).to_le_bytes().to_vec();
+                rebuilt.extend_from_slice(&new_header);
+                rebuilt.extend_from_slice(&bytes[header_end..]);
+                *bytes = rebuilt;
+            }
+        }
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Damaged files never panic the parser; what it accepts is self-consistent (every
+        /// tensor's bytes inside the file, sized by dtype and shape, the data section covered
+        /// exactly) and accepted alike by the reference implementation (the `safetensors` crate),
+        /// tensor for tensor.
+        #[test]
+        fn damaged_files_are_rejected_or_read_as_the_reference_reads_them(
+            tensors in proptest::collection::vec((0usize..5, proptest::collection::vec(1usize..5, 0..3)), 1..4),
+            damages in proptest::collection::vec(damage(), 1..3),
+        ) {
+            let mut bytes = valid_file(&tensors);
+            for d in &damages {
+                if bytes.len() >= LENGTH_PREFIX_BYTES
+                    && u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize + LENGTH_PREFIX_BYTES <= bytes.len()
+                {
+                    apply(&mut bytes, d);
+                }
+            }
+            let Ok((entries, _)) = parse(Path::new("m.safetensors"), &bytes) else { return Ok(()) };
+            let data_start = entries.first().map_or(bytes.len(), |e| e.file_range.start);
+            let mut covered_to = data_start;
+            for e in &entries {
+                prop_assert_eq!(e.file_range.start, covered_to, "{} leaves a hole or overlaps", &e.name);
+                prop_assert_eq!(e.byte_len(), e.element_count() * e.dtype.size_in_bytes());
+                covered_to = e.file_range.end;
+            }
+            prop_assert_eq!(covered_to, bytes.len(), "the data section is covered to the end");
+            let reference = safetensors::SafeTensors::deserialize(&bytes);
+            prop_assert!(reference.is_ok(), "accepted what the reference rejects: {:?}", reference.err());
+            let reference = reference.unwrap();
+            let mut theirs: Vec<(String, Vec<usize>, usize, usize)> = reference
+                .tensors()
+                .into_iter()
+                .map(|(name, view)| {
+                    let start = view.data().as_ptr() as usize - bytes.as_ptr() as usize;
+                    (name, view.shape().to_vec(), start, start + view.data().len())
+                })
+                .collect();
+            theirs.sort_by_key(|t| (t.2, t.3, t.0.clone()));
+            let ours: Vec<(String, Vec<usize>, usize, usize)> =
+                entries.iter().map(|e| (e.name.clone(), e.shape.clone(), e.file_range.start, e.file_range.end)).collect();
+            prop_assert_eq!(ours, theirs);
+        }
+    }
 }
