@@ -33,8 +33,9 @@ else
 fi
 
 # The CUDA kernels (kernels/cuda/*.cu, the `cuda` feature of qtier-kernels) need no GPU to be
-# checked: kernels/tests/nvrtc.rs compiles every .cu file with NVRTC for sm_75, sm_86 and sm_90
-# and fails on any error or warning. NVRTC comes from its pip wheel, installed once into a venv
+# checked: kernels/tests/nvrtc.rs compiles every .cu file with NVRTC for sm_75, sm_86 and sm_90,
+# fails on any error or warning, and checks ptxas's resource report of every kernel against its
+# launch (launch bounds, registers and shared memory per block, spills). NVRTC comes from its pip wheel, installed once into a venv
 # outside the repository; cudarc loads libnvrtc.so.13 at run time through LD_LIBRARY_PATH.
 # QTIER_NVRTC_LIB_DIR, when already set, names a directory holding libnvrtc.so.13 instead.
 NVRTC_WHEEL_VERSION=13.0.88

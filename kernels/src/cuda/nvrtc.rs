@@ -51,6 +51,16 @@ pub fn compile(source: &KernelSource, arch: GpuArch) -> Result<CompiledKernel, C
     Ok(CompiledKernel { file: source.file, arch, cubin, log })
 }
 
+/// [`compile`], with ptxas's resource report in the log (`--ptxas-options=-v`: per entry point
+/// the registers, shared memory, stack frame and spill bytes), the same cubin otherwise. For
+/// checking without a GPU that every launch fits the hardware (kernels/tests/nvrtc.rs).
+pub fn compile_with_resource_report(source: &KernelSource, arch: GpuArch) -> Result<CompiledKernel, CudaError> {
+    let mut options = compile_options(arch);
+    options.push("--ptxas-options=-v".to_owned());
+    let (cubin, log) = backend::compile(source, &HEADERS, arch, &options)?;
+    Ok(CompiledKernel { file: source.file, arch, cubin, log })
+}
+
 #[cfg(feature = "cuda")]
 mod backend {
     use std::ffi::{CString, c_char, c_int};
