@@ -287,7 +287,14 @@ static void qtier_mma_m8n8k16(int (&d)[2], unsigned a, unsigned b) {
     }
 }
 
+// cp.async of 16 bytes needs both addresses 16-byte aligned (PTX ISA), whatever the source size:
+// a GPU stops the kernel with a misaligned-address error.
 static void qtier_cp_async16_zfill(void* dst, const void* src, int src_bytes) {
+    if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || reinterpret_cast<uintptr_t>(src) % 16 != 0) {
+        throw std::runtime_error("cp.async of 16 bytes with a misaligned address (shared " +
+                                 std::to_string(reinterpret_cast<uintptr_t>(dst) % 16) + ", global " +
+                                 std::to_string(reinterpret_cast<uintptr_t>(src) % 16) + " bytes past 16)");
+    }
     qtier_emu::block.copies[qtier_emu::block.current].open.push_back({dst, src, src_bytes});
 }
 
