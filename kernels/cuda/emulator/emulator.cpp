@@ -15,7 +15,9 @@
 // kernel's C parameter list (count and kind: pointer, int, long long, float); a mismatch is an
 // error, not undefined behaviour. Device buffers are 256-byte aligned as cuMemAlloc's, and the
 // build checks every load and store for its type's alignment (-fsanitize=alignment, aborting),
-// as a GPU faults on a misaligned vector load that x86 would perform.
+// as a GPU faults on a misaligned vector load that x86 would perform; cp.async checks its
+// 16-byte alignment. Each buffer ends at a guard page (and starts after one), so a kernel that
+// reads or writes past it stops the test with the kernel's name instead of touching host memory.
 //
 // The tensor-core kernels' PTX (gemm_s8.cu wraps each instruction in a function) is emulated
 // too: mma.sync m16n8k32 and m8n8k16 (s8) warp-collectively with the PTX ISA's fragment layouts,
@@ -27,6 +29,10 @@
 // does not. x86-64 only (the fiber switch).
 
 #define QTIER_CPU_EMULATION 1
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <bit>
 #include <cmath>
@@ -569,7 +575,95 @@ const std::map<std::string, Launcher>& launchers() {
 
 std::mutex launch_mutex;
 
+// The kernel running now, for the out-of-bounds report (read by the signal handler).
+const char* volatile running_kernel = nullptr;
+
+// The handlers on_fault replaced (Rust's, which reports stack overflows), for faults outside
+// kernels.
+struct sigaction previous_segv {}, previous_bus {};
+
+// SIGSEGV (SIGBUS) while a kernel runs: almost surely an access to a guard page of the device
+// memory (qtier_emu_alloc), which a GPU would report as an illegal address or read as garbage.
+// Says which kernel and where, then aborts (the test fails with the message on stderr).
+void on_fault(int signal, siginfo_t* info, void*) {
+    const char* kernel = running_kernel;
+    if (kernel == nullptr) {
+        // Not ours: put the previous handler back and let the access fault again into it.
+        sigaction(signal, signal == SIGBUS ? &previous_bus : &previous_segv, nullptr);
+        return;
+    }
+    char message[256];
+    const int len = std::snprintf(message, sizeof message,
+                                  "qtier CUDA emulator: %s in kernel %s at address %p: an access outside device "
+                                  "memory (past the end of a buffer, or before its start)\n",
+                                  signal == SIGBUS ? "SIGBUS" : "SIGSEGV", kernel, info->si_addr);
+    if (len > 0) {
+        [[maybe_unused]] ssize_t written = write(STDERR_FILENO, message, (size_t)len);
+    }
+    std::abort();
+}
+
+// The handler runs on an alternate stack: a fault on a fiber's stack must still be reported.
+void install_fault_handler() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        struct sigaction action {};
+        action.sa_sigaction = on_fault;
+        action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&action.sa_mask);
+        sigaction(SIGSEGV, &action, &previous_segv);
+        sigaction(SIGBUS, &action, &previous_bus);
+    });
+    thread_local std::unique_ptr<unsigned char[]> alternate;
+    if (!alternate) {
+        const size_t bytes = 64 * 1024;
+        alternate = std::make_unique<unsigned char[]>(bytes);
+        stack_t stack{};
+        stack.ss_sp = alternate.get();
+        stack.ss_size = bytes;
+        sigaltstack(&stack, nullptr);
+    }
+}
+
+size_t page_bytes() {
+    static const size_t bytes = (size_t)sysconf(_SC_PAGESIZE);
+    return bytes;
+}
+
+// Pages holding `bytes` rounded up to cuMemAlloc's 256-byte alignment, between two guard pages.
+size_t mapped_bytes(size_t bytes) {
+    const size_t page = page_bytes();
+    return ((bytes + 255) / 256 * 256 + page - 1) / page * page + 2 * page;
+}
+
 }  // namespace
+
+// Device memory: `bytes` zeroed bytes, 256-byte aligned as cuMemAlloc's, ending (after rounding
+// up to 256) at an inaccessible guard page with another before the first page, so that a
+// kernel reading or writing past a buffer faults (see on_fault) instead of touching host
+// memory. Null when the memory cannot be had.
+extern "C" void* qtier_emu_alloc(size_t bytes) {
+    const size_t page = page_bytes();
+    const size_t total = mapped_bytes(bytes);
+    void* base = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) {
+        return nullptr;
+    }
+    auto* first = static_cast<unsigned char*>(base);
+    if (mprotect(first, page, PROT_NONE) != 0 || mprotect(first + total - page, page, PROT_NONE) != 0) {
+        munmap(base, total);
+        return nullptr;
+    }
+    return first + total - page - (bytes + 255) / 256 * 256;
+}
+
+// Frees what qtier_emu_alloc(bytes) returned.
+extern "C" void qtier_emu_free(void* ptr, size_t bytes) {
+    const size_t page = page_bytes();
+    const size_t total = mapped_bytes(bytes);
+    auto* end = static_cast<unsigned char*>(ptr) + (bytes + 255) / 256 * 256 + page;
+    munmap(end - total, total);
+}
 
 // Runs kernel `name` over `grid` x `block` with `count` arguments (`values[i]` of kind
 // `kinds[i]`); 0 on success, else 1 with a message in `error` (NUL-terminated, truncated to
@@ -578,15 +672,19 @@ extern "C" int qtier_emu_launch(const char* name, const unsigned* grid, const un
                                 const unsigned long long* values, const unsigned char* kinds, size_t count,
                                 char* error, size_t error_len) {
     std::lock_guard<std::mutex> lock(launch_mutex);
+    install_fault_handler();
     try {
         const auto& table = launchers();
         const auto found = table.find(name);
         if (found == table.end()) {
             throw std::runtime_error(std::string(name) + " is not a kernel the emulator knows");
         }
+        running_kernel = found->first.c_str();
         found->second(Args{values, kinds, count, name}, {grid[0], grid[1], grid[2]}, {block[0], block[1], block[2]});
+        running_kernel = nullptr;
         return 0;
     } catch (const std::exception& e) {
+        running_kernel = nullptr;
         std::snprintf(error, error_len, "%s", e.what());
         return 1;
     }

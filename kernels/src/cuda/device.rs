@@ -412,8 +412,7 @@ mod backend {
     //! (kernels/cuda/emulator/emulator.cpp), run synchronously, one launch at a time. Device 0
     //! stands for a T4 (sm_75, 40 multiprocessors), device 1 for an A10G (sm_86, 80), so the
     //! host picks each architecture's kernels; only that choice differs between them.
-    use std::alloc::Layout;
-    use std::ffi::{CString, c_char};
+    use std::ffi::{CString, c_char, c_void};
     use std::marker::PhantomData;
     use std::ptr::NonNull;
     use std::sync::Mutex;
@@ -436,6 +435,11 @@ mod backend {
             error: *mut c_char,
             error_len: usize,
         ) -> i32;
+        /// emulator.cpp: `bytes` zeroed bytes, 256-byte aligned, between guard pages; null when
+        /// the memory cannot be had.
+        fn qtier_emu_alloc(bytes: usize) -> *mut c_void;
+        /// emulator.cpp: frees what `qtier_emu_alloc(bytes)` returned.
+        fn qtier_emu_free(ptr: *mut c_void, bytes: usize);
     }
 
     /// Serializes launches with downloads and uploads, as one stream would.
@@ -444,16 +448,15 @@ mod backend {
     pub(super) struct Device;
 
     /// Host memory the emulated kernels address by pointer, aligned as `cuMemAlloc`'s (256
-    /// bytes: the kernels' vector loads rely on it, and the emulator checks their alignment).
+    /// bytes: the kernels' vector loads rely on it, and the emulator checks their alignment),
+    /// with guard pages around it: a kernel that reads or writes past the end (beyond the
+    /// rounding to 256 bytes) stops the test with the kernel's name.
     pub(super) struct Buffer<T> {
         ptr: NonNull<T>,
         len: usize,
-        layout: Layout,
+        bytes: usize,
         _owns: PhantomData<[T]>,
     }
-
-    /// `cuMemAlloc`'s alignment.
-    const ALIGN: usize = 256;
 
     // SAFETY: the buffer owns its allocation; the emulated kernels write it only inside
     // `launch`, which holds MEMORY, as do `download`'s reads.
@@ -463,8 +466,8 @@ mod backend {
 
     impl<T> Drop for Buffer<T> {
         fn drop(&mut self) {
-            // SAFETY: `ptr` was allocated by `zeroed` with `layout`.
-            unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), self.layout) };
+            // SAFETY: `ptr` was returned by `qtier_emu_alloc(self.bytes)` (`zeroed`) and is freed once.
+            unsafe { qtier_emu_free(self.ptr.as_ptr().cast(), self.bytes) };
         }
     }
 
@@ -472,12 +475,13 @@ mod backend {
     fn zeroed<T: DeviceElem>(len: usize) -> Result<Buffer<T>, CudaError> {
         let len = len.max(1);
         let too_big = || CudaError::InvalidArgument { what: "len", value: len, reason: "too large to allocate" };
-        let bytes = len.checked_mul(std::mem::size_of::<T>()).ok_or_else(too_big)?;
-        let layout = Layout::from_size_align(bytes, ALIGN.max(std::mem::align_of::<T>())).map_err(|_| too_big())?;
-        // SAFETY: `layout` has a non-zero size (len >= 1 and every DeviceElem is at least a byte).
-        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let bytes =
+            len.checked_mul(std::mem::size_of::<T>()).filter(|b| *b <= isize::MAX as usize / 2).ok_or_else(too_big)?;
+        // SAFETY: a plain allocation call; the result is checked for null. Its 256-byte
+        // alignment covers every DeviceElem's.
+        let raw = unsafe { qtier_emu_alloc(bytes) };
         let ptr = NonNull::new(raw.cast::<T>()).ok_or_else(too_big)?;
-        Ok(Buffer { ptr, len, layout, _owns: PhantomData })
+        Ok(Buffer { ptr, len, bytes, _owns: PhantomData })
     }
 
     /// (compute capability, multiprocessors) of the emulated devices: a T4's and an A10G's.
