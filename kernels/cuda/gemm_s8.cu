@@ -118,8 +118,15 @@ __device__ __forceinline__ void qtier_cp_async_wait() {
 // ---------------------------------------------------------------------------------------------
 // sm_80+: mma.m16n8k32, QTIER_STAGES-deep cp.async pipeline over k tiles of 32.
 
+// Shared memory of qtier_gemm_mma16832<BM, BN, ...>: QTIER_STAGES stages of an A and a B tile.
+// The kernel entry declares it and passes it in (shared memory declared in a function template
+// is the one kind the CPU emulator cannot poison before each block: g++ 12 ignores the section
+// attribute there).
+#define QTIER_MMA16832_SHARED_BYTES(BM, BN) \
+    (QTIER_STAGES * ((BM) * QTIER_A_STRIDE + ((BN) / QTIER_NTILE) * QTIER_TILE_WORDS * 4))
+
 template <int BM, int BN, int WARPS_M, int WARPS_N>
-__device__ __forceinline__ void qtier_gemm_mma16832(QTIER_GEMM_PARAMS) {
+__device__ __forceinline__ void qtier_gemm_mma16832(unsigned char* __restrict__ smem, QTIER_GEMM_PARAMS) {
 #if __CUDA_ARCH__ >= 800
     constexpr int WM = BM / WARPS_M;
     constexpr int WN = BN / WARPS_N;
@@ -129,7 +136,7 @@ __device__ __forceinline__ void qtier_gemm_mma16832(QTIER_GEMM_PARAMS) {
     constexpr int A_STAGE = BM * QTIER_A_STRIDE;
     constexpr int B_STAGE = (BN / QTIER_NTILE) * QTIER_TILE_WORDS * 4;
     constexpr int STAGE = A_STAGE + B_STAGE;
-    __shared__ __align__(16) unsigned char smem[QTIER_STAGES * STAGE];
+    static_assert(QTIER_STAGES * STAGE == QTIER_MMA16832_SHARED_BYTES(BM, BN), "shared memory size");
 
     const int warp = threadIdx.x >> 5;
     const int lane = threadIdx.x & 31;
@@ -235,11 +242,13 @@ __device__ __forceinline__ void qtier_gemm_mma16832(QTIER_GEMM_PARAMS) {
 }
 
 extern "C" __global__ void __launch_bounds__(256) qtier_gemm_s8_mma16832_128x128(QTIER_GEMM_PARAMS) {
-    qtier_gemm_mma16832<128, 128, 2, 4>(QTIER_GEMM_ARGS);
+    __shared__ __align__(16) unsigned char smem[QTIER_MMA16832_SHARED_BYTES(128, 128)];
+    qtier_gemm_mma16832<128, 128, 2, 4>(smem, QTIER_GEMM_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(128) qtier_gemm_s8_mma16832_64x64(QTIER_GEMM_PARAMS) {
-    qtier_gemm_mma16832<64, 64, 2, 2>(QTIER_GEMM_ARGS);
+    __shared__ __align__(16) unsigned char smem[QTIER_MMA16832_SHARED_BYTES(64, 64)];
+    qtier_gemm_mma16832<64, 64, 2, 2>(smem, QTIER_GEMM_ARGS);
 }
 
 // ---------------------------------------------------------------------------------------------

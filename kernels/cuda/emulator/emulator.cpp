@@ -11,7 +11,8 @@
 // for the lanes of the thread's warp. Threads left waiting at barriers that can never complete
 // (e.g. a __syncthreads some threads skip while others wait at a __syncwarp) are reported as a
 // deadlock, not hung. Shared memory (`__shared__`, a function-local static here) is shared by a
-// block's threads and reused by the next block, as on the GPU. Arguments are checked against the
+// block's threads and poisoned (all bytes 0xff) before each block, whose reads of what it did not
+// write then see NaN or -1 rather than zeros. Arguments are checked against the
 // kernel's C parameter list (count and kind: pointer, int, long long, float); a mismatch is an
 // error, not undefined behaviour. Device buffers are 256-byte aligned as cuMemAlloc's, and the
 // build checks every load and store for its type's alignment (-fsanitize=alignment, aborting),
@@ -148,7 +149,11 @@ Block block;
 #define __forceinline__ inline
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
-#define __shared__ static
+// Every `__shared__` array lands in one section, which the linker brackets with
+// __start_/__stop_ symbols: each block starts with all of it poisoned (see poison_shared). Not
+// in a function template: g++ 12 ignores the section attribute there (kernels declare shared
+// memory in their entry functions).
+#define __shared__ static __attribute__((section("qtier_emu_shared")))
 #define __align__(n) __attribute__((aligned(n)))
 
 struct QtierEmuDim3 {
@@ -432,6 +437,16 @@ void prepare(qtier_emu::Fiber& fiber) {
 // its running lanes reach them) before the next warp starts; then the block barrier is released
 // once every running thread waits there. Running one warp ahead of the others is the order in
 // which a missing __syncthreads shows (a warp overwrites shared memory others have not read).
+extern "C" unsigned char __start_qtier_emu_shared[];
+extern "C" unsigned char __stop_qtier_emu_shared[];
+
+// Shared memory holds whatever it held at a block's start on a GPU, never reliably zeros: a
+// kernel that reads a shared value before writing it must not pass here by reading the zeros
+// of a static array. Every byte 0xff: a NaN as a float, -1 as an integer.
+void poison_shared() {
+    std::memset(__start_qtier_emu_shared, 0xff, (size_t)(__stop_qtier_emu_shared - __start_qtier_emu_shared));
+}
+
 void run_block(unsigned threads) {
     qtier_emu::Block& b = qtier_emu::block;
     using qtier_emu::State;
@@ -543,6 +558,7 @@ void run(void (*kernel)(P...), const Args& args, QtierEmuDim3 grid, QtierEmuDim3
         for (unsigned y = 0; y < grid.y; ++y) {
             for (unsigned x = 0; x < grid.x; ++x) {
                 blockIdx = {x, y, z};
+                poison_shared();
                 run_block(threads);
                 if (!b.error.empty()) {
                     throw std::runtime_error(std::string(args.kernel) + ": " + b.error);
