@@ -8,7 +8,10 @@
 // of a block run as fibers (each its own stack) on the calling thread, switched cooperatively at
 // barriers: __syncthreads waits for every thread of the block that has not returned from the
 // kernel (returned threads no longer count, as on the GPU), __syncwarp and the warp shuffles
-// for the lanes of the thread's warp. Threads left waiting at barriers that can never complete
+// for the lanes of the thread's warp. Each warp runs as far as it can before the next, in index
+// order in one block and in reverse order (lanes too) in the next, alternating between launches
+// as well, so that a read the missing barrier leaves unordered with its write sees stale data
+// whichever warp writes. Threads left waiting at barriers that can never complete
 // (e.g. a __syncthreads some threads skip while others wait at a __syncwarp) are reported as a
 // deadlock, not hung. Shared memory (`__shared__`, a function-local static here) is shared by a
 // block's threads and poisoned (all bytes 0xff) before each block, whose reads of what it did not
@@ -145,7 +148,9 @@ Block block;
 // CUDA C++ spellings.
 
 #define __global__
-#define __device__
+// Internal linkage (one translation unit): a `__shared__` static in an inline function then
+// shares the section of the others instead of a COMDAT group (a "section type conflict").
+#define __device__ static
 #define __forceinline__ inline
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
@@ -447,7 +452,12 @@ void poison_shared() {
     std::memset(__start_qtier_emu_shared, 0xff, (size_t)(__stop_qtier_emu_shared - __start_qtier_emu_shared));
 }
 
-void run_block(unsigned threads) {
+// Runs the current block's `threads` threads to completion. Each warp runs as far as it can
+// before the next starts, its lanes in turn up to a warp barrier: warps in index order, or with
+// `reverse` from the last warp to the first and each warp's lanes from the last (the blocks of
+// a launch alternate, and so do launches), so that a value read without the barrier that orders
+// it after its write is stale in one of the two orders whichever thread writes it.
+void run_block(unsigned threads, bool reverse) {
     qtier_emu::Block& b = qtier_emu::block;
     using qtier_emu::State;
     for (unsigned t = 0; t < threads; ++t) {
@@ -460,11 +470,14 @@ void run_block(unsigned threads) {
         copies.open.clear();
         copies.committed.clear();
     }
+    const unsigned warps = (threads + 31) / 32;
     for (;;) {
-        for (unsigned first = 0; first < threads; first += 32) {
+        for (unsigned w = 0; w < warps; ++w) {
+            const unsigned first = (reverse ? warps - 1 - w : w) * 32;
             const unsigned last = std::min(first + 32, threads);
             for (;;) {
-                for (unsigned t = first; t < last; ++t) {
+                for (unsigned i = first; i < last; ++i) {
+                    const unsigned t = reverse ? first + last - 1 - i : i;
                     qtier_emu::Fiber& fiber = b.fibers[t];
                     if (fiber.state == State::Runnable) {
                         b.current = t;
@@ -517,6 +530,9 @@ void run_block(unsigned threads) {
     }
 }
 
+// Launches so far: the first block of every other launch runs in reverse order (run_block).
+unsigned long long launch_count = 0;
+
 // Runs `kernel` over `grid` blocks of `block` threads with `args` (checked first).
 template <class... P>
 void run(void (*kernel)(P...), const Args& args, QtierEmuDim3 grid, QtierEmuDim3 block) {
@@ -559,7 +575,7 @@ void run(void (*kernel)(P...), const Args& args, QtierEmuDim3 grid, QtierEmuDim3
             for (unsigned x = 0; x < grid.x; ++x) {
                 blockIdx = {x, y, z};
                 poison_shared();
-                run_block(threads);
+                run_block(threads, ((launch_count + x + y + z) & 1) != 0);
                 if (!b.error.empty()) {
                     throw std::runtime_error(std::string(args.kernel) + ": " + b.error);
                 }
@@ -696,6 +712,7 @@ extern "C" int qtier_emu_launch(const char* name, const unsigned* grid, const un
             throw std::runtime_error(std::string(name) + " is not a kernel the emulator knows");
         }
         running_kernel = found->first.c_str();
+        ++launch_count;
         found->second(Args{values, kinds, count, name}, {grid[0], grid[1], grid[2]}, {block[0], block[1], block[2]});
         running_kernel = nullptr;
         return 0;
