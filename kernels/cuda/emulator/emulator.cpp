@@ -13,7 +13,8 @@
 // as well, so that a read the missing barrier leaves unordered with its write sees stale data
 // whichever warp writes. Threads left waiting at barriers that can never complete
 // (e.g. a __syncthreads some threads skip while others wait at a __syncwarp) are reported as a
-// deadlock, not hung. Shared memory (`__shared__`, a function-local static here) is shared by a
+// deadlock, not hung. A shuffle that reads a lane outside its mask, or one that has returned,
+// is an error (the value is undefined on a GPU). Shared memory (`__shared__`, a function-local static here) is shared by a
 // block's threads and poisoned (all bytes 0xff) before each block, whose reads of what it did not
 // write then see NaN or -1 rather than zeros. Arguments are checked against the
 // kernel's C parameter list (count and kind: pointer, int, long long, float); a mismatch is an
@@ -129,6 +130,9 @@ struct Block {
     // Warp shuffle and mma slots, two sets each used alternately (see shfl below), and how
     // many of each every thread has done.
     std::vector<unsigned long long> lanes[2];
+    // Per slot: which of its lane's shuffles (1-based) wrote it, so a read of a lane that has
+    // returned (whose slot holds an older value) is caught.
+    std::vector<unsigned> lane_rounds[2];
     std::vector<unsigned> shuffles;
     std::vector<MmaSlot> mma_slots[2];
     std::vector<unsigned> mmas;
@@ -183,17 +187,31 @@ static void __syncwarp(unsigned = 0xffffffffu) { qtier_emu_wait(qtier_emu::State
 
 // Every lane writes its value, the warp syncs, every lane reads its partner's. The slot sets
 // alternate per call, so the next call's writes cannot overwrite values still to be read: a
-// lane reaches that call's sync only after all lanes passed this one's.
+// lane reaches that call's sync only after all lanes passed this one's. Reading a lane outside
+// `mask`, or one that has returned (a GPU leaves that value undefined), is an error.
 template <class T>
-static T __shfl_xor_sync(unsigned, T value, int lane_mask) {
+static T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
     static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= sizeof(unsigned long long));
     qtier_emu::Block& b = qtier_emu::block;
     const unsigned thread = b.current;
-    unsigned long long* slots = &b.lanes[b.shuffles[thread]++ & 1][thread / 32 * 32];
-    std::memcpy(&slots[thread % 32], &value, sizeof(T));
+    const unsigned lane = thread % 32, source = lane ^ ((unsigned)lane_mask & 31u);
+    const unsigned round = ++b.shuffles[thread];
+    unsigned long long* slots = &b.lanes[round & 1][thread / 32 * 32];
+    unsigned* rounds = &b.lane_rounds[round & 1][thread / 32 * 32];
+    std::memcpy(&slots[lane], &value, sizeof(T));
+    rounds[lane] = round;
     __syncwarp();
+    if (((mask >> lane) & 1u) == 0 || ((mask >> source) & 1u) == 0) {
+        throw std::runtime_error("__shfl_xor_sync: lane " + std::to_string(lane) + " reads lane " +
+                                 std::to_string(source) + ", not both in the mask");
+    }
+    if (rounds[source] != round) {
+        throw std::runtime_error("__shfl_xor_sync: lane " + std::to_string(lane) + " of thread " +
+                                 std::to_string(thread) + " reads lane " + std::to_string(source) +
+                                 ", which has returned (its value is undefined on a GPU)");
+    }
     T other;
-    std::memcpy(&other, &slots[(thread % 32) ^ (unsigned)lane_mask], sizeof(T));
+    std::memcpy(&other, &slots[source], sizeof(T));
     return other;
 }
 
@@ -464,6 +482,9 @@ void run_block(unsigned threads, bool reverse) {
         prepare(b.fibers[t]);
     }
     std::fill(b.shuffles.begin(), b.shuffles.end(), 0u);
+    for (std::vector<unsigned>& rounds : b.lane_rounds) {
+        std::fill(rounds.begin(), rounds.end(), 0u);
+    }
     std::fill(b.mmas.begin(), b.mmas.end(), 0u);
     std::fill(b.mma_unpacked.begin(), b.mma_unpacked.end(), 0u);
     for (qtier_emu::AsyncCopies& copies : b.copies) {
@@ -552,6 +573,8 @@ void run(void (*kernel)(P...), const Args& args, QtierEmuDim3 grid, QtierEmuDim3
     const size_t lanes = (threads + 31) / 32 * 32;
     b.lanes[0].assign(lanes, 0);
     b.lanes[1].assign(lanes, 0);
+    b.lane_rounds[0].assign(lanes, 0);
+    b.lane_rounds[1].assign(lanes, 0);
     b.shuffles.assign(threads, 0);
     b.mma_slots[0].assign(lanes, {});
     b.mma_slots[1].assign(lanes, {});
