@@ -96,6 +96,8 @@ enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, Done };
 struct MmaSlot {
     unsigned a[4];
     unsigned b[2];
+    // Which of its lane's mmas (1-based) deposited this: all 32 lanes take part in every one.
+    unsigned serial = 0;
 };
 
 // One cp.async: `bytes` of 16 from `src`, the rest zeros.
@@ -256,10 +258,18 @@ static void qtier_emu_mma_operands(const qtier_emu::MmaSlot& mine, A a_at, B b_a
     const unsigned serial = ++b.mmas[thread];
     qtier_emu::MmaSlot* slots = &b.mma_slots[serial & 1][warp * 32];
     slots[thread % 32] = mine;
+    slots[thread % 32].serial = serial;
     __syncwarp();
     signed char* a = &b.mma_a[warp * 16 * 32];
     signed char* bt = &b.mma_b[warp * 8 * 32];
     if (b.mma_unpacked[warp] != serial) {
+        for (unsigned lane = 0; lane < 32; ++lane) {
+            if (slots[lane].serial != serial) {
+                throw std::runtime_error("mma.sync without lane " + std::to_string(lane) + " of warp " +
+                                         std::to_string(warp) + " (returned, or at another mma): the whole " +
+                                         "warp must execute it");
+            }
+        }
         for (int row = 0; row < M; ++row) {
             for (int k = 0; k < K; ++k) {
                 a[row * K + k] = (signed char)a_at(slots, row, k);
@@ -486,6 +496,9 @@ void run_block(unsigned threads, bool reverse) {
         std::fill(rounds.begin(), rounds.end(), 0u);
     }
     std::fill(b.mmas.begin(), b.mmas.end(), 0u);
+    for (std::vector<qtier_emu::MmaSlot>& slots : b.mma_slots) {
+        std::fill(slots.begin(), slots.end(), qtier_emu::MmaSlot{});
+    }
     std::fill(b.mma_unpacked.begin(), b.mma_unpacked.end(), 0u);
     for (qtier_emu::AsyncCopies& copies : b.copies) {
         copies.open.clear();
@@ -522,6 +535,11 @@ void run_block(unsigned threads, bool reverse) {
                     }
                 }
             }
+        }
+        if (!b.error.empty()) {
+            // A thread threw: report that, not what the others run into without it. Left
+            // suspended: their stacks are reset by the next launch.
+            return;
         }
         unsigned running = 0, at_block = 0;
         for (unsigned t = 0; t < threads; ++t) {
