@@ -229,7 +229,7 @@ fn u_statistic(a: &[f64], b: &[f64]) -> f64 {
 /// One-sided exact p-value of the Mann-Whitney U test for "`a` tends to be larger than `b`": the
 /// share of all ways to split the pooled values into groups of `a.len()` and `b.len()` whose U is
 /// at least the observed one (ties kept as observed, so the test stays exact with ties). Falls back
-/// to [`mann_whitney_greater`] above [`EXACT_MAX_RUNS`] values in all.
+/// to [`mann_whitney_greater`] above 20 values in all (`EXACT_MAX_RUNS`).
 pub fn mann_whitney_greater_exact(a: &[f64], b: &[f64]) -> f64 {
     let n = a.len() + b.len();
     if a.is_empty() || b.is_empty() {

@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 /// layers of one forward pass, short enough not to burn a core for long after the last one.
 pub(crate) const SPIN_BEFORE_PARK: Duration = Duration::from_millis(2);
 
-/// Environment variable overriding [`SPIN_BEFORE_PARK`] in milliseconds (read once, when the pool
-/// starts): a latency-critical server with gaps between requests can keep the workers awake
-/// across them, trading a busy core for the wake-up a parked worker needs (see `qtier serve`).
+/// Environment variable overriding the spin time (2 ms, `SPIN_BEFORE_PARK`) in milliseconds
+/// (read once, when the pool starts): a latency-critical server with gaps between requests can
+/// keep the workers awake across them, trading a busy core for the wake-up a parked worker needs
+/// (see `qtier serve`).
 pub const SPIN_ENV_VAR: &str = "QTIER_SPIN_MS";
 
 /// The spin time: [`SPIN_ENV_VAR`] when it holds a number of milliseconds, else [`SPIN_BEFORE_PARK`].

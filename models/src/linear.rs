@@ -18,7 +18,7 @@ pub struct Int8Options {
     /// as LLM.int8() (Dettmers et al., 2022) does for outlier features. The artifact is
     /// unchanged; only qtier's runtime is more accurate than plain per-token W8A8. On
     /// all-MiniLM-L6-v2 it lifts the minimum embedding cosine to fp32 on the development
-    /// sentences from 0.9818 to 0.9970 (the [CLS] token carries one channel ~30x larger than its
+    /// sentences from 0.9818 to 0.9970 (the `[CLS]` token carries one channel ~30x larger than its
     /// median, which plain per-token quantization lets swamp every other channel).
     pub outlier_decomposition: bool,
 }
@@ -446,7 +446,7 @@ fn with_f32_slice<R>(tensor: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Re
 /// 8 -> 0.9955 / 0.9991, 6 -> 0.9953 / 0.9992, 4 -> 0.9961 / 0.9992, 3 -> 0.9968 / 0.9993.
 pub const OUTLIER_RATIO: f32 = 3.0;
 /// Only tokens whose largest magnitude exceeds this multiple of their RMS get the decomposition
-/// (BERT's [CLS] and [SEP] tokens, ~18x): ordinary tokens, whose maximum is a few RMS, lose little
+/// (BERT's `[CLS]` and `[SEP]` tokens, ~18x): ordinary tokens, whose maximum is a few RMS, lose little
 /// to per-token quantization and skip the float work. Measured on all-MiniLM-L6-v2 (dev / held-out
 /// min cosine, with OUTLIER_RATIO 3): trigger 6 -> 0.99664 / 0.99927, 8 -> 0.99695 / 0.99923,
 /// 10 -> 0.99613 / 0.99901; at batch 32 x 128 the int8 forward took 534 ms without a trigger

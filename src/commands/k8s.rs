@@ -61,7 +61,7 @@ pub struct DeployArgs {
     #[arg(long, value_name = "NS")]
     pub namespace: Option<String>,
     /// The name of the Deployment, Service, autoscaler and disruption budget (default:
-    /// qtier-<tier>).
+    /// `qtier-<tier>`).
     #[arg(long)]
     pub name: Option<String>,
     /// The fewest replicas, one per node (default: the recommendation's instance count for the

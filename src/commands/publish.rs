@@ -81,7 +81,7 @@ pub struct PublishArgs {
     /// The artifact directory (from `qtier quantize`; may already hold reports/).
     pub artifact: PathBuf,
     /// Destination: s3://bucket/prefix, file:///dir or a directory. The artifact goes to
-    /// <destination>/<model>/<version>/.
+    /// `<destination>/<model>/<version>/`.
     #[arg(long, value_name = "URI")]
     pub to: String,
     /// The eval report (`qtier eval --json`), published as reports/eval.json.
@@ -119,7 +119,7 @@ pub struct PublishArgs {
 /// `qtier pull`.
 #[derive(Debug, clap::Args)]
 pub struct PullArgs {
-    /// The artifact: a version (…/<model>/<version>) or a model (…/<model>, its latest version);
+    /// The artifact: a version (`…/<model>/<version>`) or a model (`…/<model>`, its latest version);
     /// s3://bucket/prefix, file:///dir or a directory.
     pub uri: String,
     /// The directory to create with the verified artifact.

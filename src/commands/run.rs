@@ -35,7 +35,7 @@ pub struct RunArgs {
     /// Where to publish: s3://bucket/prefix, file:///dir or a directory.
     #[arg(long, value_name = "URI")]
     pub publish_to: String,
-    /// The work directory for every intermediate file (default: qtier-work/<model name>).
+    /// The work directory for every intermediate file (default: `qtier-work/<model name>`).
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
     /// The model's name in the store (default: the model directory's name).
