@@ -87,3 +87,26 @@ else
     --test cuda_emulator --test gpu_emulator
   cargo test --release --features cuda-emulator --no-fail-fast --test cli -- device:: serve_on_the_emulated
 fi
+
+# The same tests through the `cuda` feature's real driver backend (cudarc, NVRTC's cubins for the
+# device's architecture, stream-ordered memory, cuLaunchKernel's parameter array): a libcuda.so
+# built from the emulator (kernels/cuda/emulator/libcuda.cpp) stands in for the NVIDIA driver.
+shim_dir="${CARGO_TARGET_DIR:-target}/libcuda-shim"
+mkdir -p "$shim_dir"
+"${CXX:-g++}" -std=c++20 -O2 -shared -fPIC -pthread -fno-strict-aliasing -ffp-contract=off -Wall \
+  -Wno-unknown-pragmas -fsanitize=alignment -fno-sanitize-recover=alignment \
+  -o "$shim_dir/libcuda.so" kernels/cuda/emulator/libcuda.cpp -lubsan
+shim_path="$(cd "$shim_dir" && pwd):$QTIER_NVRTC_LIB_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+shim_cache="$(mktemp -d)"
+if cargo nextest --version >/dev/null 2>&1; then
+  LD_LIBRARY_PATH="$shim_path" QTIER_CUDA_CACHE="$shim_cache" \
+    cargo nextest run --release -p qtier -p qtier-kernels -p qtier-models --features qtier/cuda \
+    --no-fail-fast -E 'binary(cuda_emulator) | binary(gpu_emulator) | (binary(cli) & (test(/^device::/) | test(serve_on_the_emulated)))'
+else
+  LD_LIBRARY_PATH="$shim_path" QTIER_CUDA_CACHE="$shim_cache" \
+    cargo test --release -p qtier-kernels -p qtier-models --features qtier-models/cuda --no-fail-fast \
+    --test cuda_emulator --test gpu_emulator
+  LD_LIBRARY_PATH="$shim_path" QTIER_CUDA_CACHE="$shim_cache" \
+    cargo test --release --features cuda --no-fail-fast --test cli -- device:: serve_on_the_emulated
+fi
+rm -rf "$shim_cache"

@@ -1,5 +1,6 @@
 //! The GPU sentence encoder ([`GpuEncoder`]) on qtier-kernels' CPU emulator of the CUDA kernels
-//! (`cargo test -p qtier-models --features cuda-emulator`): all-MiniLM-L6-v2's whole GPU
+//! (`cargo test -p qtier-models --features cuda-emulator`, or `--features cuda` with the libcuda
+//! shim on `LD_LIBRARY_PATH` as `scripts/test.sh` runs it, through the driver backend): all-MiniLM-L6-v2's whole GPU
 //! forward (embeddings, the fused LayerNorm -> quantization with its outlier lists, the int8 and
 //! fp32 GEMMs, the outlier epilogue, attention, pooling) against the CPU encoder: short texts one
 //! at a time (at most 8 token rows: the dp4a kernel), and the development sentences in batches
@@ -7,7 +8,7 @@
 //! an H200 runs; `scripts/gpu-check.sh`'s MiniLM check, on the CPU), the first [`SHORT_SET`]
 //! int8 on sm_75 (mma.m8n8k16) and in fp32 (the emulator takes seconds per sentence). Needs the
 //! test model (`qtier test-model`, which `scripts/test.sh` runs first).
-#![cfg(all(feature = "cuda-emulator", not(feature = "cuda")))]
+#![cfg(any(feature = "cuda-emulator", feature = "cuda"))]
 
 use std::path::PathBuf;
 
@@ -65,8 +66,20 @@ fn embed_gpu(encoder: &GpuEncoder) -> Vec<Vec<f32>> {
     TEXTS.iter().map(|text| encoder.embed_texts(&[text]).unwrap().remove(0)).collect()
 }
 
+/// Both devices are the emulator's (with `--features cuda`, the libcuda shim's): these checks
+/// take device 0 as an sm_75 and device 1 as an sm_86; a real GPU's check is `scripts/gpu-check.sh`.
+fn assert_emulated() {
+    for ordinal in [0, 1] {
+        let dev = qtier_kernels::cuda::CudaDevice::new(ordinal).unwrap_or_else(|e| {
+            panic!("emulated device {ordinal}: {e} (with --features cuda these tests need the libcuda shim: scripts/test.sh)")
+        });
+        assert!(dev.name().starts_with("qtier CUDA emulator"), "{} is not the emulator", dev.name());
+    }
+}
+
 #[test]
 fn the_gpu_encoder_matches_the_cpu_encoder_float_and_int8() {
+    assert_emulated();
     let model = model_dir();
     let scratch = tempfile::tempdir().unwrap();
     let artifact = quantized(&model, &scratch);
@@ -111,6 +124,7 @@ fn the_gpu_encoder_matches_the_cpu_encoder_float_and_int8() {
 
 #[test]
 fn minilm_on_the_development_sentences_meets_the_bar_on_both_architectures() {
+    assert_emulated();
     let model = model_dir();
     let scratch = tempfile::tempdir().unwrap();
     let artifact = quantized(&model, &scratch);

@@ -429,6 +429,7 @@ std::tuple<P...> unpack(const Args& args, std::index_sequence<I...>) {
 }
 
 using Launcher = void (*)(const Args&, QtierEmuDim3, QtierEmuDim3);
+using ParamsLauncher = void (*)(void**, const char*, QtierEmuDim3, QtierEmuDim3);
 
 // A new fiber's entry: runs the block's kernel body as thread `current`, then returns to the
 // scheduler for good.
@@ -625,10 +626,50 @@ void run(void (*kernel)(P...), const Args& args, QtierEmuDim3 grid, QtierEmuDim3
     }
 }
 
-#define QTIER_EMU_KERNEL(name) {#name, [](const Args& a, QtierEmuDim3 g, QtierEmuDim3 b) { run(name, a, g, b); }}
+// The driver API's launch: `params[i]` points to parameter i, read with the kernel's own type as
+// the driver copies sizeof(parameter) bytes from it.
+template <class... P, size_t... I>
+void run_params(void (*kernel)(P...), void** params, const char* name, QtierEmuDim3 grid, QtierEmuDim3 block,
+                std::index_sequence<I...>) {
+    unsigned long long values[sizeof...(P) + 1] = {};
+    unsigned char kinds[sizeof...(P) + 1] = {};
+    auto read = [&](auto typed, size_t index) {
+        using T = decltype(typed);
+        T value;
+        std::memcpy(&value, params[index], sizeof(T));
+        if constexpr (std::is_pointer_v<T>) {
+            values[index] = reinterpret_cast<uintptr_t>(value);
+            kinds[index] = kPointer;
+        } else if constexpr (std::is_same_v<T, int>) {
+            values[index] = static_cast<unsigned long long>(static_cast<long long>(value));
+            kinds[index] = kInt;
+        } else if constexpr (std::is_same_v<T, long long>) {
+            values[index] = static_cast<unsigned long long>(value);
+            kinds[index] = kLongLong;
+        } else {
+            static_assert(std::is_same_v<T, float>, "unsupported kernel parameter type");
+            values[index] = std::bit_cast<unsigned>(value);
+            kinds[index] = kFloat;
+        }
+    };
+    (read(P{}, I), ...);
+    run(kernel, Args{values, kinds, sizeof...(P), name}, grid, block);
+}
 
-const std::map<std::string, Launcher>& launchers() {
-    static const std::map<std::string, Launcher> table = {
+#define QTIER_EMU_KERNEL(name)                                                                        \
+    {#name,                                                                                          \
+     {[](const Args& a, QtierEmuDim3 g, QtierEmuDim3 b) { run(name, a, g, b); },                     \
+      [](void** p, const char* n, QtierEmuDim3 g, QtierEmuDim3 b) {                                  \
+          run_params(name, p, n, g, b, std::make_index_sequence<qtier_emu_arity(name)>{});           \
+      }}}
+
+template <class... P>
+constexpr size_t qtier_emu_arity(void (*)(P...)) {
+    return sizeof...(P);
+}
+
+const std::map<std::string, std::pair<Launcher, ParamsLauncher>>& launchers() {
+    static const std::map<std::string, std::pair<Launcher, ParamsLauncher>> table = {
         QTIER_EMU_KERNEL(qtier_quantize_rows),
         QTIER_EMU_KERNEL(qtier_layernorm_rows),
         QTIER_EMU_KERNEL(qtier_embedding_layernorm),
@@ -738,12 +779,14 @@ extern "C" void qtier_emu_free(void* ptr, size_t bytes) {
     munmap(end - total, total);
 }
 
-// Runs kernel `name` over `grid` x `block` with `count` arguments (`values[i]` of kind
-// `kinds[i]`); 0 on success, else 1 with a message in `error` (NUL-terminated, truncated to
+namespace {
+
+// Runs kernel `name` over `grid` x `block` through `launch` (the table entry's Args or driver-API
+// launcher); 0 on success, else 1 with a message in `error` (NUL-terminated, truncated to
 // `error_len`). One launch at a time.
-extern "C" int qtier_emu_launch(const char* name, const unsigned* grid, const unsigned* block,
-                                const unsigned long long* values, const unsigned char* kinds, size_t count,
-                                char* error, size_t error_len) {
+template <class F>
+int launch_named(const char* name, const unsigned* grid, const unsigned* block, char* error, size_t error_len,
+                 F launch) {
     std::lock_guard<std::mutex> lock(launch_mutex);
     install_fault_handler();
     try {
@@ -754,7 +797,7 @@ extern "C" int qtier_emu_launch(const char* name, const unsigned* grid, const un
         }
         running_kernel = found->first.c_str();
         ++launch_count;
-        found->second(Args{values, kinds, count, name}, {grid[0], grid[1], grid[2]}, {block[0], block[1], block[2]});
+        launch(found->second, QtierEmuDim3{grid[0], grid[1], grid[2]}, QtierEmuDim3{block[0], block[1], block[2]});
         running_kernel = nullptr;
         return 0;
     } catch (const std::exception& e) {
@@ -763,3 +806,26 @@ extern "C" int qtier_emu_launch(const char* name, const unsigned* grid, const un
         return 1;
     }
 }
+
+}  // namespace
+
+// Runs kernel `name` with `count` arguments (`values[i]` of kind `kinds[i]`, checked against the
+// kernel's parameters); see launch_named.
+extern "C" int qtier_emu_launch(const char* name, const unsigned* grid, const unsigned* block,
+                                const unsigned long long* values, const unsigned char* kinds, size_t count,
+                                char* error, size_t error_len) {
+    return launch_named(name, grid, block, error, error_len, [&](const auto& entry, QtierEmuDim3 g, QtierEmuDim3 b) {
+        entry.first(Args{values, kinds, count, name}, g, b);
+    });
+}
+
+// Runs kernel `name` with the driver API's parameter array (libcuda.cpp's cuLaunchKernel).
+extern "C" int qtier_emu_launch_params(const char* name, const unsigned* grid, const unsigned* block, void** params,
+                                       char* error, size_t error_len) {
+    return launch_named(name, grid, block, error, error_len, [&](const auto& entry, QtierEmuDim3 g, QtierEmuDim3 b) {
+        entry.second(params, name, g, b);
+    });
+}
+
+// Whether the emulator has kernel `name`.
+extern "C" int qtier_emu_has_kernel(const char* name) { return launchers().count(name) != 0; }
