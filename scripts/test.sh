@@ -78,15 +78,20 @@ fi
 # The CUDA kernels and the GPU path's host code on the CPU emulator (kernels/cuda/emulator: the
 # .cu sources compiled as C++ by the cc crate, needs a C++20 compiler such as g++ 12), through
 # to all-MiniLM-L6-v2's whole GPU forward against the CPU encoder, and `qtier bench model` /
-# `qtier serve` with `--device cuda` (the qtier binary rebuilt with the emulator for these).
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --release -p qtier -p qtier-kernels -p qtier-models --features qtier/cuda-emulator \
-    --no-fail-fast -E 'binary(cuda_emulator) | binary(gpu_emulator) | (binary(cli) & (test(/^device::/) | test(serve_on_the_emulated)))'
-else
-  cargo test --release -p qtier-kernels -p qtier-models --features qtier-models/cuda-emulator --no-fail-fast \
-    --test cuda_emulator --test gpu_emulator
-  cargo test --release --features cuda-emulator --no-fail-fast --test cli -- device:: serve_on_the_emulated
-fi
+# `qtier serve` with `--device cuda` (the qtier binary rebuilt for these), with qtier's feature
+# $1: `cuda-emulator` (the emulator as a backend of its own), or `cuda` on the libcuda shim below.
+gpu_path_tests() {
+  local feature=$1
+  if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --release -p qtier -p qtier-kernels -p qtier-models --features "qtier/$feature" \
+      --no-fail-fast -E 'binary(cuda_emulator) | binary(gpu_emulator) | (binary(cli) & (test(/^device::/) | test(serve_on_the_emulated)))'
+  else
+    cargo test --release -p qtier-kernels -p qtier-models --features "qtier-models/$feature" --no-fail-fast \
+      --test cuda_emulator --test gpu_emulator
+    cargo test --release --features "$feature" --no-fail-fast --test cli -- device:: serve_on_the_emulated
+  fi
+}
+gpu_path_tests cuda-emulator
 
 # The same tests through the `cuda` feature's real driver backend (cudarc, NVRTC's cubins for the
 # device's architecture, stream-ordered memory, cuLaunchKernel's parameter array): a libcuda.so
@@ -98,17 +103,7 @@ mkdir -p "$shim_dir"
   -o "$shim_dir/libcuda.so" kernels/cuda/emulator/libcuda.cpp -lubsan
 shim_path="$(cd "$shim_dir" && pwd):$QTIER_NVRTC_LIB_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 shim_cache="$(mktemp -d)"
-if cargo nextest --version >/dev/null 2>&1; then
-  LD_LIBRARY_PATH="$shim_path" QTIER_CUDA_CACHE="$shim_cache" \
-    cargo nextest run --release -p qtier -p qtier-kernels -p qtier-models --features qtier/cuda \
-    --no-fail-fast -E 'binary(cuda_emulator) | binary(gpu_emulator) | (binary(cli) & (test(/^device::/) | test(serve_on_the_emulated)))'
-else
-  LD_LIBRARY_PATH="$shim_path" QTIER_CUDA_CACHE="$shim_cache" \
-    cargo test --release -p qtier-kernels -p qtier-models --features qtier-models/cuda --no-fail-fast \
-    --test cuda_emulator --test gpu_emulator
-  LD_LIBRARY_PATH="$shim_path" QTIER_CUDA_CACHE="$shim_cache" \
-    cargo test --release --features cuda --no-fail-fast --test cli -- device:: serve_on_the_emulated
-fi
+LD_LIBRARY_PATH="$shim_path" QTIER_CUDA_CACHE="$shim_cache" gpu_path_tests cuda
 rm -rf "$shim_cache"
 
 # A rehearsal of the GPU session's last step (scripts/gpu-check.sh step 4: quantize, then `qtier

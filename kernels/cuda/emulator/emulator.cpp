@@ -14,10 +14,10 @@
 // whichever warp writes. Threads left waiting at barriers that can never complete
 // (e.g. a __syncthreads some threads skip while others wait at a __syncwarp) are reported as a
 // deadlock, not hung. A shuffle that reads a lane outside its mask, or one that has returned,
-// is an error (the value is undefined on a GPU). Shared memory (`__shared__`, a function-local static here) is shared by a
-// block's threads and poisoned (all bytes 0xff) before each block, whose reads of what it did not
-// write then see NaN or -1 rather than zeros. Arguments are checked against the
-// kernel's C parameter list (count and kind: pointer, int, long long, float); a mismatch is an
+// is an error (the value is undefined on a GPU). Shared memory (`__shared__`, a function-local
+// static here) is shared by a block's threads and poisoned (all bytes 0xff) before each block,
+// whose reads of what it did not write then see NaN or -1 rather than zeros. Arguments are
+// checked against the kernel's C parameter list (count and kind: pointer, int, long long, float); a mismatch is an
 // error, not undefined behaviour. Device buffers are 256-byte aligned as cuMemAlloc's, and the
 // build checks every load and store for its type's alignment (-fsanitize=alignment, aborting),
 // as a GPU faults on a misaligned vector load that x86 would perform; cp.async checks its
@@ -466,11 +466,6 @@ void prepare(qtier_emu::Fiber& fiber) {
     fiber.state = qtier_emu::State::Runnable;
 }
 
-// Runs one block of `threads` fibers to completion. Warp by warp, each warp runs as far as it
-// can (its lanes in turn until each waits or returns, its warp barriers released as soon as all
-// its running lanes reach them) before the next warp starts; then the block barrier is released
-// once every running thread waits there. Running one warp ahead of the others is the order in
-// which a missing __syncthreads shows (a warp overwrites shared memory others have not read).
 extern "C" unsigned char __start_qtier_emu_shared[];
 extern "C" unsigned char __stop_qtier_emu_shared[];
 
@@ -481,11 +476,15 @@ void poison_shared() {
     std::memset(__start_qtier_emu_shared, 0xff, (size_t)(__stop_qtier_emu_shared - __start_qtier_emu_shared));
 }
 
-// Runs the current block's `threads` threads to completion. Each warp runs as far as it can
-// before the next starts, its lanes in turn up to a warp barrier: warps in index order, or with
-// `reverse` from the last warp to the first and each warp's lanes from the last (the blocks of
-// a launch alternate, and so do launches), so that a value read without the barrier that orders
-// it after its write is stale in one of the two orders whichever thread writes it.
+// Runs the current block's `threads` fibers to completion. Warp by warp, each warp runs as far as
+// it can (its lanes in turn until each waits or returns, its warp barriers released as soon as
+// all its running lanes reach them) before the next warp starts; then the block barrier is
+// released once every running thread waits there. Running one warp ahead of the others is the
+// order in which a missing __syncthreads shows (a warp overwrites shared memory others have not
+// read). Warps go in index order, or with `reverse` from the last warp to the first and each
+// warp's lanes from the last (the blocks of a launch alternate, and so do launches), so that a
+// value read without the barrier that orders it after its write is stale in one of the two
+// orders whichever thread writes it.
 void run_block(unsigned threads, bool reverse) {
     qtier_emu::Block& b = qtier_emu::block;
     using qtier_emu::State;
@@ -744,10 +743,13 @@ size_t page_bytes() {
     return bytes;
 }
 
-// Pages holding `bytes` rounded up to cuMemAlloc's 256-byte alignment, between two guard pages.
+// `bytes` rounded up to cuMemAlloc's 256-byte alignment: a buffer's extent up to its guard page.
+size_t aligned_bytes(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// Pages holding aligned_bytes(bytes), between two guard pages.
 size_t mapped_bytes(size_t bytes) {
     const size_t page = page_bytes();
-    return ((bytes + 255) / 256 * 256 + page - 1) / page * page + 2 * page;
+    return (aligned_bytes(bytes) + page - 1) / page * page + 2 * page;
 }
 
 }  // namespace
@@ -768,14 +770,14 @@ extern "C" void* qtier_emu_alloc(size_t bytes) {
         munmap(base, total);
         return nullptr;
     }
-    return first + total - page - (bytes + 255) / 256 * 256;
+    return first + total - page - aligned_bytes(bytes);
 }
 
 // Frees what qtier_emu_alloc(bytes) returned.
 extern "C" void qtier_emu_free(void* ptr, size_t bytes) {
     const size_t page = page_bytes();
     const size_t total = mapped_bytes(bytes);
-    auto* end = static_cast<unsigned char*>(ptr) + (bytes + 255) / 256 * 256 + page;
+    auto* end = static_cast<unsigned char*>(ptr) + aligned_bytes(bytes) + page;
     munmap(end - total, total);
 }
 

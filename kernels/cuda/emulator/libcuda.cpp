@@ -12,13 +12,9 @@
 // Everything runs synchronously on the calling thread; a failed launch prints the emulator's
 // message on stderr and returns CUDA_ERROR_LAUNCH_FAILED, as a GPU's error would surface.
 
+// One translation unit with the emulator: qtier_emu_launch_params, qtier_emu_has_kernel and
+// qtier_emu_alloc / qtier_emu_free come from it.
 #include "emulator.cpp"
-
-extern "C" int qtier_emu_launch_params(const char* name, const unsigned* grid, const unsigned* block, void** params,
-                                       char* error, size_t error_len);
-extern "C" int qtier_emu_has_kernel(const char* name);
-extern "C" void* qtier_emu_alloc(size_t bytes);
-extern "C" void qtier_emu_free(void* ptr, size_t bytes);
 
 namespace {
 
@@ -29,7 +25,6 @@ constexpr CUresult CUDA_ERROR_OUT_OF_MEMORY = 2;
 constexpr CUresult CUDA_ERROR_NOT_INITIALIZED = 3;
 constexpr CUresult CUDA_ERROR_INVALID_DEVICE = 101;
 constexpr CUresult CUDA_ERROR_INVALID_IMAGE = 200;
-constexpr CUresult CUDA_ERROR_INVALID_HANDLE = 400;
 constexpr CUresult CUDA_ERROR_NOT_FOUND = 500;
 constexpr CUresult CUDA_ERROR_LAUNCH_FAILED = 719;
 constexpr CUresult CUDA_ERROR_NOT_SUPPORTED = 801;
@@ -63,18 +58,46 @@ Context contexts[kDeviceCount] = {{0}, {1}};
 thread_local Context* current = nullptr;
 std::map<unsigned long long, size_t> allocations;
 
+// The name and text of each error code this driver returns, for cuGetErrorName / cuGetErrorString.
+struct ErrorText {
+    CUresult code;
+    const char* name;
+    const char* text;
+};
+constexpr ErrorText kErrors[] = {
+    {CUDA_SUCCESS, "CUDA_SUCCESS", "no error"},
+    {CUDA_ERROR_INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE", "invalid argument"},
+    {CUDA_ERROR_OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory"},
+    {CUDA_ERROR_NOT_INITIALIZED, "CUDA_ERROR_NOT_INITIALIZED", "initialization error"},
+    {CUDA_ERROR_INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal"},
+    {CUDA_ERROR_INVALID_IMAGE, "CUDA_ERROR_INVALID_IMAGE", "device kernel image is invalid"},
+    {CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
+    {CUDA_ERROR_LAUNCH_FAILED, "CUDA_ERROR_LAUNCH_FAILED", "unspecified launch failure (see the emulator's message)"},
+    {CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported"},
+};
+
+ErrorText describe(CUresult error) {
+    for (const ErrorText& e : kErrors) {
+        if (e.code == error) {
+            return e;
+        }
+    }
+    return {error, "CUDA_ERROR_UNKNOWN", "error (qtier libcuda shim)"};
+}
+
 bool valid_device(int device) { return device >= 0 && device < kDeviceCount; }
 
 CUresult allocate(unsigned long long* dptr, size_t bytes) {
     if (dptr == nullptr) {
         return CUDA_ERROR_INVALID_VALUE;
     }
-    void* p = qtier_emu_alloc(bytes == 0 ? 1 : bytes);
+    const size_t size = bytes == 0 ? 1 : bytes;
+    void* p = qtier_emu_alloc(size);
     if (p == nullptr) {
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     std::lock_guard<std::mutex> lock(state_mutex);
-    allocations[reinterpret_cast<uintptr_t>(p)] = bytes == 0 ? 1 : bytes;
+    allocations[reinterpret_cast<uintptr_t>(p)] = size;
     *dptr = reinterpret_cast<uintptr_t>(p);
     return CUDA_SUCCESS;
 }
@@ -306,8 +329,10 @@ CUresult cuModuleGetFunction(Function** function, Module* module, const char* na
     }
     const std::string wanted(name);
     const auto& image = module->image;
-    const auto at = std::search(image.begin(), image.end(), wanted.begin(), wanted.end());
-    const bool in_image = at != image.end() && at + (long)wanted.size() < image.end() && *(at + (long)wanted.size()) == 0;
+    // The name as a NUL-terminated string of the image (its string table).
+    const std::string terminated = wanted + '\0';
+    const bool in_image =
+        std::search(image.begin(), image.end(), terminated.begin(), terminated.end()) != image.end();
     if (!in_image || !qtier_emu_has_kernel(name)) {
         return CUDA_ERROR_NOT_FOUND;
     }
@@ -333,15 +358,7 @@ CUresult cuGetErrorString(CUresult error, const char** text) {
     if (text == nullptr) {
         return CUDA_ERROR_INVALID_VALUE;
     }
-    switch (error) {
-        case CUDA_SUCCESS: *text = "no error"; break;
-        case CUDA_ERROR_INVALID_VALUE: *text = "invalid argument"; break;
-        case CUDA_ERROR_OUT_OF_MEMORY: *text = "out of memory"; break;
-        case CUDA_ERROR_INVALID_IMAGE: *text = "device kernel image is invalid"; break;
-        case CUDA_ERROR_NOT_FOUND: *text = "named symbol not found"; break;
-        case CUDA_ERROR_LAUNCH_FAILED: *text = "unspecified launch failure (see the emulator's message)"; break;
-        default: *text = "error (qtier libcuda shim)"; break;
-    }
+    *text = describe(error).text;
     return CUDA_SUCCESS;
 }
 
@@ -349,16 +366,7 @@ CUresult cuGetErrorName(CUresult error, const char** text) {
     if (text == nullptr) {
         return CUDA_ERROR_INVALID_VALUE;
     }
-    switch (error) {
-        case CUDA_SUCCESS: *text = "CUDA_SUCCESS"; break;
-        case CUDA_ERROR_INVALID_VALUE: *text = "CUDA_ERROR_INVALID_VALUE"; break;
-        case CUDA_ERROR_OUT_OF_MEMORY: *text = "CUDA_ERROR_OUT_OF_MEMORY"; break;
-        case CUDA_ERROR_INVALID_IMAGE: *text = "CUDA_ERROR_INVALID_IMAGE"; break;
-        case CUDA_ERROR_INVALID_HANDLE: *text = "CUDA_ERROR_INVALID_HANDLE"; break;
-        case CUDA_ERROR_NOT_FOUND: *text = "CUDA_ERROR_NOT_FOUND"; break;
-        case CUDA_ERROR_LAUNCH_FAILED: *text = "CUDA_ERROR_LAUNCH_FAILED"; break;
-        default: *text = "CUDA_ERROR_UNKNOWN"; break;
-    }
+    *text = describe(error).name;
     return CUDA_SUCCESS;
 }
 

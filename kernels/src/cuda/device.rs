@@ -453,8 +453,8 @@ mod backend {
     /// rounding to 256 bytes) stops the test with the kernel's name.
     pub(super) struct Buffer<T> {
         ptr: NonNull<T>,
+        /// Elements, at least 1 (`zeroed`).
         len: usize,
-        bytes: usize,
         _owns: PhantomData<[T]>,
     }
 
@@ -466,8 +466,9 @@ mod backend {
 
     impl<T> Drop for Buffer<T> {
         fn drop(&mut self) {
-            // SAFETY: `ptr` was returned by `qtier_emu_alloc(self.bytes)` (`zeroed`) and is freed once.
-            unsafe { qtier_emu_free(self.ptr.as_ptr().cast(), self.bytes) };
+            // SAFETY: `ptr` was returned by `qtier_emu_alloc(len * size_of::<T>())` (`zeroed`,
+            // which checked the product) and is freed once.
+            unsafe { qtier_emu_free(self.ptr.as_ptr().cast(), self.len * std::mem::size_of::<T>()) };
         }
     }
 
@@ -481,7 +482,7 @@ mod backend {
         // alignment covers every DeviceElem's.
         let raw = unsafe { qtier_emu_alloc(bytes) };
         let ptr = NonNull::new(raw.cast::<T>()).ok_or_else(too_big)?;
-        Ok(Buffer { ptr, len, bytes, _owns: PhantomData })
+        Ok(Buffer { ptr, len, _owns: PhantomData })
     }
 
     /// (compute capability, multiprocessors) of the emulated devices: a T4's and an A10G's.

@@ -47,8 +47,7 @@ pub fn nvrtc_version() -> Result<(i32, i32), CudaError> {
 /// Compiles `source` (with [`HEADERS`]) for `arch`. A failure carries NVRTC's log; warnings
 /// are in [`CompiledKernel::log`].
 pub fn compile(source: &KernelSource, arch: GpuArch) -> Result<CompiledKernel, CudaError> {
-    let (cubin, log) = backend::compile(source, &HEADERS, arch, &compile_options(arch))?;
-    Ok(CompiledKernel { file: source.file, arch, cubin, log })
+    compile_with(source, arch, compile_options(arch))
 }
 
 /// [`compile`], with ptxas's resource report in the log (`--ptxas-options=-v`: per entry point
@@ -57,6 +56,10 @@ pub fn compile(source: &KernelSource, arch: GpuArch) -> Result<CompiledKernel, C
 pub fn compile_with_resource_report(source: &KernelSource, arch: GpuArch) -> Result<CompiledKernel, CudaError> {
     let mut options = compile_options(arch);
     options.push("--ptxas-options=-v".to_owned());
+    compile_with(source, arch, options)
+}
+
+fn compile_with(source: &KernelSource, arch: GpuArch, options: Vec<String>) -> Result<CompiledKernel, CudaError> {
     let (cubin, log) = backend::compile(source, &HEADERS, arch, &options)?;
     Ok(CompiledKernel { file: source.file, arch, cubin, log })
 }
