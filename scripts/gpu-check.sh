@@ -13,8 +13,8 @@
 #   4. with a qtier binary built with `--features cuda` (QTIER_GPU_QTIER_BIN): `qtier bench model
 #      --device cuda` of MiniLM int8 and float, the reports `qtier recommend` calibrates GPU
 #      efficiency on (profiles/data/gpus.toml must list the GPU) to project g4dn's T4 and g5's A10G.
-# Takes about two minutes, three with step 4 (under 9 minutes with the timeouts below); results go
-# to stdout and, when $OUT is set, to $OUT/gpu-check/{qtier,torch,minilm}.jsonl and
+# Takes about three minutes on a GPU (the timeouts below add up to 10, one device call's limit);
+# results go to stdout and, when $OUT is set, to $OUT/gpu-check/{qtier,torch,minilm}.jsonl and
 # $OUT/gpu-check/bench-minilm-{int8,float}-gpu.json.
 #
 # Prebuilt binaries (copy them to the GPU machine, e.g. carried with the working tree):
@@ -31,12 +31,17 @@
 # F32 (an F16 copy was not: its CPU int8 minimum cosine to fp32 is 0.994985, under the 0.995
 # bar, against 0.996949). The example quantizes the int8 artifact itself unless
 # QTIER_GPU_MINILM_ARTIFACT=DIR names one.
-# Step 4's binary (`cargo build --release --features cuda --bin qtier`, 31 MiB stripped) does not
-# fit one carry with the examples and the model copy: carry it in a second call while the machine
-# is still warm (ignored paths carried by the first call stay there), with QTIER_GPU_STEPS=4 to
-# run step 4 alone. QTIER_GPU_BENCH_FLAGS replaces step 4's workload (default `--batch 1,8 --seq
-# 128 --min-seconds 5 --max-seconds 30`); scripts/test.sh rehearses step 4 in CI on the libcuda
-# shim (kernels/cuda/emulator/libcuda.cpp) with a short one.
+# Step 4 needs a qtier built with `cargo build --release --features cuda --bin qtier` (31 MiB
+# stripped), named by QTIER_GPU_QTIER_BIN. QTIER_GPU_BENCH_FLAGS replaces its workload (default
+# `--batch 1,8 --seq 128 --min-seconds 5 --max-seconds 15`); scripts/test.sh rehearses step 4 in
+# CI on the libcuda shim (kernels/cuda/emulator/libcuda.cpp) with a short one.
+#
+# For the device tool, all of it in one call: `scripts/gpu/pack.sh` builds the three binaries,
+# strips and xz-compresses them and makes the model copy, into .gpu-pack/ (about 49 MiB, ignored
+# by git); then run, carrying [".gpu-pack"] with a timeout of 600 s,
+#   set -o pipefail; QTIER_GPU_PACK=.gpu-pack bash scripts/gpu-check.sh 2>&1 | tee $OUT/gpu-check.log
+# QTIER_GPU_PACK=DIR unpacks DIR/{gpu_check,gpu_minilm,qtier}.xz into a temporary directory and
+# makes them and DIR/minilm the defaults of the variables above.
 #
 # Needs: the NVIDIA driver; libnvrtc (12.x or 13.x) found from QTIER_NVRTC_LIB_DIR, the
 # scripts/test.sh venv, a pip-installed nvidia-cuda-nvrtc wheel (PyTorch's CUDA wheels bring
@@ -85,6 +90,39 @@ echo "libnvrtc from $nvrtc_dir" >&2
 steps="${QTIER_GPU_STEPS:-1234}"
 step() { case "$steps" in *"$1"*) return 0 ;; *) return 1 ;; esac; }
 
+# Temporary directories (the unpacked binaries, the model unzipped, the NVRTC cubin cache,
+# step 4's artifact) go when the script ends.
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+
+# xz -d, or Python's lzma where the machine has no xz.
+unxz_to() {
+  if command -v xz >/dev/null 2>&1; then
+    xz -dc "$1" >"$2"
+  else
+    "$PYTHON" - "$1" "$2" <<'PY'
+import lzma, shutil, sys
+with lzma.open(sys.argv[1]) as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+  fi
+}
+
+if [ -n "${QTIER_GPU_PACK:-}" ]; then
+  [ -d "$QTIER_GPU_PACK" ] || { echo "error: QTIER_GPU_PACK=$QTIER_GPU_PACK is not a directory" >&2; exit 1; }
+  for name in gpu_check gpu_minilm qtier; do
+    packed="$QTIER_GPU_PACK/$name.xz"
+    [ -f "$packed" ] || continue
+    unxz_to "$packed" "$scratch/$name" || { echo "error: cannot unpack $packed" >&2; exit 1; }
+    chmod +x "$scratch/$name"
+  done
+  [ -x "$scratch/gpu_check" ] && : "${QTIER_GPU_CHECK_BIN:=$scratch/gpu_check}"
+  [ -x "$scratch/gpu_minilm" ] && : "${QTIER_GPU_MINILM_BIN:=$scratch/gpu_minilm}"
+  [ -x "$scratch/qtier" ] && : "${QTIER_GPU_QTIER_BIN:=$scratch/qtier}"
+  [ -d "$QTIER_GPU_PACK/minilm" ] && : "${QTIER_GPU_MINILM_MODEL:=$QTIER_GPU_PACK/minilm}"
+  echo "unpacked $QTIER_GPU_PACK: $(cd "$scratch" && ls | tr '\n' ' ')" >&2
+fi
+
 bin="${QTIER_GPU_CHECK_BIN:-target/release/examples/gpu_check}"
 if step 1 && [ ! -x "$bin" ]; then
   echo "building $bin" >&2
@@ -96,21 +134,22 @@ if [ -n "${OUT:-}" ]; then
   results="$OUT/gpu-check"
   mkdir -p "$results"
   : >"$results/torch.jsonl"
-  # Kernel cubins compiled by NVRTC are cached beside the results (fresh machine: no cache).
-  export QTIER_CUDA_CACHE="${QTIER_CUDA_CACHE:-$results/cuda-kernels}"
 fi
+# The steps share one NVRTC cubin cache (a fresh machine has none); not under $OUT, whose files
+# the device tool returns only up to 8.
+export QTIER_CUDA_CACHE="${QTIER_CUDA_CACHE:-$scratch/cuda-kernels}"
 
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader 2>/dev/null >&2 || true
 
 status=0
 if step 1; then
-  timeout 200 "$bin" ${results:+--out "$results/qtier.jsonl"} "$@" || status=$?
+  timeout 180 "$bin" ${results:+--out "$results/qtier.jsonl"} "$@" || status=$?
   if [ "$status" -ne 0 ]; then
     echo "error: gpu_check exited with status $status" >&2
   fi
 fi
 if step 2; then
-  timeout 90 "$PYTHON" scripts/gpu/torch_int8_peer.py ${results:+--out "$results/torch.jsonl"} "$@" || {
+  timeout 60 "$PYTHON" scripts/gpu/torch_int8_peer.py ${results:+--out "$results/torch.jsonl"} "$@" || {
     echo "warning: the PyTorch peer failed (status $?); the qtier results stand alone" >&2
   }
 fi
@@ -118,10 +157,9 @@ fi
 minilm_bin="${QTIER_GPU_MINILM_BIN:-target/release/examples/gpu_minilm}"
 minilm_model="${QTIER_GPU_MINILM_MODEL:-${QTIER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/qtier}/models/all-MiniLM-L6-v2}"
 # A copy from scripts/gpu/pruned_copy.py: unzip it next to its other files, outside the carried tree.
-unpacked=""
-trap 'if [ -n "$unpacked" ]; then rm -rf "$unpacked"; fi' EXIT
 if [ -f "$minilm_model/model.safetensors.gz" ] && [ ! -f "$minilm_model/model.safetensors" ]; then
-  unpacked="$(mktemp -d)"
+  unpacked="$scratch/minilm"
+  mkdir -p "$unpacked"
   cp -r "$minilm_model/." "$unpacked/"
   rm "$unpacked/model.safetensors.gz"
   gzip -dc "$minilm_model/model.safetensors.gz" >"$unpacked/model.safetensors" || {
@@ -139,7 +177,7 @@ elif step 3; then
     cargo build --release -p qtier-models --features cuda --example gpu_minilm >&2 || exit 1
   fi
   minilm_status=0
-  timeout 240 "$minilm_bin" --model "$minilm_model" \
+  timeout 150 "$minilm_bin" --model "$minilm_model" \
     ${QTIER_GPU_MINILM_ARTIFACT:+--artifact "$QTIER_GPU_MINILM_ARTIFACT"} \
     ${results:+--out "$results/minilm.jsonl"} "$@" || minilm_status=$?
   if [ "$minilm_status" -ne 0 ]; then
@@ -153,21 +191,22 @@ if step 4 && [ -f "$minilm_model/config.json" ]; then
   if [ -z "$qtier_bin" ] || [ ! -x "$qtier_bin" ]; then
     echo "warning: step 4 skipped: set QTIER_GPU_QTIER_BIN to a qtier built with --features cuda" >&2
   else
-    work="$(mktemp -d)"
+    work="$scratch/step4"
+    mkdir -p "$work"
     bench_dir="${results:-$work}"
-    if timeout 120 "$qtier_bin" quantize "$minilm_model" --output "$work/minilm-int8" --json >"$work/quantize.json"; then
+    if timeout 60 "$qtier_bin" quantize "$minilm_model" --output "$work/minilm-int8" --json >"$work/quantize.json"; then
       # QTIER_GPU_BENCH_FLAGS replaces the workload (e.g. a short one to rehearse this step on the
       # libcuda shim, where a 128-token forward takes seconds).
-      read -r -a bench_flags <<<"${QTIER_GPU_BENCH_FLAGS:---batch 1,8 --seq 128 --min-seconds 5 --max-seconds 30}"
+      read -r -a bench_flags <<<"${QTIER_GPU_BENCH_FLAGS:---batch 1,8 --seq 128 --min-seconds 5 --max-seconds 15}"
       for variant in int8 float; do
         dir="$minilm_model"
         [ "$variant" = int8 ] && dir="$work/minilm-int8"
         bench_status=0
-        timeout 150 "$qtier_bin" bench model "$dir" --device cuda "${bench_flags[@]}" \
+        timeout 75 "$qtier_bin" bench model "$dir" --device cuda "${bench_flags[@]}" \
           --json >"$bench_dir/bench-minilm-$variant-gpu.json" || bench_status=$?
         if [ "$bench_status" -ne 0 ]; then
           reason="exit status $bench_status"
-          [ "$bench_status" -eq 124 ] && reason="timed out after 150 s"
+          [ "$bench_status" -eq 124 ] && reason="timed out after 75 s"
           echo "error: qtier bench model --device cuda ($variant) failed: $reason" >&2
           status=1
         fi
@@ -177,7 +216,6 @@ if step 4 && [ -f "$minilm_model/config.json" ]; then
       cat "$work/quantize.json" >&2
       status=1
     fi
-    rm -rf "$work"
   fi
 fi
 exit "$status"

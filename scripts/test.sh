@@ -109,15 +109,23 @@ rm -rf "$shim_cache"
 # A rehearsal of the GPU session's last step (scripts/gpu-check.sh step 4: quantize, then `qtier
 # bench model --device cuda` of the int8 artifact and the float model) with the `--features cuda`
 # qtier the step above built, on the shim, with a short workload: the script itself must not be
-# what fails on the GPU machine.
+# what fails on the GPU machine. The binary goes in stripped and xz-compressed in a pack
+# directory, as scripts/gpu/pack.sh packs it for the device tool, so that unpacking is rehearsed too.
 rehearsal="$(mktemp -d)"
-LD_LIBRARY_PATH="$shim_path" OUT="$rehearsal" QTIER_GPU_STEPS=4 \
-  QTIER_GPU_QTIER_BIN="${CARGO_TARGET_DIR:-target}/release/qtier" \
+mkdir "$rehearsal/pack"
+strip -o "$rehearsal/pack/qtier" "${CARGO_TARGET_DIR:-target}/release/qtier"
+python3 - "$rehearsal/pack/qtier" <<'PY'
+import lzma, shutil, sys
+with open(sys.argv[1], "rb") as src, lzma.open(sys.argv[1] + ".xz", "wb", preset=1) as dst:
+    shutil.copyfileobj(src, dst)
+PY
+rm "$rehearsal/pack/qtier"
+LD_LIBRARY_PATH="$shim_path" OUT="$rehearsal/out" QTIER_GPU_STEPS=4 QTIER_GPU_PACK="$rehearsal/pack" \
   QTIER_GPU_MINILM_MODEL="$("${CARGO_TARGET_DIR:-target}/release/qtier" test-model)" \
   QTIER_GPU_BENCH_FLAGS="--batch 1 --seq 16 --min-seconds 0.2 --max-seconds 5 --tail 50" \
   bash scripts/gpu-check.sh
 for variant in int8 float; do
-  grep -q '"kernel_variant"' "$rehearsal/gpu-check/bench-minilm-$variant-gpu.json" || {
+  grep -q '"kernel_variant"' "$rehearsal/out/gpu-check/bench-minilm-$variant-gpu.json" || {
     echo "error: the rehearsal's $variant report records no GPU" >&2
     exit 1
   }

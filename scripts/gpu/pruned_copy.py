@@ -73,7 +73,7 @@ def main() -> None:
     if not weights.is_file():
         sys.exit(f"{weights}: not found (a single-file checkpoint is expected)")
     keep = used_ids(src, texts)
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors"))
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors", ".qtier-verified"))
     prune(weights, dst / "model.safetensors", keep)
     size = (dst / "model.safetensors.gz").stat().st_size
     print(f"{dst}/model.safetensors.gz: {size / 2**20:.1f} MiB")
