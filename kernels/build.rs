@@ -11,28 +11,27 @@ fn main() {
 #[cfg(feature = "cuda-emulator")]
 mod emulator {
     pub fn build() {
-        for file in ["emulator/emulator.cpp", "qtier_common.cuh", "quant.cu", "encoder.cu", "gemm_f32.cu", "gemm_s8.cu"]
-        {
+        for file in [
+            "emulator/emulator.cpp",
+            "emulator/cxxflags.txt",
+            "qtier_common.cuh",
+            "quant.cu",
+            "encoder.cu",
+            "gemm_f32.cu",
+            "gemm_s8.cu",
+        ] {
             println!("cargo:rerun-if-changed=cuda/{file}");
         }
-        cc::Build::new()
-            .cpp(true)
-            .std("c++20")
-            .file("cuda/emulator/emulator.cpp")
-            .flag("-pthread")
-            .flag("-fno-strict-aliasing")
-            // The kernels' float math as written: no FMA contraction, no fast-math.
-            .flag("-ffp-contract=off")
-            .warnings(true)
-            // `#pragma unroll` is for NVRTC.
-            .flag("-Wno-unknown-pragmas")
-            // A GPU faults on a misaligned vector load where x86 does not: make it abort here too.
-            .flag("-fsanitize=alignment")
-            .flag("-fno-sanitize-recover=alignment")
-            .extra_warnings(false)
-            .compile("qtier_cuda_emulator");
+        let flags = std::fs::read_to_string("cuda/emulator/cxxflags.txt")
+            .expect("kernels/cuda/emulator/cxxflags.txt is part of the crate");
+        let mut build = cc::Build::new();
+        build.cpp(true).file("cuda/emulator/emulator.cpp").warnings(false).extra_warnings(false);
+        for flag in flags.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with('#')) {
+            build.flag(flag);
+        }
+        build.compile("qtier_cuda_emulator");
         println!("cargo:rustc-link-lib=pthread");
-        // The runtime of -fsanitize=alignment (ships with gcc).
+        // The runtime of -fsanitize=alignment.
         println!("cargo:rustc-link-lib=ubsan");
     }
 }

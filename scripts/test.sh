@@ -98,9 +98,8 @@ gpu_path_tests cuda-emulator
 # built from the emulator (kernels/cuda/emulator/libcuda.cpp) stands in for the NVIDIA driver.
 shim_dir="${CARGO_TARGET_DIR:-target}/libcuda-shim"
 mkdir -p "$shim_dir"
-"${CXX:-g++}" -std=c++20 -O2 -shared -fPIC -pthread -fno-strict-aliasing -ffp-contract=off -Wall \
-  -Wno-unknown-pragmas -fsanitize=alignment -fno-sanitize-recover=alignment \
-  -o "$shim_dir/libcuda.so" kernels/cuda/emulator/libcuda.cpp -lubsan
+mapfile -t emulator_flags < <(grep -v -e '^#' -e '^[[:space:]]*$' kernels/cuda/emulator/cxxflags.txt)
+"${CXX:-g++}" "${emulator_flags[@]}" -O2 -shared -fPIC -o "$shim_dir/libcuda.so" kernels/cuda/emulator/libcuda.cpp -lubsan
 shim_path="$(cd "$shim_dir" && pwd):$QTIER_NVRTC_LIB_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 shim_cache="$(mktemp -d)"
 LD_LIBRARY_PATH="$shim_path" QTIER_CUDA_CACHE="$shim_cache" gpu_path_tests cuda
