@@ -3,9 +3,9 @@
 // `--features cuda` runs its real driver backend without a GPU: context and stream, device
 // attributes, stream-ordered allocation, copies, modules (the cubins NVRTC compiled for the
 // device's architecture, checked to be ELF files that hold the kernel asked for) and
-// cuLaunchKernel with the driver's parameter array. Built by scripts/test.sh:
+// cuLaunchKernel with the driver's parameter array. Built by scripts/test.sh, with the flags of cxxflags.txt beside this file:
 //
-//   g++ -std=c++20 -O2 -shared -fPIC ... -o DIR/libcuda.so kernels/cuda/emulator/libcuda.cpp
+//   g++ $(grep -v '^#' cxxflags.txt) -O2 -shared -fPIC -o DIR/libcuda.so libcuda.cpp -lubsan
 //
 // Device 0 is an sm_75 with 40 multiprocessors (a T4), device 1 an sm_86 with 80 (an A10G), as
 // in the `cuda-emulator` feature's backend.
@@ -45,11 +45,14 @@ struct Context {
 struct Stream {
     int unused;
 };
-struct Module {
-    std::vector<unsigned char> image;
-};
 struct Function {
     std::string name;
+};
+// A module owns the functions taken from it, which stay valid until it is unloaded (as in the
+// driver).
+struct Module {
+    std::vector<unsigned char> image;
+    std::vector<std::unique_ptr<Function>> functions;
 };
 
 std::mutex state_mutex;
@@ -314,7 +317,7 @@ CUresult cuModuleLoadData(Module** module, const void* image) {
     std::memcpy(&shentsize, bytes + 0x3a, 2);
     std::memcpy(&shnum, bytes + 0x3c, 2);
     const size_t size = (size_t)(shoff + (unsigned long long)shentsize * shnum);
-    *module = new Module{std::vector<unsigned char>(bytes, bytes + size)};
+    *module = new Module{std::vector<unsigned char>(bytes, bytes + size), {}};
     return CUDA_SUCCESS;
 }
 
@@ -336,7 +339,9 @@ CUresult cuModuleGetFunction(Function** function, Module* module, const char* na
     if (!in_image || !qtier_emu_has_kernel(name)) {
         return CUDA_ERROR_NOT_FOUND;
     }
-    *function = new Function{wanted};
+    std::lock_guard<std::mutex> lock(state_mutex);
+    module->functions.push_back(std::make_unique<Function>(Function{wanted}));
+    *function = module->functions.back().get();
     return CUDA_SUCCESS;
 }
 
