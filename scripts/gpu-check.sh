@@ -50,7 +50,7 @@
 # `cargo build --release -p qtier-kernels --features cuda --example gpu_check`, or named by
 # QTIER_GPU_CHECK_BIN) or cargo to build it. Extra arguments (e.g. --quick) go to both checks.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 PYTHON="${QTIER_PYTHON:-python3}"
 
 find_nvrtc_dir() {

@@ -63,7 +63,8 @@ if [ -z "${QTIER_NVRTC_LIB_DIR:-}" ]; then
   # ever include one; today's kernels include only their own header, handed over from memory.
   cuda_runtime_h="$(find "$nvrtc_venv" -name 'cuda_runtime.h' -print -quit)"
   if [ -n "$cuda_runtime_h" ]; then
-    export QTIER_CUDA_INCLUDE_DIR="$(dirname "$cuda_runtime_h")"
+    QTIER_CUDA_INCLUDE_DIR="$(dirname "$cuda_runtime_h")"
+    export QTIER_CUDA_INCLUDE_DIR
   fi
 fi
 export QTIER_NVRTC_LIB_DIR
