@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check of the CUDA int8 kernels, for a machine with an NVIDIA GPU (it cannot run in CI):
 #   1. kernels/examples/gpu_check.rs: GEMM correctness vs the CPU reference on the 7 reference
-#      shapes and odd shapes (i32 accumulators equal on every path, activation quantization
-#      bit-identical, fused outputs within OUTPUT_TOLERANCE, the outlier decomposition's lists,
-#      quantized rows and outputs), then the fused int8 Linear timed with achieved TOPS;
+#      shapes and odd shapes (i32 accumulators equal and fused outputs within OUTPUT_TOLERANCE
+#      on every GEMM kernel the GPU runs, forced: on an sm_90 GPU also T4's mma.m8n8k16 kernel;
+#      activation quantization bit-identical; the outlier decomposition's lists, quantized rows
+#      and outputs), then the fused int8 Linear timed with achieved TOPS, and the GEMM forced
+#      onto each kernel ("sweep" lines, to tune the kernel choice);
 #   2. scripts/gpu/torch_int8_peer.py: PyTorch on the same shapes (torch._int_mm with the
 #      quantize / dequantize ops around it, and fp16 torch.matmul), side by side;
 #   3. models/examples/gpu_minilm.rs: all-MiniLM-L6-v2's whole forward on the GPU (fp32 checkpoint

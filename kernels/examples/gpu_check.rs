@@ -1,11 +1,12 @@
 //! GPU check of the CUDA int8 Linear (run by `scripts/gpu-check.sh` on a machine with an NVIDIA
 //! GPU; needs the `cuda` feature, the driver, and libnvrtc on `LD_LIBRARY_PATH`).
 //!
-//! 1. Correctness on the 7 reference shapes and odd ones: the GPU's i32 accumulators (every
-//!    GEMM path) must equal the CPU kernels' exactly (which equal the scalar reference's, see
-//!    the CPU test suite), the GPU activation quantization must equal the CPU's bit for bit,
-//!    and the fused outputs (bias, GELU, residual) must match the CPU layer within
-//!    [`OUTPUT_TOLERANCE`].
+//! 1. Correctness on the 7 reference shapes and odd ones: the GPU's i32 accumulators must equal
+//!    the CPU kernels' exactly (which equal the scalar reference's, see the CPU test suite), the
+//!    GPU activation quantization must equal the CPU's bit for bit, and the fused outputs (bias,
+//!    GELU, residual) must match the CPU layer within [`OUTPUT_TOLERANCE`]; accumulators and
+//!    outputs on every GEMM kernel the GPU runs, forced, not only the one chosen for the shape
+//!    (an sm_90 GPU so also runs sm_75's mma.m8n8k16 kernel).
 //!    The fp32 Linear of float checkpoints ([`CudaLinear`]) must match a CPU f64 reference within
 //!    [`FLOAT_TOLERANCE`] and the accumulation's rounding bound on every shape up to
 //!    [`FLOAT_CHECK_MAX_MACS`].
@@ -17,7 +18,8 @@
 //!    [`OUTPUT_TOLERANCE`].
 //! 2. Timing of the fused Linear (quantize + GEMM + epilogue, hot weights, one stream) and of
 //!    the GEMM alone on already-quantized activations, as medians over repeated batches of
-//!    launches, with achieved TOPS (2 m n k / time).
+//!    launches, with achieved TOPS (2 m n k / time); then the GEMM alone forced onto each
+//!    kernel the GPU runs (`"sweep"` lines: the data to tune [`qtier_kernels::cuda::launch::select_gemm`]).
 //!
 //! Prints one JSON object per line; `--out FILE` also writes them there.
 //! Usage: `gpu_check [--out FILE] [--quick]` (`--quick`: fewer timing repeats).
@@ -26,7 +28,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use qtier_kernels::cuda::{
-    CudaDevice, CudaError, CudaLinear, CudaQuantizedLinear, GemmPath, QuantizedActivations, linear,
+    CudaDevice, CudaError, CudaLinear, CudaQuantizedLinear, GemmKernel, QuantizedActivations, linear,
 };
 use qtier_kernels::quant::quantize_row;
 use qtier_kernels::{Activation, QuantizedLinear};
@@ -163,11 +165,12 @@ fn check(dev: &CudaDevice, c: &Case) -> Result<Vec<String>, Box<dyn std::error::
     let cpu = QuantizedLinear::new(&c.w, &c.scales, Some(&c.bias), n, k)?.with_activation(Activation::GeluErf);
     let cpu_acc = cpu.accumulate_i32(cpu.kernel(), &xq, m)?;
     let gpu = CudaQuantizedLinear::new(dev, &c.w, &c.scales, Some(&c.bias), n, k)?.with_activation(Activation::GeluErf);
-    for path in [GemmPath::TensorCore, GemmPath::Dp4a] {
-        let acc = gpu.accumulate_i32(dev, &xq, m, path)?;
+    let kernels: Vec<GemmKernel> = GemmKernel::ALL.into_iter().filter(|k| k.runs_on(dev.arch())).collect();
+    for &kernel in &kernels {
+        let acc = gpu.accumulate_i32(dev, &xq, m, kernel)?;
         let bad = acc.iter().zip(&cpu_acc).filter(|(a, b)| a != b).count();
         if bad > 0 {
-            failures.push(format!("{m}x{k}x{n} {path:?}: {bad} of {} accumulators differ", acc.len()));
+            failures.push(format!("{m}x{k}x{n} {kernel:?}: {bad} of {} accumulators differ", acc.len()));
         }
     }
     // Activation quantization on the device.
@@ -188,11 +191,18 @@ fn check(dev: &CudaDevice, c: &Case) -> Result<Vec<String>, Box<dyn std::error::
     cpu.forward_into(&c.x, m, &mut cpu_out, Some(&residual))?;
     let res_dev = dev.upload(&residual)?;
     let mut out = dev.zeros::<f32>(m * n)?;
-    gpu.forward(dev, &x_dev, m, Some(&res_dev), &mut out)?;
-    let gpu_out = dev.download(&out)?;
-    let worst = gpu_out.iter().zip(&cpu_out).map(|(g, c)| (g - c).abs() / c.abs().max(1.0)).fold(0f32, f32::max);
-    if worst.is_nan() || worst > OUTPUT_TOLERANCE {
-        failures.push(format!("{m}x{k}x{n} fused output: worst relative error {worst:e} > {OUTPUT_TOLERANCE:e}"));
+    for kernel in kernels {
+        let layer = CudaQuantizedLinear::new(dev, &c.w, &c.scales, Some(&c.bias), n, k)?
+            .with_activation(Activation::GeluErf)
+            .with_kernel(kernel);
+        layer.forward(dev, &x_dev, m, Some(&res_dev), &mut out)?;
+        let gpu_out = dev.download(&out)?;
+        let worst = gpu_out.iter().zip(&cpu_out).map(|(g, c)| (g - c).abs() / c.abs().max(1.0)).fold(0f32, f32::max);
+        if worst.is_nan() || worst > OUTPUT_TOLERANCE {
+            failures.push(format!(
+                "{m}x{k}x{n} {kernel:?} fused output: worst relative error {worst:e} > {OUTPUT_TOLERANCE:e}"
+            ));
+        }
     }
     Ok(failures)
 }
@@ -363,6 +373,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 (n * k) as f64 / gemm / 1e9
             ),
         );
+        for kernel in GemmKernel::ALL.into_iter().filter(|k| k.runs_on(dev.arch())) {
+            let forced = CudaQuantizedLinear::new(&dev, &c.w, &c.scales, Some(&c.bias), n, k)?.with_kernel(kernel);
+            let gemm = time_calls(&dev, repeats, || forced.forward_quantized(&dev, &qa, None, &mut y))?;
+            emit(
+                &mut out,
+                format!(
+                    "{{\"sweep\":\"{m}x{k}x{n}\",\"kernel\":\"{}\",\"gemm_us\":{:.2},\"gemm_tops\":{:.2}}}",
+                    kernel.name(),
+                    gemm * 1e6,
+                    ops / gemm / 1e12
+                ),
+            );
+        }
     }
     if failures.is_empty() {
         emit(&mut out, "{\"result\":\"pass\"}".to_owned());

@@ -12,7 +12,7 @@
 
 use qtier_kernels::cuda::encoder::{self, AttentionShape, EmbeddingTables, LayerNormParams};
 use qtier_kernels::cuda::{
-    CudaDevice, CudaLinear, CudaQuantizedLinear, GemmKernel, GemmPath, QuantizedActivations, linear,
+    CudaDevice, CudaError, CudaLinear, CudaQuantizedLinear, GemmKernel, QuantizedActivations, linear,
 };
 use qtier_kernels::quant::quantize_row;
 use qtier_kernels::{Activation, QuantizedLinear};
@@ -137,46 +137,55 @@ fn activation_quantization_matches_the_cpu_bit_for_bit() {
     }
 }
 
-/// Shapes for every GEMM kernel: m <= 8 takes dp4a; on sm_86 (80 multiprocessors) 300 x 4100
-/// takes the 128 x 128 mma.m16n8k32 tile and the rest the 64 x 64 one; on sm_75, mma.m8n8k16.
+/// Shapes on which the default choice takes every GEMM kernel: m <= 8 takes dp4a; on sm_86 (80
+/// multiprocessors) 300 x 4100 takes the 128 x 128 mma.m16n8k32 tile and the rest the 64 x 64
+/// one; on sm_75, mma.m8n8k16. Each shape also runs forced onto every kernel the device has.
 const GEMM_SHAPES: [(usize, usize, usize); 6] =
     [(3, 77, 129), (9, 100, 33), (1, 5, 8), (17, 64, 250), (70, 130, 31), (300, 96, 4100)];
 
 #[test]
 fn the_int8_linear_matches_the_cpu_layer_on_every_kernel() {
-    let mut kernels_run = Vec::new();
+    let mut chosen = Vec::new();
     for dev in devices() {
         for (i, &(m, k, n)) in GEMM_SHAPES.iter().enumerate() {
             let c = Case::new(m, k, n, 20 + i as u64);
             let cpu = c.cpu_layer(Activation::GeluErf);
-            let gpu = c.gpu_layer(&dev, Activation::GeluErf);
-            let what = format!("{} {m}x{k}x{n}", dev.name());
-            // The exact accumulators of both paths.
+            chosen.push(c.gpu_layer(&dev, Activation::GeluErf).kernel_for(&dev, m));
             let xq: Vec<i8> = weights(30 + i as u64, m * k);
-            let expected = cpu.accumulate_i32(cpu.kernel(), &xq, m).unwrap();
-            for path in [GemmPath::TensorCore, GemmPath::Dp4a] {
-                assert_eq!(gpu.accumulate_i32(&dev, &xq, m, path).unwrap(), expected, "{what} {path:?}");
-            }
-            // The fused layer: quantization, GEMM, bias, GELU, residual; f32 and f16 output.
+            let expected_acc = cpu.accumulate_i32(cpu.kernel(), &xq, m).unwrap();
             let residual = values(40 + i as u64, m * n);
             let mut expected = vec![0.0; m * n];
             cpu.forward_into(&c.x, m, &mut expected, Some(&residual)).unwrap();
             let (x, r) = (dev.upload(&c.x).unwrap(), dev.upload(&residual).unwrap());
-            let mut out = dev.zeros::<f32>(m * n).unwrap();
-            gpu.forward(&dev, &x, m, Some(&r), &mut out).unwrap();
-            let worst = worst_relative_error(&dev.download(&out).unwrap(), &expected);
-            assert!(worst <= INT8_TOLERANCE, "{what}: {worst:e}");
-            let mut half = dev.zeros::<u16>(m * n).unwrap();
-            gpu.forward_f16(&dev, &x, m, Some(&r), &mut half).unwrap();
-            let half: Vec<f32> =
-                dev.download(&half).unwrap().into_iter().map(|h| half::f16::from_bits(h).to_f32()).collect();
-            let worst = worst_relative_error(&half, &expected);
-            assert!(worst <= 1e-3, "{what} f16: {worst:e}");
-            kernels_run.push(gpu.kernel_for(&dev, m));
+            for kernel in GemmKernel::ALL {
+                let gpu = c.gpu_layer(&dev, Activation::GeluErf).with_kernel(kernel);
+                let what = format!("{} {m}x{k}x{n} {kernel:?}", dev.name());
+                let acc = gpu.accumulate_i32(&dev, &xq, m, kernel);
+                if !kernel.runs_on(dev.arch()) {
+                    assert!(matches!(acc, Err(CudaError::UnsupportedArch { .. })), "{what}: {acc:?}");
+                    let mut out = dev.zeros::<f32>(m * n).unwrap();
+                    let refused = gpu.forward(&dev, &x, m, Some(&r), &mut out);
+                    assert!(matches!(refused, Err(CudaError::UnsupportedArch { .. })), "{what}: {refused:?}");
+                    continue;
+                }
+                // The exact accumulators.
+                assert_eq!(acc.unwrap(), expected_acc, "{what}");
+                // The fused layer: quantization, GEMM, bias, GELU, residual; f32 and f16 output.
+                let mut out = dev.zeros::<f32>(m * n).unwrap();
+                gpu.forward(&dev, &x, m, Some(&r), &mut out).unwrap();
+                let worst = worst_relative_error(&dev.download(&out).unwrap(), &expected);
+                assert!(worst <= INT8_TOLERANCE, "{what}: {worst:e}");
+                let mut half = dev.zeros::<u16>(m * n).unwrap();
+                gpu.forward_f16(&dev, &x, m, Some(&r), &mut half).unwrap();
+                let half: Vec<f32> =
+                    dev.download(&half).unwrap().into_iter().map(|h| half::f16::from_bits(h).to_f32()).collect();
+                let worst = worst_relative_error(&half, &expected);
+                assert!(worst <= 1e-3, "{what} f16: {worst:e}");
+            }
         }
     }
-    for kernel in [GemmKernel::Dp4a, GemmKernel::Mma8816, GemmKernel::Mma16832Small, GemmKernel::Mma16832Large] {
-        assert!(kernels_run.contains(&kernel), "{kernel:?} never ran: {kernels_run:?}");
+    for kernel in GemmKernel::ALL {
+        assert!(chosen.contains(&kernel), "the default choice never took {kernel:?}: {chosen:?}");
     }
 }
 

@@ -139,8 +139,7 @@ fn parse_resources(log: &str) -> Vec<(String, Resources)> {
 /// The block the host launches `f` with, from the same `launch` functions the host calls (any
 /// problem size: only the block and the dynamic shared memory matter here).
 fn host_launch(f: KernelFn) -> LaunchDims {
-    let gemm = [GemmKernel::Mma16832Large, GemmKernel::Mma16832Small, GemmKernel::Mma8816, GemmKernel::Dp4a];
-    if let Some(kernel) = gemm.into_iter().find(|k| k.function() == f) {
+    if let Some(kernel) = GemmKernel::ALL.into_iter().find(|k| k.function() == f) {
         return launch::gemm_dims(kernel, 128, 1536).unwrap();
     }
     match f.name {

@@ -49,7 +49,8 @@ pub enum CudaError {
         /// NVRTC's program log.
         log: String,
     },
-    /// The GPU is older than the oldest architecture the kernels support.
+    /// The GPU lacks what the kernels need: older than the oldest architecture they support, or
+    /// without the instructions of a GEMM kernel a layer was forced to.
     #[error("GPU architecture {arch} is not supported: {reason}")]
     UnsupportedArch {
         /// The device's architecture.

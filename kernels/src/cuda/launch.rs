@@ -44,15 +44,6 @@ pub struct LaunchDims {
     pub shared_bytes: u32,
 }
 
-/// Which GEMM algorithm to run (callers may force one; see [`select_gemm`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum GemmPath {
-    /// Tensor cores: `mma.m16n8k32` on sm_80+, `mma.m8n8k16` on sm_75.
-    TensorCore,
-    /// `dp4a` on the CUDA cores.
-    Dp4a,
-}
-
 /// A concrete GEMM kernel with its block tile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GemmKernel {
@@ -67,6 +58,10 @@ pub enum GemmKernel {
 }
 
 impl GemmKernel {
+    /// Every kernel, largest tile first.
+    pub const ALL: [GemmKernel; 4] =
+        [GemmKernel::Mma16832Large, GemmKernel::Mma16832Small, GemmKernel::Mma8816, GemmKernel::Dp4a];
+
     /// The entry point.
     pub fn function(self) -> KernelFn {
         match self {
@@ -105,27 +100,38 @@ impl GemmKernel {
         }
     }
 
-    /// The algorithm family.
-    pub fn path(self) -> GemmPath {
+    /// Whether the kernel runs on `arch`: the `mma.m16n8k32` ones on sm_80+ (see
+    /// [`requirement`](Self::requirement)), the others on every supported architecture.
+    pub fn runs_on(self, arch: GpuArch) -> bool {
         match self {
-            GemmKernel::Dp4a => GemmPath::Dp4a,
-            _ => GemmPath::TensorCore,
+            GemmKernel::Mma16832Large | GemmKernel::Mma16832Small => arch.has_mma_m16n8k32(),
+            GemmKernel::Mma8816 | GemmKernel::Dp4a => arch.is_supported(),
+        }
+    }
+
+    /// What the kernel needs of the GPU, for the error when it does not run there.
+    pub fn requirement(self) -> &'static str {
+        match self {
+            GemmKernel::Mma16832Large | GemmKernel::Mma16832Small => {
+                "the mma.m16n8k32 GEMM kernels need sm_80 or newer (mma.m16n8k32 s8 and cp.async)"
+            }
+            GemmKernel::Mma8816 | GemmKernel::Dp4a => "the int8 GEMM kernels need sm_75 or newer",
         }
     }
 }
 
 /// The kernel for an `m x n` output on `arch` with `sm_count` multiprocessors: dp4a for at most
-/// [`DP4A_ROWS`] rows (or when forced), else tensor cores; on sm_80+ the 128 x 128 tile when it
-/// still gives every multiprocessor a block, else the 64 x 64 tile (more, smaller blocks).
-pub fn select_gemm(arch: GpuArch, m: usize, n: usize, sm_count: usize, forced: Option<GemmPath>) -> GemmKernel {
-    let path = forced.unwrap_or(if m <= DP4A_ROWS { GemmPath::Dp4a } else { GemmPath::TensorCore });
-    match path {
-        GemmPath::Dp4a => GemmKernel::Dp4a,
-        GemmPath::TensorCore if !arch.has_mma_m16n8k32() => GemmKernel::Mma8816,
-        GemmPath::TensorCore => {
-            let large_blocks = m.div_ceil(128) * n.div_ceil(128);
-            if large_blocks >= sm_count { GemmKernel::Mma16832Large } else { GemmKernel::Mma16832Small }
-        }
+/// [`DP4A_ROWS`] rows, else tensor cores; on sm_80+ the 128 x 128 tile when it still gives every
+/// multiprocessor a block, else the 64 x 64 tile (more, smaller blocks).
+pub fn select_gemm(arch: GpuArch, m: usize, n: usize, sm_count: usize) -> GemmKernel {
+    if m <= DP4A_ROWS {
+        GemmKernel::Dp4a
+    } else if !arch.has_mma_m16n8k32() {
+        GemmKernel::Mma8816
+    } else if m.div_ceil(128) * n.div_ceil(128) >= sm_count {
+        GemmKernel::Mma16832Large
+    } else {
+        GemmKernel::Mma16832Small
     }
 }
 
@@ -252,25 +258,38 @@ mod tests {
     #[test]
     fn gemm_selection() {
         let h200 = (GpuArch::SM90, 132);
-        assert_eq!(select_gemm(h200.0, 1, 4096, h200.1, None), GemmKernel::Dp4a);
-        assert_eq!(select_gemm(h200.0, 8, 4096, h200.1, None), GemmKernel::Dp4a);
-        assert_eq!(select_gemm(h200.0, 16, 11008, h200.1, None), GemmKernel::Mma16832Small);
-        assert_eq!(select_gemm(h200.0, 128, 4096, h200.1, None), GemmKernel::Mma16832Small);
-        assert_eq!(select_gemm(h200.0, 2048, 4096, h200.1, None), GemmKernel::Mma16832Large);
-        assert_eq!(select_gemm(GpuArch::SM75, 128, 4096, 40, None), GemmKernel::Mma8816);
-        assert_eq!(select_gemm(GpuArch::SM75, 1, 4096, 40, Some(GemmPath::TensorCore)), GemmKernel::Mma8816);
-        assert_eq!(select_gemm(h200.0, 512, 4096, h200.1, Some(GemmPath::Dp4a)), GemmKernel::Dp4a);
+        assert_eq!(select_gemm(h200.0, 1, 4096, h200.1), GemmKernel::Dp4a);
+        assert_eq!(select_gemm(h200.0, 8, 4096, h200.1), GemmKernel::Dp4a);
+        assert_eq!(select_gemm(h200.0, 16, 11008, h200.1), GemmKernel::Mma16832Small);
+        assert_eq!(select_gemm(h200.0, 128, 4096, h200.1), GemmKernel::Mma16832Small);
+        assert_eq!(select_gemm(h200.0, 2048, 4096, h200.1), GemmKernel::Mma16832Large);
+        assert_eq!(select_gemm(GpuArch::SM75, 128, 4096, 40), GemmKernel::Mma8816);
+        assert_eq!(select_gemm(GpuArch::SM75, 2048, 4096, 40), GemmKernel::Mma8816);
         assert_eq!(GemmKernel::Mma16832Small.name(), "mma.m16n8k32 64x64");
         assert_eq!(GemmKernel::Mma8816.name(), "mma.m8n8k16 64x64");
-        for k in [GemmKernel::Mma16832Large, GemmKernel::Mma16832Small, GemmKernel::Mma8816, GemmKernel::Dp4a] {
+        for k in GemmKernel::ALL {
             assert_eq!(k.function().source.file, "gemm_s8.cu");
-            assert_eq!(k.path() == GemmPath::Dp4a, k == GemmKernel::Dp4a);
         }
     }
 
     #[test]
+    fn a_kernel_runs_where_its_instructions_exist() {
+        for arch in [GpuArch::SM75, GpuArch::SM86, GpuArch::SM90] {
+            for (m, n) in [(1, 384), (16, 11008), (2048, 4096)] {
+                assert!(select_gemm(arch, m, n, 80).runs_on(arch), "{arch} {m}x{n}");
+            }
+            assert!(GemmKernel::Mma8816.runs_on(arch) && GemmKernel::Dp4a.runs_on(arch), "{arch}");
+            let m16n8k32 = arch.has_mma_m16n8k32();
+            assert_eq!(GemmKernel::Mma16832Large.runs_on(arch), m16n8k32, "{arch}");
+            assert_eq!(GemmKernel::Mma16832Small.runs_on(arch), m16n8k32, "{arch}");
+        }
+        assert!(GemmKernel::ALL.iter().all(|k| !k.runs_on(GpuArch::new(7, 0))));
+        assert!(GemmKernel::Mma16832Small.requirement().contains("sm_80"));
+    }
+
+    #[test]
     fn grids_cover_every_output_exactly_once() {
-        for kernel in [GemmKernel::Mma16832Large, GemmKernel::Mma16832Small, GemmKernel::Mma8816, GemmKernel::Dp4a] {
+        for kernel in GemmKernel::ALL {
             for (m, n) in [(1, 1), (1, 384), (32, 1536), (127, 4097), (128, 11008), (300, 8)] {
                 let d = gemm_dims(kernel, m, n).unwrap();
                 let (bm, bn) = kernel.block_tile();

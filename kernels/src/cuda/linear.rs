@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use super::device::{Arg, CudaDevice, DeviceBuffer};
 use super::error::{CudaError, checked_product, int_arg};
-use super::launch::{self, GemmKernel, GemmPath};
+use super::launch::{self, GemmKernel};
 use super::layout::{GpuPackedWeights, KTILE};
 use super::source;
 use crate::activation::Activation;
@@ -227,7 +227,7 @@ pub struct CudaQuantizedLinear {
     w_scales: DeviceBuffer<f32>,
     bias: Option<DeviceBuffer<f32>>,
     activation: Activation,
-    path: Option<GemmPath>,
+    kernel: Option<GemmKernel>,
     outlier_rule: Option<OutlierRule>,
     scratch: Mutex<Option<QuantizedActivations>>,
 }
@@ -267,7 +267,7 @@ impl CudaQuantizedLinear {
             w_scales: dev.upload(&w_scales)?,
             bias: bias.map(|b| dev.upload(&b)).transpose()?,
             activation: Activation::None,
-            path: None,
+            kernel: None,
             outlier_rule: None,
             scratch: Mutex::new(None),
         })
@@ -279,9 +279,11 @@ impl CudaQuantizedLinear {
         self
     }
 
-    /// Forces the GEMM algorithm (default: chosen per call by [`launch::select_gemm`]).
-    pub fn with_path(mut self, path: GemmPath) -> Self {
-        self.path = Some(path);
+    /// Forces the GEMM kernel (default: chosen per call by [`launch::select_gemm`]); a call on
+    /// a GPU the kernel does not run on ([`GemmKernel::runs_on`]) fails with
+    /// [`CudaError::UnsupportedArch`].
+    pub fn with_kernel(mut self, kernel: GemmKernel) -> Self {
+        self.kernel = Some(kernel);
         self
     }
 
@@ -317,7 +319,7 @@ impl CudaQuantizedLinear {
 
     /// The kernel a call with `m` rows runs on `dev`.
     pub fn kernel_for(&self, dev: &CudaDevice, m: usize) -> GemmKernel {
-        launch::select_gemm(dev.arch(), m, self.n, dev.sm_count(), self.path)
+        self.kernel.unwrap_or_else(|| launch::select_gemm(dev.arch(), m, self.n, dev.sm_count()))
     }
 
     /// `out[..m * n] = layer(x)` for `m` rows of `x` (`m x k`), plus `residual` (`m x n`) after
@@ -367,14 +369,14 @@ impl CudaQuantizedLinear {
     }
 
     /// Test and benchmark hook: the exact i32 accumulators `sum_k x_q[m][k] * W[n][k]`
-    /// (`m x n`) of the `path` kernels from already-quantized `x_q` (`m x k`); they must equal
+    /// (`m x n`) of `kernel` from already-quantized `x_q` (`m x k`); they must equal
     /// [`crate::QuantizedLinear::accumulate_i32`]'s.
     pub fn accumulate_i32(
         &self,
         dev: &CudaDevice,
         x_q: &[i8],
         m: usize,
-        path: GemmPath,
+        kernel: GemmKernel,
     ) -> Result<Vec<i32>, CudaError> {
         let mk = checked_product("m", m, self.k)?;
         if x_q.len() != mk {
@@ -388,7 +390,7 @@ impl CudaQuantizedLinear {
         let acts =
             QuantizedActivations { q: dev.upload(&padded)?, scales: dev.zeros(m)?, rows: m, k: self.k, outliers: None };
         let mut out = dev.zeros(checked_product("m", m, self.n)?)?;
-        ShallowLinear { layer: self, path: Some(path) }.run(
+        ShallowLinear { layer: self, kernel: Some(kernel) }.run(
             dev,
             &acts,
             Activation::None,
@@ -439,7 +441,7 @@ impl CudaQuantizedLinear {
         residual: Option<&DeviceBuffer<f32>>,
         out: Output<'_>,
     ) -> Result<(), CudaError> {
-        let gemm = ShallowLinear { layer: self, path: self.path };
+        let gemm = ShallowLinear { layer: self, kernel: self.kernel };
         let (lists, out) = match (&x.outliers, out) {
             (Some(lists), Output::F32(out)) => (lists, out),
             (_, out) => return gemm.run(dev, x, self.activation, residual, out),
@@ -477,10 +479,10 @@ impl CudaQuantizedLinear {
     }
 }
 
-/// A layer's buffers with a possibly different forced path (`accumulate_i32` forces one).
+/// A layer's buffers with a possibly different forced kernel (`accumulate_i32` forces one).
 struct ShallowLinear<'a> {
     layer: &'a CudaQuantizedLinear,
-    path: Option<GemmPath>,
+    kernel: Option<GemmKernel>,
 }
 
 impl ShallowLinear<'_> {
@@ -524,7 +526,10 @@ impl ShallowLinear<'_> {
                 (null, null, o.arg())
             }
         };
-        let kernel = launch::select_gemm(dev.arch(), m, l.n, dev.sm_count(), self.path);
+        let kernel = self.kernel.unwrap_or_else(|| launch::select_gemm(dev.arch(), m, l.n, dev.sm_count()));
+        if !kernel.runs_on(dev.arch()) {
+            return Err(CudaError::UnsupportedArch { arch: dev.arch(), reason: kernel.requirement() });
+        }
         let args = [
             x.q.arg(),
             l.weights.arg(),

@@ -23,5 +23,5 @@ pub use arch::{GpuArch, NVRTC_CHECK_ARCHES};
 pub use device::{CudaDevice, DeviceBuffer, DeviceElem};
 pub use error::CudaError;
 pub use float_linear::CudaLinear;
-pub use launch::{GemmKernel, GemmPath};
+pub use launch::GemmKernel;
 pub use linear::{CudaQuantizedLinear, OutlierRule, QuantizedActivations};
