@@ -12,7 +12,8 @@
 // coalesced 8-byte load per lane per tile. Columns are zero-padded to QTIER_N_ALIGN.
 //
 // Kernels: mma.m16n8k32 with a cp.async pipeline (sm_80+), mma.m8n8k16 (sm_75+), and dp4a
-// (all; also the small-m path, where the GEMM is a weight stream and tensor cores idle).
+// (all; also the small-m path, where the GEMM is a weight stream and tensor cores idle), plain
+// or with k split over several warps (layers with few columns).
 // Output: f32 `out`, or f16 `out_f16`, or (test hook) the raw accumulators `acc_out`.
 #include "qtier_common.cuh"
 
@@ -26,6 +27,7 @@
 #define QTIER_STAGES 4
 #define QTIER_DP4A_ROWS 8
 #define QTIER_DP4A_WARPS 8
+#define QTIER_DP4A_SPLIT 4
 
 #define QTIER_GEMM_PARAMS                                                                        \
     const qtier_s8 *__restrict__ a, const qtier_u32 *__restrict__ b, int m, int n, int kp,      \
@@ -347,27 +349,23 @@ extern "C" __global__ void __launch_bounds__(128) qtier_gemm_s8_mma8816_64x64(QT
 // k groups t and t + 4 of every k tile (its B fragment) and the 4 lanes of a column reduce with
 // two shuffles. Each weight byte is read once per QTIER_DP4A_ROWS rows, coalesced.
 
-extern "C" __global__ void __launch_bounds__(QTIER_DP4A_WARPS * 32) qtier_gemm_s8_dp4a(QTIER_GEMM_PARAMS) {
-    const int warp = threadIdx.x >> 5;
-    const int lane = threadIdx.x & 31;
-    const int g = lane >> 2;
+// Warp-wide: the sums of column tile `ntile` over k tiles kt0, kt0 + KT_STEP, ... for `rows`
+// rows from row0, reduced over the column's 4 lanes (lanes with t = 0 hold column g's; rows
+// past `rows` stay 0). Every lane of the warp must call it (shuffles).
+template <int KT_STEP>
+__device__ __forceinline__ void qtier_dp4a_rows(const qtier_s8* __restrict__ a, const qtier_u32* __restrict__ b,
+                                                int kp, int ntile, int row0, int rows, int lane, int kt0,
+                                                int (&acc)[QTIER_DP4A_ROWS]) {
     const int t = lane & 3;
-    const int ntile = blockIdx.x * QTIER_DP4A_WARPS + warp;
-    if (ntile * QTIER_NTILE >= n) {
-        return;
-    }
-    const int row0 = blockIdx.y * QTIER_DP4A_ROWS;
-    const int rows = min(QTIER_DP4A_ROWS, m - row0);
     const int ktiles = kp / QTIER_KTILE;
     const qtier_u32* bt = b + (long long)ntile * ktiles * QTIER_TILE_WORDS + lane * 2;
     const qtier_s8* a0 = a + (long long)row0 * kp + t * 4;
-    int acc[QTIER_DP4A_ROWS];
 #pragma unroll
     for (int r = 0; r < QTIER_DP4A_ROWS; ++r) {
         acc[r] = 0;
     }
 #pragma unroll 4
-    for (int kt = 0; kt < ktiles; ++kt) {
+    for (int kt = kt0; kt < ktiles; kt += KT_STEP) {
         const unsigned long long w = *(const unsigned long long*)(bt + (long long)kt * QTIER_TILE_WORDS);
         const int b0 = (int)(qtier_u32)w;
         const int b1 = (int)(qtier_u32)(w >> 32);
@@ -382,12 +380,71 @@ extern "C" __global__ void __launch_bounds__(QTIER_DP4A_WARPS * 32) qtier_gemm_s
     }
 #pragma unroll
     for (int r = 0; r < QTIER_DP4A_ROWS; ++r) {
-        int v = acc[r];
-        v += __shfl_xor_sync(0xffffffffu, v, 1);
-        v += __shfl_xor_sync(0xffffffffu, v, 2);
-        if (t == 0 && r < rows) {
+        acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], 1);
+        acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], 2);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(QTIER_DP4A_WARPS * 32) qtier_gemm_s8_dp4a(QTIER_GEMM_PARAMS) {
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    const int ntile = blockIdx.x * QTIER_DP4A_WARPS + warp;
+    if (ntile * QTIER_NTILE >= n) {
+        return;
+    }
+    const int row0 = blockIdx.y * QTIER_DP4A_ROWS;
+    const int rows = min(QTIER_DP4A_ROWS, m - row0);
+    int acc[QTIER_DP4A_ROWS];
+    qtier_dp4a_rows<1>(a, b, kp, ntile, row0, rows, lane, 0, acc);
+#pragma unroll
+    for (int r = 0; r < QTIER_DP4A_ROWS; ++r) {
+        if ((lane & 3) == 0 && r < rows) {
             qtier_store(m, n, x_scales, w_scales, bias, residual, act, out, out_f16, acc_out, row0 + r,
-                        ntile * QTIER_NTILE + g, v);
+                        ntile * QTIER_NTILE + (lane >> 2), acc[r]);
+        }
+    }
+}
+
+// dp4a with k split: QTIER_DP4A_SPLIT warps share each 8-column tile, warp s of a tile taking k
+// tiles s, s + QTIER_DP4A_SPLIT, ...; the first adds the others' sums from shared memory (exact
+// i32, so the order does not matter) and stores. A block covers QTIER_DP4A_WARPS /
+// QTIER_DP4A_SPLIT column tiles, so a layer with few columns gets QTIER_DP4A_SPLIT times the
+// blocks and warps of the plain kernel: for small m the GEMM streams the weights, and a large
+// GPU needs many warps' loads in flight to keep its memory busy.
+extern "C" __global__ void __launch_bounds__(QTIER_DP4A_WARPS * 32) qtier_gemm_s8_dp4a_splitk(QTIER_GEMM_PARAMS) {
+    __shared__ int partial[QTIER_DP4A_WARPS][QTIER_DP4A_ROWS][QTIER_NTILE];
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    const int split = warp % QTIER_DP4A_SPLIT;
+    const int ntile = blockIdx.x * (QTIER_DP4A_WARPS / QTIER_DP4A_SPLIT) + warp / QTIER_DP4A_SPLIT;
+    // Warp-uniform; no early return, every warp reaches the barrier.
+    const bool live = ntile * QTIER_NTILE < n;
+    const int row0 = blockIdx.y * QTIER_DP4A_ROWS;
+    const int rows = min(QTIER_DP4A_ROWS, m - row0);
+    const bool column_lane = (lane & 3) == 0;
+    int acc[QTIER_DP4A_ROWS];
+    if (live) {
+        qtier_dp4a_rows<QTIER_DP4A_SPLIT>(a, b, kp, ntile, row0, rows, lane, split, acc);
+        if (split != 0 && column_lane) {
+#pragma unroll
+            for (int r = 0; r < QTIER_DP4A_ROWS; ++r) {
+                partial[warp][r][lane >> 2] = acc[r];
+            }
+        }
+    }
+    __syncthreads();
+    if (live && split == 0 && column_lane) {
+#pragma unroll
+        for (int r = 0; r < QTIER_DP4A_ROWS; ++r) {
+            if (r < rows) {
+                int v = acc[r];
+#pragma unroll
+                for (int s = 1; s < QTIER_DP4A_SPLIT; ++s) {
+                    v += partial[warp + s][r][lane >> 2];
+                }
+                qtier_store(m, n, x_scales, w_scales, bias, residual, act, out, out_f16, acc_out, row0 + r,
+                            ntile * QTIER_NTILE + (lane >> 2), v);
+            }
         }
     }
 }

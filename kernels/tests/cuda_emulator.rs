@@ -137,11 +137,12 @@ fn activation_quantization_matches_the_cpu_bit_for_bit() {
     }
 }
 
-/// Shapes on which the default choice takes every GEMM kernel: m <= 8 takes dp4a; on sm_86 (80
+/// Shapes on which the default choice takes every GEMM kernel: m <= 8 takes dp4a, split over k
+/// but for 2 x 5200 on sm_75 (82 plain blocks, 2 per multiprocessor); on sm_86 (80
 /// multiprocessors) 300 x 4100 takes the 128 x 128 mma.m16n8k32 tile and the rest the 64 x 64
 /// one; on sm_75, mma.m8n8k16. Each shape also runs forced onto every kernel the device has.
-const GEMM_SHAPES: [(usize, usize, usize); 6] =
-    [(3, 77, 129), (9, 100, 33), (1, 5, 8), (17, 64, 250), (70, 130, 31), (300, 96, 4100)];
+const GEMM_SHAPES: [(usize, usize, usize); 7] =
+    [(3, 77, 129), (9, 100, 33), (1, 5, 8), (2, 40, 5200), (17, 64, 250), (70, 130, 31), (300, 96, 4100)];
 
 #[test]
 fn the_int8_linear_matches_the_cpu_layer_on_every_kernel() {

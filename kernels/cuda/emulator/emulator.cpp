@@ -678,6 +678,7 @@ const std::map<std::string, std::pair<Launcher, ParamsLauncher>>& launchers() {
         QTIER_EMU_KERNEL(qtier_mean_pool),
         QTIER_EMU_KERNEL(qtier_gemm_f32),
         QTIER_EMU_KERNEL(qtier_gemm_s8_dp4a),
+        QTIER_EMU_KERNEL(qtier_gemm_s8_dp4a_splitk),
         QTIER_EMU_KERNEL(qtier_gemm_s8_mma8816_64x64),
         QTIER_EMU_KERNEL(qtier_gemm_s8_mma16832_64x64),
         QTIER_EMU_KERNEL(qtier_gemm_s8_mma16832_128x128),

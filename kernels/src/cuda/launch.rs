@@ -18,8 +18,16 @@ pub const ELEMENTWISE_MAX_BLOCKS: u32 = 65_535;
 /// kernel, which streams the weights once at full width, while a tensor-core tile would be
 /// mostly padding (at 1-8 rows the GEMM is a weight stream, bound by memory bandwidth).
 pub const DP4A_ROWS: usize = 8;
-/// Warps per dp4a block (`QTIER_DP4A_WARPS`), each on its own 8-column tile.
+/// Warps per dp4a block (`QTIER_DP4A_WARPS`), each on its own 8-column tile (plain kernel) or
+/// [`DP4A_SPLIT`] of them on one (the k-split kernel).
 pub const DP4A_WARPS: usize = 8;
+/// Warps sharing one 8-column tile's k tiles in the k-split dp4a kernel (`QTIER_DP4A_SPLIT`).
+pub const DP4A_SPLIT: usize = 4;
+/// The k-split dp4a kernel is chosen when the plain one would give fewer blocks than this many
+/// per multiprocessor: a weight stream needs many loads in flight per multiprocessor to keep
+/// the memory busy, and a plain block is only 8 warps (a 4096-column layer is 64 blocks, fewer
+/// than an A10G's 80 multiprocessors).
+pub const DP4A_SPLIT_BELOW_BLOCKS_PER_SM: usize = 2;
 /// Query rows per attention block (`QTIER_ATT_WARPS`, one warp each).
 pub const ATTENTION_WARPS: u32 = 8;
 /// Longest sequence the fused attention kernel handles (`QTIER_ATT_MAX_SEQ`): BERT's 512.
@@ -55,12 +63,20 @@ pub enum GemmKernel {
     Mma8816,
     /// `dp4a`, [`DP4A_ROWS`] rows x 64 columns per block.
     Dp4a,
+    /// `dp4a` with k split over [`DP4A_SPLIT`] warps per column tile, [`DP4A_ROWS`] rows x 16
+    /// columns per block.
+    Dp4aSplitK,
 }
 
 impl GemmKernel {
     /// Every kernel, largest tile first.
-    pub const ALL: [GemmKernel; 4] =
-        [GemmKernel::Mma16832Large, GemmKernel::Mma16832Small, GemmKernel::Mma8816, GemmKernel::Dp4a];
+    pub const ALL: [GemmKernel; 5] = [
+        GemmKernel::Mma16832Large,
+        GemmKernel::Mma16832Small,
+        GemmKernel::Mma8816,
+        GemmKernel::Dp4a,
+        GemmKernel::Dp4aSplitK,
+    ];
 
     /// The entry point.
     pub fn function(self) -> KernelFn {
@@ -69,6 +85,7 @@ impl GemmKernel {
             GemmKernel::Mma16832Small => source::GEMM_MMA16832_64,
             GemmKernel::Mma8816 => source::GEMM_MMA8816_64,
             GemmKernel::Dp4a => source::GEMM_DP4A,
+            GemmKernel::Dp4aSplitK => source::GEMM_DP4A_SPLITK,
         }
     }
 
@@ -78,6 +95,7 @@ impl GemmKernel {
             GemmKernel::Mma16832Large => (128, 128),
             GemmKernel::Mma16832Small | GemmKernel::Mma8816 => (64, 64),
             GemmKernel::Dp4a => (DP4A_ROWS, DP4A_WARPS * NTILE),
+            GemmKernel::Dp4aSplitK => (DP4A_ROWS, DP4A_WARPS / DP4A_SPLIT * NTILE),
         }
     }
 
@@ -86,7 +104,7 @@ impl GemmKernel {
         match self {
             GemmKernel::Mma16832Large => 256,
             GemmKernel::Mma16832Small | GemmKernel::Mma8816 => 128,
-            GemmKernel::Dp4a => (DP4A_WARPS * 32) as u32,
+            GemmKernel::Dp4a | GemmKernel::Dp4aSplitK => (DP4A_WARPS * 32) as u32,
         }
     }
 
@@ -97,6 +115,7 @@ impl GemmKernel {
             GemmKernel::Mma16832Small => "mma.m16n8k32 64x64",
             GemmKernel::Mma8816 => "mma.m8n8k16 64x64",
             GemmKernel::Dp4a => "dp4a",
+            GemmKernel::Dp4aSplitK => "dp4a split-k",
         }
     }
 
@@ -105,7 +124,7 @@ impl GemmKernel {
     pub fn runs_on(self, arch: GpuArch) -> bool {
         match self {
             GemmKernel::Mma16832Large | GemmKernel::Mma16832Small => arch.has_mma_m16n8k32(),
-            GemmKernel::Mma8816 | GemmKernel::Dp4a => arch.is_supported(),
+            GemmKernel::Mma8816 | GemmKernel::Dp4a | GemmKernel::Dp4aSplitK => arch.is_supported(),
         }
     }
 
@@ -115,17 +134,25 @@ impl GemmKernel {
             GemmKernel::Mma16832Large | GemmKernel::Mma16832Small => {
                 "the mma.m16n8k32 GEMM kernels need sm_80 or newer (mma.m16n8k32 s8 and cp.async)"
             }
-            GemmKernel::Mma8816 | GemmKernel::Dp4a => "the int8 GEMM kernels need sm_75 or newer",
+            GemmKernel::Mma8816 | GemmKernel::Dp4a | GemmKernel::Dp4aSplitK => {
+                "the int8 GEMM kernels need sm_75 or newer"
+            }
         }
     }
 }
 
 /// The kernel for an `m x n` output on `arch` with `sm_count` multiprocessors: dp4a for at most
-/// [`DP4A_ROWS`] rows, else tensor cores; on sm_80+ the 128 x 128 tile when it still gives every
-/// multiprocessor a block, else the 64 x 64 tile (more, smaller blocks).
+/// [`DP4A_ROWS`] rows (split over k when the plain kernel gives fewer than
+/// [`DP4A_SPLIT_BELOW_BLOCKS_PER_SM`] blocks per multiprocessor), else tensor cores; on sm_80+
+/// the 128 x 128 tile when it still gives every multiprocessor a block, else the 64 x 64 tile
+/// (more, smaller blocks).
 pub fn select_gemm(arch: GpuArch, m: usize, n: usize, sm_count: usize) -> GemmKernel {
     if m <= DP4A_ROWS {
-        GemmKernel::Dp4a
+        if n.div_ceil(GemmKernel::Dp4a.block_tile().1) < DP4A_SPLIT_BELOW_BLOCKS_PER_SM * sm_count {
+            GemmKernel::Dp4aSplitK
+        } else {
+            GemmKernel::Dp4a
+        }
     } else if !arch.has_mma_m16n8k32() {
         GemmKernel::Mma8816
     } else if m.div_ceil(128) * n.div_ceil(128) >= sm_count {
@@ -232,7 +259,7 @@ mod tests {
 
     #[test]
     fn constants_match_the_kernel_sources() {
-        let checks: [(&str, &str, i64); 10] = [
+        let checks: [(&str, &str, i64); 11] = [
             (GEMM_F32.text, "QTIER_F32_TILE", F32_TILE as i64),
             (GEMM_F32.text, "QTIER_F32_THREADS", F32_THREADS.into()),
             (QUANT.text, "QTIER_ROW_THREADS", ROW_THREADS.into()),
@@ -243,6 +270,7 @@ mod tests {
             (ENCODER.text, "QTIER_ATT_MAX_HEAD_DIM", ATTENTION_MAX_HEAD_DIM as i64),
             (GEMM.text, "QTIER_DP4A_ROWS", DP4A_ROWS as i64),
             (GEMM.text, "QTIER_DP4A_WARPS", DP4A_WARPS as i64),
+            (GEMM.text, "QTIER_DP4A_SPLIT", DP4A_SPLIT as i64),
         ];
         for (text, name, value) in checks {
             assert_eq!(define_value(text, name), Some(value), "{name}");
@@ -253,13 +281,21 @@ mod tests {
         assert!(GEMM.text.contains("__launch_bounds__(128) qtier_gemm_s8_mma16832_64x64"));
         assert!(GEMM.text.contains("qtier_gemm_mma16832<64, 64, 2, 2>"));
         assert!(GEMM.text.contains("__launch_bounds__(128) qtier_gemm_s8_mma8816_64x64"));
+        assert!(GEMM.text.contains("__launch_bounds__(QTIER_DP4A_WARPS * 32) qtier_gemm_s8_dp4a("));
+        assert!(GEMM.text.contains("__launch_bounds__(QTIER_DP4A_WARPS * 32) qtier_gemm_s8_dp4a_splitk("));
     }
 
     #[test]
     fn gemm_selection() {
         let h200 = (GpuArch::SM90, 132);
-        assert_eq!(select_gemm(h200.0, 1, 4096, h200.1), GemmKernel::Dp4a);
-        assert_eq!(select_gemm(h200.0, 8, 4096, h200.1), GemmKernel::Dp4a);
+        // 4096 columns: 64 plain dp4a blocks, under 2 per multiprocessor on every GPU here.
+        assert_eq!(select_gemm(h200.0, 1, 4096, h200.1), GemmKernel::Dp4aSplitK);
+        assert_eq!(select_gemm(h200.0, 8, 4096, h200.1), GemmKernel::Dp4aSplitK);
+        assert_eq!(select_gemm(GpuArch::SM75, 1, 4096, 40), GemmKernel::Dp4aSplitK);
+        // 11008 columns: 172 blocks, enough for a T4's 40 and an A10G's 80, not an H200's 132.
+        assert_eq!(select_gemm(GpuArch::SM75, 1, 11008, 40), GemmKernel::Dp4a);
+        assert_eq!(select_gemm(GpuArch::SM86, 1, 11008, 80), GemmKernel::Dp4a);
+        assert_eq!(select_gemm(h200.0, 1, 11008, h200.1), GemmKernel::Dp4aSplitK);
         assert_eq!(select_gemm(h200.0, 16, 11008, h200.1), GemmKernel::Mma16832Small);
         assert_eq!(select_gemm(h200.0, 128, 4096, h200.1), GemmKernel::Mma16832Small);
         assert_eq!(select_gemm(h200.0, 2048, 4096, h200.1), GemmKernel::Mma16832Large);
@@ -299,8 +335,10 @@ mod tests {
                 assert_eq!(d.block.0, kernel.threads());
             }
         }
-        // The dp4a block is DP4A_WARPS warps of one 8-column tile each.
+        // The dp4a block is DP4A_WARPS warps of one 8-column tile each, or DP4A_SPLIT per tile.
         assert_eq!(GemmKernel::Dp4a.block_tile().1, DP4A_WARPS * NTILE);
+        assert_eq!(GemmKernel::Dp4aSplitK.block_tile().1 * DP4A_SPLIT, DP4A_WARPS * NTILE);
+        assert_eq!(DP4A_WARPS % DP4A_SPLIT, 0);
         assert!(gemm_dims(GemmKernel::Dp4a, 0, 8).is_err());
         assert!(gemm_dims(GemmKernel::Mma16832Small, 64 * 65_536, 8).is_err());
         assert_eq!(row_dims(384).unwrap().grid, (384, 1, 1));

@@ -52,6 +52,7 @@ kernel_fns! {
     GEMM_MMA16832_64 = GEMM: "qtier_gemm_s8_mma16832_64x64";
     GEMM_MMA8816_64 = GEMM: "qtier_gemm_s8_mma8816_64x64";
     GEMM_DP4A = GEMM: "qtier_gemm_s8_dp4a";
+    GEMM_DP4A_SPLITK = GEMM: "qtier_gemm_s8_dp4a_splitk";
     OUTLIER_EPILOGUE = GEMM: "qtier_outlier_epilogue";
     EMBEDDING_LAYERNORM = ENCODER: "qtier_embedding_layernorm";
     ATTENTION = ENCODER: "qtier_attention";
