@@ -153,6 +153,16 @@ impl Case {
     }
 }
 
+/// Largest `|found - expected| / max(1, |expected|)`; NaN if any output is NaN (`f32::max`
+/// would skip it), which the callers' `worst.is_nan() || worst > OUTPUT_TOLERANCE` fails.
+fn worst_relative_error(found: &[f32], expected: &[f32]) -> f32 {
+    found
+        .iter()
+        .zip(expected)
+        .map(|(g, c)| (g - c).abs() / c.abs().max(1.0))
+        .fold(0f32, |w, e| if w.is_nan() || e.is_nan() { f32::NAN } else { w.max(e) })
+}
+
 fn check(dev: &CudaDevice, c: &Case) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     let (m, k, n) = (c.m, c.k, c.n);
     let mut failures = Vec::new();
@@ -197,7 +207,7 @@ fn check(dev: &CudaDevice, c: &Case) -> Result<Vec<String>, Box<dyn std::error::
             .with_kernel(kernel);
         layer.forward(dev, &x_dev, m, Some(&res_dev), &mut out)?;
         let gpu_out = dev.download(&out)?;
-        let worst = gpu_out.iter().zip(&cpu_out).map(|(g, c)| (g - c).abs() / c.abs().max(1.0)).fold(0f32, f32::max);
+        let worst = worst_relative_error(&gpu_out, &cpu_out);
         if worst.is_nan() || worst > OUTPUT_TOLERANCE {
             failures.push(format!(
                 "{m}x{k}x{n} {kernel:?} fused output: worst relative error {worst:e} > {OUTPUT_TOLERANCE:e}"
@@ -258,7 +268,7 @@ fn check_outliers(dev: &CudaDevice, c: &Case) -> Result<Vec<String>, Box<dyn std
         let mut out = dev.zeros::<f32>(m * n)?;
         gpu.forward(dev, &x_dev, m, Some(&res_dev), &mut out)?;
         let found = dev.download(&out)?;
-        let worst = found.iter().zip(&expected).map(|(g, c)| (g - c).abs() / c.abs().max(1.0)).fold(0f32, f32::max);
+        let worst = worst_relative_error(&found, &expected);
         if worst.is_nan() || worst > OUTPUT_TOLERANCE {
             failures.push(format!(
                 "{m}x{k}x{n} decomposed output ({activation:?}): worst relative error {worst:e} > {OUTPUT_TOLERANCE:e}"

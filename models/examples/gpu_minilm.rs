@@ -72,10 +72,12 @@ fn emit(out: &mut Option<std::fs::File>, line: String) {
     }
 }
 
-/// (min, mean) cosine of paired embeddings.
+/// (min, mean) cosine of paired embeddings; the minimum is NaN when any cosine is (a NaN
+/// embedding), so that the threshold check fails (`f64::min` would skip it).
 fn cosines(reference: &[Vec<f32>], candidate: &[Vec<f32>]) -> (f64, f64) {
     let values: Vec<f64> = reference.iter().zip(candidate).map(|(a, b)| cosine(a, b)).collect();
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let min =
+        values.iter().copied().fold(f64::INFINITY, |m, v| if m.is_nan() || v.is_nan() { f64::NAN } else { m.min(v) });
     (min, values.iter().sum::<f64>() / values.len().max(1) as f64)
 }
 

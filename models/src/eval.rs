@@ -49,10 +49,26 @@ pub struct EvalReport {
 pub struct CosineSummary {
     /// Mean.
     pub mean: f64,
-    /// Minimum.
+    /// Minimum; NaN when any text's cosine is (a non-finite embedding).
     pub min: f64,
     /// 1st percentile (nearest rank).
     pub p1: f64,
+}
+
+impl CosineSummary {
+    /// The summary of per-text cosines (at least one). A NaN cosine (a non-finite embedding)
+    /// sorts first whatever its sign bit, so `min` is NaN, which the gates treat as a failure
+    /// (`total_cmp` alone sorts a positive NaN last, and `min` would be a real cosine).
+    pub fn of(per_text: &[f64]) -> CosineSummary {
+        let mut sorted = per_text.to_vec();
+        sorted.sort_by(|a, b| b.is_nan().cmp(&a.is_nan()).then(a.total_cmp(b)));
+        let p1_rank = ((sorted.len() as f64 * 0.01).ceil() as usize).clamp(1, sorted.len()) - 1;
+        CosineSummary {
+            mean: per_text.iter().sum::<f64>() / per_text.len() as f64,
+            min: sorted[0],
+            p1: sorted[p1_rank],
+        }
+    }
 }
 
 /// One quantized layer's output error.
@@ -99,14 +115,7 @@ pub fn evaluate(reference: &SentenceEncoder, candidate: &SentenceEncoder, texts:
     let candidate_embeddings = candidate.embed(texts)?;
     let per_text_cosine: Vec<f64> =
         reference_embeddings.iter().zip(&candidate_embeddings).map(|(a, b)| cosine(a, b)).collect();
-    let mut sorted = per_text_cosine.clone();
-    sorted.sort_by(f64::total_cmp);
-    let p1_rank = ((sorted.len() as f64 * 0.01).ceil() as usize).clamp(1, sorted.len()) - 1;
-    let cosine = CosineSummary {
-        mean: per_text_cosine.iter().sum::<f64>() / per_text_cosine.len() as f64,
-        min: sorted[0],
-        p1: sorted[p1_rank],
-    };
+    let cosine = CosineSummary::of(&per_text_cosine);
     let agree = nearest_neighbours(&reference_embeddings)
         .iter()
         .zip(nearest_neighbours(&candidate_embeddings))
@@ -165,4 +174,20 @@ fn layer_output_errors(
             LayerOutputError { sqnr_db: 10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10(), name }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nan_cosine_is_the_minimum_whatever_its_sign_bit() {
+        for nan in [f64::NAN, -f64::NAN] {
+            let summary = CosineSummary::of(&[0.999, nan, 0.998]);
+            assert!(summary.min.is_nan(), "{nan:?} sorted after real cosines");
+        }
+        let summary = CosineSummary::of(&[0.999, 0.97, 0.998]);
+        assert_eq!((summary.min, summary.p1), (0.97, 0.97));
+        assert!((summary.mean - 0.989).abs() < 1e-12);
+    }
 }

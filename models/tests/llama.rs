@@ -47,7 +47,11 @@ fn reference() -> Reference {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    // NaN if any difference is (`f32::max` would skip it), so `diff < tolerance` fails.
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, |m, d| if m.is_nan() || d.is_nan() { f32::NAN } else { m.max(d) })
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
