@@ -91,6 +91,9 @@ echo "libnvrtc from $nvrtc_dir" >&2
 
 steps="${QTIER_GPU_STEPS:-1234}"
 step() { case "$steps" in *"$1"*) return 0 ;; *) return 1 ;; esac; }
+# Each step's time limit in seconds, times QTIER_GPU_TIMEOUT_SCALE (an integer, default 1; the
+# limits are sized for a GPU: rehearsing steps 1 and 3 on the libcuda shim needs about 5).
+limit() { echo $(($1 * ${QTIER_GPU_TIMEOUT_SCALE:-1})); }
 
 # Temporary directories (the unpacked binaries, the model unzipped, the NVRTC cubin cache,
 # step 4's artifact) go when the script ends.
@@ -145,13 +148,13 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format
 
 status=0
 if step 1; then
-  timeout 180 "$bin" ${results:+--out "$results/qtier.jsonl"} "$@" || status=$?
+  timeout "$(limit 180)" "$bin" ${results:+--out "$results/qtier.jsonl"} "$@" || status=$?
   if [ "$status" -ne 0 ]; then
     echo "error: gpu_check exited with status $status" >&2
   fi
 fi
 if step 2; then
-  timeout 60 "$PYTHON" scripts/gpu/torch_int8_peer.py ${results:+--out "$results/torch.jsonl"} "$@" || {
+  timeout "$(limit 60)" "$PYTHON" scripts/gpu/torch_int8_peer.py ${results:+--out "$results/torch.jsonl"} "$@" || {
     echo "warning: the PyTorch peer failed (status $?); the qtier results stand alone" >&2
   }
 fi
@@ -179,7 +182,7 @@ elif step 3; then
     cargo build --release -p qtier-models --features cuda --example gpu_minilm >&2 || exit 1
   fi
   minilm_status=0
-  timeout 150 "$minilm_bin" --model "$minilm_model" \
+  timeout "$(limit 150)" "$minilm_bin" --model "$minilm_model" \
     ${QTIER_GPU_MINILM_ARTIFACT:+--artifact "$QTIER_GPU_MINILM_ARTIFACT"} \
     ${results:+--out "$results/minilm.jsonl"} "$@" || minilm_status=$?
   if [ "$minilm_status" -ne 0 ]; then
@@ -196,7 +199,7 @@ if step 4 && [ -f "$minilm_model/config.json" ]; then
     work="$scratch/step4"
     mkdir -p "$work"
     bench_dir="${results:-$work}"
-    if timeout 60 "$qtier_bin" quantize "$minilm_model" --output "$work/minilm-int8" --json >"$work/quantize.json"; then
+    if timeout "$(limit 60)" "$qtier_bin" quantize "$minilm_model" --output "$work/minilm-int8" --json >"$work/quantize.json"; then
       # QTIER_GPU_BENCH_FLAGS replaces the workload (e.g. a short one to rehearse this step on the
       # libcuda shim, where a 128-token forward takes seconds).
       read -r -a bench_flags <<<"${QTIER_GPU_BENCH_FLAGS:---batch 1,8 --seq 128 --min-seconds 5 --max-seconds 15}"
@@ -204,11 +207,11 @@ if step 4 && [ -f "$minilm_model/config.json" ]; then
         dir="$minilm_model"
         [ "$variant" = int8 ] && dir="$work/minilm-int8"
         bench_status=0
-        timeout 75 "$qtier_bin" bench model "$dir" --device cuda "${bench_flags[@]}" \
+        timeout "$(limit 75)" "$qtier_bin" bench model "$dir" --device cuda "${bench_flags[@]}" \
           --json >"$bench_dir/bench-minilm-$variant-gpu.json" || bench_status=$?
         if [ "$bench_status" -ne 0 ]; then
           reason="exit status $bench_status"
-          [ "$bench_status" -eq 124 ] && reason="timed out after 75 s"
+          [ "$bench_status" -eq 124 ] && reason="timed out after $(limit 75) s"
           echo "error: qtier bench model --device cuda ($variant) failed: $reason" >&2
           status=1
         fi
