@@ -174,15 +174,6 @@ fn check(dev: &CudaDevice, c: &Case) -> Result<Vec<String>, Box<dyn std::error::
     }
     let cpu = QuantizedLinear::new(&c.w, &c.scales, Some(&c.bias), n, k)?.with_activation(Activation::GeluErf);
     let cpu_acc = cpu.accumulate_i32(cpu.kernel(), &xq, m)?;
-    let gpu = CudaQuantizedLinear::new(dev, &c.w, &c.scales, Some(&c.bias), n, k)?.with_activation(Activation::GeluErf);
-    let kernels: Vec<GemmKernel> = GemmKernel::ALL.into_iter().filter(|k| k.runs_on(dev.arch())).collect();
-    for &kernel in &kernels {
-        let acc = gpu.accumulate_i32(dev, &xq, m, kernel)?;
-        let bad = acc.iter().zip(&cpu_acc).filter(|(a, b)| a != b).count();
-        if bad > 0 {
-            failures.push(format!("{m}x{k}x{n} {kernel:?}: {bad} of {} accumulators differ", acc.len()));
-        }
-    }
     // Activation quantization on the device.
     let x_dev = dev.upload(&c.x)?;
     let mut qa = QuantizedActivations::new(dev, m, k)?;
@@ -195,16 +186,21 @@ fn check(dev: &CudaDevice, c: &Case) -> Result<Vec<String>, Box<dyn std::error::
     if q_bad + s_bad > 0 {
         failures.push(format!("{m}x{k}x{n} quantization: {q_bad} values and {s_bad} scales differ from the CPU"));
     }
-    // Fused outputs with a residual.
+    // Per kernel the GPU runs: the exact accumulators, and the fused outputs with a residual.
     let residual: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32 * 0.25).collect();
     let mut cpu_out = vec![0f32; m * n];
     cpu.forward_into(&c.x, m, &mut cpu_out, Some(&residual))?;
     let res_dev = dev.upload(&residual)?;
     let mut out = dev.zeros::<f32>(m * n)?;
-    for kernel in kernels {
+    for kernel in GemmKernel::ALL.into_iter().filter(|k| k.runs_on(dev.arch())) {
         let layer = CudaQuantizedLinear::new(dev, &c.w, &c.scales, Some(&c.bias), n, k)?
             .with_activation(Activation::GeluErf)
             .with_kernel(kernel);
+        let acc = layer.accumulate_i32(dev, &xq, m, kernel)?;
+        let bad = acc.iter().zip(&cpu_acc).filter(|(a, b)| a != b).count();
+        if bad > 0 {
+            failures.push(format!("{m}x{k}x{n} {kernel:?}: {bad} of {} accumulators differ", acc.len()));
+        }
         layer.forward(dev, &x_dev, m, Some(&res_dev), &mut out)?;
         let gpu_out = dev.download(&out)?;
         let worst = worst_relative_error(&gpu_out, &cpu_out);

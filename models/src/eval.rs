@@ -69,6 +69,11 @@ impl CosineSummary {
             p1: sorted[p1_rank],
         }
     }
+
+    /// Whether the minimum is below `bar`; a NaN minimum (a non-finite embedding) is.
+    pub fn min_below(&self, bar: f64) -> bool {
+        self.min.is_nan() || self.min < bar
+    }
 }
 
 /// One quantized layer's output error.
@@ -185,9 +190,11 @@ mod tests {
         for nan in [f64::NAN, -f64::NAN] {
             let summary = CosineSummary::of(&[0.999, nan, 0.998]);
             assert!(summary.min.is_nan(), "{nan:?} sorted after real cosines");
+            assert!(summary.min_below(-1.0), "a NaN minimum passes a bar");
         }
         let summary = CosineSummary::of(&[0.999, 0.97, 0.998]);
         assert_eq!((summary.min, summary.p1), (0.97, 0.97));
+        assert!(summary.min_below(0.971) && !summary.min_below(0.97));
         assert!((summary.mean - 0.989).abs() < 1e-12);
     }
 }

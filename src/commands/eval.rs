@@ -39,9 +39,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     } else {
         print_summary(&report);
     }
-    // A NaN minimum (a non-finite embedding) fails too.
     if let Some(min) = args.min_cosine
-        && (report.cosine.min.is_nan() || report.cosine.min < min)
+        && report.cosine.min_below(min)
     {
         bail!("minimum embedding cosine {:.6} is below --min-cosine {min}", report.cosine.min);
     }

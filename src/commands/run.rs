@@ -181,8 +181,7 @@ pub fn run_flow(
 
     status("eval");
     let eval = run_eval(model, &artifact, &reports)?;
-    // A NaN minimum (a non-finite embedding) fails too.
-    if eval.cosine.min.is_nan() || eval.cosine.min < flow.min_cosine {
+    if eval.cosine.min_below(flow.min_cosine) {
         let failure = format!("eval: minimum embedding cosine {:.6} is below {}", eval.cosine.min, flow.min_cosine);
         gate(&failure, flow)?;
     }

@@ -319,7 +319,7 @@ impl CudaQuantizedLinear {
 
     /// The kernel a call with `m` rows runs on `dev`.
     pub fn kernel_for(&self, dev: &CudaDevice, m: usize) -> GemmKernel {
-        self.kernel.unwrap_or_else(|| launch::select_gemm(dev.arch(), m, self.n, dev.sm_count()))
+        ShallowLinear { layer: self, kernel: self.kernel }.kernel_for(dev, m)
     }
 
     /// `out[..m * n] = layer(x)` for `m` rows of `x` (`m x k`), plus `residual` (`m x n`) after
@@ -486,6 +486,11 @@ struct ShallowLinear<'a> {
 }
 
 impl ShallowLinear<'_> {
+    /// The forced kernel, else [`launch::select_gemm`]'s for `m` rows on `dev`.
+    fn kernel_for(&self, dev: &CudaDevice, m: usize) -> GemmKernel {
+        self.kernel.unwrap_or_else(|| launch::select_gemm(dev.arch(), m, self.layer.n, dev.sm_count()))
+    }
+
     /// The GEMM with `activation` and `residual` in its epilogue (the layer's bias always).
     fn run(
         &self,
@@ -526,7 +531,7 @@ impl ShallowLinear<'_> {
                 (null, null, o.arg())
             }
         };
-        let kernel = self.kernel.unwrap_or_else(|| launch::select_gemm(dev.arch(), m, l.n, dev.sm_count()));
+        let kernel = self.kernel_for(dev, m);
         if !kernel.runs_on(dev.arch()) {
             return Err(CudaError::UnsupportedArch { arch: dev.arch(), reason: kernel.requirement() });
         }
