@@ -115,6 +115,9 @@ fn kernel_bench_reports_the_issue_fields() {
     assert!((median_us * 1e3 + clock_ns - sample_median).abs() < 1e-6 * sample_median, "{median_us} us, {clock_ns} ns");
 }
 
+/// Fresh old/new pairs the injected-regression test may measure before it fails.
+const REGRESSION_PAIR_ATTEMPTS: usize = 3;
+
 /// Runs `qtier bench model` on a small workload and returns the report's path.
 fn bench_report(model: &std::path::Path, out: &std::path::Path, slowdown: Option<&str>) -> std::path::PathBuf {
     let mut command = qtier();
@@ -136,15 +139,30 @@ fn compare_flags_an_injected_20_percent_regression_with_status_3() {
     let dir = tempfile::tempdir().unwrap();
     let int8 = dir.path().join("int8");
     run_ok(&["quantize", arg(test_model()), "-o", arg(&int8)]);
-    let old = bench_report(&int8, &dir.path().join("old.json"), None);
-    let new = bench_report(&int8, &dir.path().join("new.json"), Some("0.2"));
+    let (old, new) = (dir.path().join("old.json"), dir.path().join("new.json"));
+    // Up to 3 fresh pairs: this shared machine sometimes switches between speed regimes that
+    // differ by more than 20%, and a switch between the two runs of a pair hides the slowdown (seen
+    // once in CI: the slowed run measured 1.9% faster). A gate that cannot flag it fails all 3.
+    let mut missed = Vec::new();
+    let detected = (0..REGRESSION_PAIR_ATTEMPTS).any(|_| {
+        bench_report(&int8, &old, None);
+        bench_report(&int8, &new, Some("0.2"));
+        let flagged = run(&["compare", arg(&old), arg(&new), "--max-regression", "5%", "--markdown"]);
+        let stdout = String::from_utf8_lossy(&flagged.stdout);
+        if flagged.status.code() != Some(3) {
+            missed.push(format!(
+                "status {:?}\n{stdout}{}",
+                flagged.status.code(),
+                String::from_utf8_lossy(&flagged.stderr)
+            ));
+            return false;
+        }
+        assert!(stdout.contains("**regression**") && stdout.contains("| b1xs16 |"), "{stdout}");
+        true
+    });
+    assert!(detected, "no pair flagged the slowdown:\n{}", missed.join("\n"));
     let slow: Value = serde_json::from_slice(&std::fs::read(&new).unwrap()).unwrap();
     assert_eq!(slow["injected_slowdown"], 0.2, "the knob is recorded in the report");
-
-    let flagged = run(&["compare", arg(&old), arg(&new), "--max-regression", "5%", "--markdown"]);
-    let stdout = String::from_utf8_lossy(&flagged.stdout);
-    assert_eq!(flagged.status.code(), Some(3), "{stdout}\n{}", String::from_utf8_lossy(&flagged.stderr));
-    assert!(stdout.contains("**regression**") && stdout.contains("| b1xs16 |"), "{stdout}");
 
     // A report compared with itself is never a regression, and the reverse direction is an
     // improvement, not a failure.
@@ -169,6 +187,9 @@ fn compare_flags_an_injected_20_percent_regression_with_status_3() {
         "0.3",
         "--baseline",
         arg(&new),
+        // Wide: this run is compared with the slowed one, across any regime switch since.
+        "--max-regression",
+        "50%",
     ]);
     assert!(baseline.status.success(), "{}", String::from_utf8_lossy(&baseline.stderr));
 }
