@@ -7,6 +7,7 @@
 //! Re-publishing the same content is idempotent: files already in place with the same sha256 are
 //! skipped, and an interrupted publish resumes.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -91,6 +92,9 @@ pub enum FileOutcome {
     UploadedVerifiedByReadBack,
     /// Copied into a local store while hashing.
     Copied,
+    /// The version `latest` pointed at holds the same bytes: copied within the store (a
+    /// server-side copy on S3, a hard link locally), checked like an upload.
+    Reused,
 }
 
 /// The result of a publish.
@@ -112,8 +116,14 @@ pub struct PublishOutcome {
     pub files: Vec<(String, FileOutcome)>,
     /// Bytes of all the artifact's files.
     pub total_bytes: u64,
-    /// Bytes uploaded (skipped files not counted).
+    /// Bytes uploaded (skipped and reused files not counted).
     pub uploaded_bytes: u64,
+    /// Bytes copied within the store from the version `latest` pointed at.
+    pub reused_bytes: u64,
+    /// The version whose files were offered for reuse (the one `latest` pointed at), if any.
+    pub reused_from: Option<String>,
+    /// Files that version holds which could not be reused, and why (they were uploaded).
+    pub not_reused: Vec<String>,
     /// The version was already complete with this content.
     pub already_published: bool,
     /// Gates overridden with `--force`, with the reason.
@@ -256,6 +266,9 @@ pub async fn publish(
         files: Vec::new(),
         total_bytes: artifact.total_bytes(),
         uploaded_bytes: 0,
+        reused_bytes: 0,
+        reused_from: None,
+        not_reused: Vec::new(),
         already_published: false,
         forced: manifest.forced.clone(),
     };
@@ -286,12 +299,30 @@ pub async fn publish(
     // Whether written now or found from an earlier run: the claim must be for this content.
     check_claim(store, &claim_key, manifest).await?;
 
+    let previous = previous_version(store, &latest_key, manifest).await;
+    outcome.reused_from = previous.as_ref().map(|p| p.version.clone());
     for file in &artifact.files {
         let file_key = key(&file.entry.path);
         if store.holds(&file_key, &file.entry).await? {
             progress.advance(file.entry.size);
             outcome.files.push((file.entry.path.clone(), FileOutcome::Skipped));
             continue;
+        }
+        if let Some(from) = previous.as_ref().and_then(|p| p.key_of(&file.entry)) {
+            match store.copy_within(&from, &file_key, &file.entry).await {
+                Ok(Some(_)) => {
+                    progress.advance(file.entry.size);
+                    outcome.reused_bytes += file.entry.size;
+                    outcome.files.push((file.entry.path.clone(), FileOutcome::Reused));
+                    continue;
+                }
+                Ok(None) => outcome.not_reused.push(format!(
+                    "{}: not copied from {} (it no longer holds those bytes, or is over the store's copy limit)",
+                    file.entry.path,
+                    store.describe(&from)
+                )),
+                Err(error) => outcome.not_reused.push(format!("{}: {error}", file.entry.path)),
+            }
         }
         let verification = store.upload_file(&file_key, &file.source, &file.entry, progress.clone()).await?;
         outcome.uploaded_bytes += file.entry.size;
@@ -300,7 +331,7 @@ pub async fn publish(
             match verification {
                 Verification::StoreChecksum => FileOutcome::UploadedVerifiedByStore,
                 Verification::ReadBack => FileOutcome::UploadedVerifiedByReadBack,
-                Verification::LocalCopy => FileOutcome::Copied,
+                Verification::LocalCopy | Verification::LocalLink => FileOutcome::Copied,
             },
         ));
     }
@@ -326,6 +357,37 @@ pub async fn publish(
     }
     write_latest(store, &latest_key, &manifest.version).await?;
     Ok(outcome)
+}
+
+/// The files of the version a model's `latest` pointer names, offered for reuse by a publish of
+/// another version: each is copied within the store instead of uploaded when its bytes are the
+/// same (weights seldom change between versions; reports do).
+struct PreviousVersion {
+    /// Its name.
+    version: String,
+    /// Its files' keys by size and SHA-256.
+    keys: HashMap<(u64, String), String>,
+}
+
+impl PreviousVersion {
+    /// The key of a file of this version with `entry`'s size and SHA-256.
+    fn key_of(&self, entry: &FileEntry) -> Option<String> {
+        self.keys.get(&(entry.size, entry.sha256.clone())).cloned()
+    }
+}
+
+/// The version `latest` points at, when it is another complete version (its manifest read). Any
+/// problem reading it only means nothing is reused.
+async fn previous_version(store: &Store, latest_key: &str, manifest: &Manifest) -> Option<PreviousVersion> {
+    let pointer = store.read_document(latest_key).await.ok()??;
+    let version = String::from_utf8(pointer).ok()?.trim_end().to_owned();
+    if version == manifest.version || check_name("version", &version).is_err() {
+        return None;
+    }
+    let version_key = format!("{}/{version}", manifest.model_name);
+    let previous = read_manifest(store, &format!("{version_key}/{MANIFEST_FILE}")).await.ok()??;
+    let keys = previous.files.into_iter().map(|f| ((f.size, f.sha256), format!("{version_key}/{}", f.path))).collect();
+    Some(PreviousVersion { version, keys })
 }
 
 /// Reads and parses the manifest at `key`, if any.

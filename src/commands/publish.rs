@@ -216,15 +216,27 @@ pub fn print_publish(outcome: &PublishOutcome) {
             uploaded.push(format!("{n} {words}"));
         }
     }
+    let reused = match (&outcome.reused_from, count(FileOutcome::Reused)) {
+        (Some(version), n) if n > 0 => {
+            format!(
+                ", {n} reused from version {version} ({:.1} MB copied in the store)",
+                outcome.reused_bytes as f64 / 1e6
+            )
+        }
+        _ => String::new(),
+    };
     outln!(
-        "  {} files, {:.1} MB: {} uploaded ({:.1} MB{}), {} already in place",
+        "  {} files, {:.1} MB: {} uploaded ({:.1} MB{}){reused}, {} already in place",
         outcome.files.len(),
         outcome.total_bytes as f64 / 1e6,
-        outcome.files.len() - count(FileOutcome::Skipped),
+        outcome.files.len() - count(FileOutcome::Skipped) - count(FileOutcome::Reused),
         outcome.uploaded_bytes as f64 / 1e6,
         if uploaded.is_empty() { String::new() } else { format!("; {}", uploaded.join(", ")) },
         count(FileOutcome::Skipped),
     );
+    for reason in &outcome.not_reused {
+        outln!("  uploaded instead of reused: {reason}");
+    }
     outln!("  manifest: {}", outcome.manifest_location);
     outln!("  latest:   {} -> {}", outcome.latest_location, outcome.version);
     if let Some(forced) = &outcome.forced {

@@ -270,6 +270,64 @@ fn an_interrupted_publish_resumes_without_uploading_twice() {
 }
 
 #[test]
+fn a_new_version_copies_unchanged_files_within_the_store_but_never_bad_bytes() {
+    for destination in Destination::both() {
+        let artifact = artifact();
+        let name = destination.name();
+        let first = publish(&destination, &artifact.dir, "p", &[]);
+        let first_version = first["version"].as_str().unwrap();
+        let outcomes = |outcome: &serde_json::Value| -> std::collections::BTreeMap<String, String> {
+            let files = outcome["files"].as_array().unwrap().iter();
+            files.map(|f| (f[0].as_str().unwrap().to_owned(), f[1].as_str().unwrap().to_owned())).collect()
+        };
+
+        // The same bytes as a new version (new reports over the same weights are the usual case):
+        // every file is copied within the store from the version `latest` named; nothing is sent.
+        let second = publish(&destination, &artifact.dir, "p", &["--version", "second"]);
+        assert_eq!(second["reused_from"], first_version, "{name}");
+        assert_eq!(second["uploaded_bytes"], 0, "{name}");
+        assert_eq!(second["reused_bytes"], second["total_bytes"], "{name}");
+        assert!(outcomes(&second).values().all(|o| o == "reused"), "{name}: {second}");
+        assert_eq!(second["not_reused"], serde_json::json!([]), "{name}");
+        let scratch = tempfile::tempdir().unwrap();
+        let target = scratch.path().join("second");
+        succeeded(destination.qtier(&["pull", &destination.uri("p/minilm-w8a8/second"), arg(&target)]));
+        assert_eq!(assert_pulled_exactly(&target)["version"], "second");
+        let weights = |version: &str| destination.object_path(&format!("p/minilm-w8a8/{version}/model.safetensors"));
+        if let Destination::Local(_) = destination {
+            use std::os::unix::fs::MetadataExt;
+            let inode = |version: &str| std::fs::metadata(weights(version)).unwrap().ino();
+            assert_eq!(inode("second"), inode(first_version), "the local store links, not copies");
+        }
+
+        // The weights `latest` holds rot in place (same size, same recorded sha256): they are
+        // not copied, the upload replaces them, and the new version is exact.
+        let rotten = std::fs::OpenOptions::new().write(true).open(weights("second")).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&rotten, b"rot", 4096).unwrap();
+        drop(rotten);
+        let third = publish(&destination, &artifact.dir, "p", &["--version", "third"]);
+        assert_eq!(third["reused_from"], "second", "{name}");
+        let third_outcomes = outcomes(&third);
+        assert!(
+            third_outcomes["model.safetensors"].starts_with("uploaded")
+                || third_outcomes["model.safetensors"] == "copied"
+        );
+        assert!(third_outcomes.iter().all(|(path, o)| path == "model.safetensors" || o == "reused"), "{third}");
+        let weights_size = std::fs::metadata(artifact.dir.join("model.safetensors")).unwrap().len();
+        assert_eq!(third["uploaded_bytes"], weights_size, "{name}");
+        let not_reused = third["not_reused"].as_array().unwrap();
+        assert_eq!(not_reused.len(), 1, "{name}: {third}");
+        assert!(not_reused[0].as_str().unwrap().starts_with("model.safetensors: "), "{name}: {third}");
+        let target = scratch.path().join("third");
+        succeeded(destination.qtier(&["pull", &destination.uri("p/minilm-w8a8/third"), arg(&target)]));
+        assert_pulled_exactly(&target);
+        if let Destination::S3(server) = &destination {
+            assert!(server.incomplete_uploads().is_empty());
+        }
+    }
+}
+
+#[test]
 fn broken_connections_are_retried_and_leave_no_partial_upload() {
     let server = S3Server::start();
     // Three connections cut after 1 MiB of request bytes each: inside a 5 MiB part.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::{PutOutcome, TransferProgress, Verification};
+use super::{NoProgress, PutOutcome, TransferProgress, Verification};
 use crate::error::{PublishError, Result};
 use crate::manifest::{FileEntry, hash_file, hex};
 
@@ -156,6 +156,42 @@ impl LocalStore {
         .await
     }
 
+    /// See [`super::Store::copy_within`]: hashes `from`, then hard-links it into place, so both
+    /// keys share one file (objects in a store are replaced by renaming, never changed in place);
+    /// where the file system cannot link, copies it while hashing.
+    pub async fn copy_within(&self, from: &str, to: &str, entry: &FileEntry) -> Result<Option<Verification>> {
+        let (source, target) = (self.path(from), self.path(to));
+        let expected = entry.clone();
+        let source_for_link = source.clone();
+        let linked = blocking(move || {
+            let source = source_for_link;
+            match std::fs::metadata(&source) {
+                Ok(meta) if meta.is_file() && meta.len() == expected.size => {}
+                Ok(_) => return Ok(Link::NotHeld),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Link::NotHeld),
+                Err(error) => return Err(PublishError::io(&source, error)),
+            }
+            if hash_file(&source)?.1 != expected.sha256 {
+                return Ok(Link::NotHeld);
+            }
+            let staging = staging_path(&target)?;
+            if std::fs::hard_link(&source, &staging).is_err() {
+                return Ok(Link::Unsupported);
+            }
+            std::fs::rename(&staging, &target).map_err(|e| {
+                let _ = std::fs::remove_file(&staging);
+                PublishError::io(&target, e)
+            })?;
+            Ok(Link::Linked)
+        })
+        .await?;
+        match linked {
+            Link::NotHeld => Ok(None),
+            Link::Linked => Ok(Some(Verification::LocalLink)),
+            Link::Unsupported => self.upload_file(to, &source, entry, Arc::new(NoProgress)).await.map(Some),
+        }
+    }
+
     /// See [`super::Store::download_file`].
     pub async fn download_file(
         &self,
@@ -176,14 +212,30 @@ impl LocalStore {
     }
 }
 
-/// Creates `target`'s directory, writes a uniquely named temporary file beside `target` with
-/// `fill` (given the file and its path), flushes it to disk and returns its path. The file is
-/// removed when `fill` fails.
-fn write_staging(target: &Path, fill: impl FnOnce(&mut File, &Path) -> Result<()>) -> Result<PathBuf> {
+/// What [`LocalStore::copy_within`] managed.
+enum Link {
+    /// The source is not the file the entry describes.
+    NotHeld,
+    /// Linked into place.
+    Linked,
+    /// The file system refused the link.
+    Unsupported,
+}
+
+/// Creates `target`'s directory and returns a temporary name beside `target`, unique to this
+/// process and call (so concurrent writes of one key never share one); [`LocalStore::list`]
+/// skips such names.
+fn staging_path(target: &Path) -> Result<PathBuf> {
     let dir = target.parent().expect("store keys have a parent directory");
     std::fs::create_dir_all(dir).map_err(|e| PublishError::io(dir, e))?;
     let name = target.file_name().expect("store keys name a file").to_string_lossy();
-    let staging = dir.join(format!(".{name}.qtier-partial-{}-{}", std::process::id(), unique_suffix()));
+    Ok(dir.join(format!(".{name}.qtier-partial-{}-{}", std::process::id(), unique_suffix())))
+}
+
+/// Writes a temporary file beside `target` (see [`staging_path`]) with `fill` (given the file and
+/// its path), flushes it to disk and returns its path. The file is removed when `fill` fails.
+fn write_staging(target: &Path, fill: impl FnOnce(&mut File, &Path) -> Result<()>) -> Result<PathBuf> {
+    let staging = staging_path(target)?;
     let mut file = File::create_new(&staging).map_err(|e| PublishError::io(&staging, e))?;
     let written = fill(&mut file, &staging).and_then(|()| file.sync_all().map_err(|e| PublishError::io(&staging, e)));
     if let Err(error) = written {
@@ -193,8 +245,7 @@ fn write_staging(target: &Path, fill: impl FnOnce(&mut File, &Path) -> Result<()
     Ok(staging)
 }
 
-/// A number unique within this process, so concurrent writes of one key never share a temporary
-/// file.
+/// A number unique within this process.
 fn unique_suffix() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)

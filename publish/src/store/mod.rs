@@ -53,6 +53,8 @@ pub enum Verification {
     ReadBack,
     /// Written locally while hashing, then flushed.
     LocalCopy,
+    /// Hard-linked to a local object hashed just before.
+    LocalLink,
 }
 
 /// A store, chosen by the location's scheme.
@@ -134,6 +136,17 @@ impl Store {
         match self {
             Store::Local(store) => store.upload_file(key, source, entry, progress).await,
             Store::S3(store) => store.upload_file(key, source, entry, progress).await,
+        }
+    }
+
+    /// Makes `to` hold the object at `from` without sending its bytes from this machine (a
+    /// server-side copy on S3, a hard link in a local directory), when `from` holds exactly the
+    /// file `entry` describes, and checks the result like an upload. `None` when `from` does not
+    /// hold it, or the store cannot copy it (S3 objects over 5 GiB): the caller uploads instead.
+    pub async fn copy_within(&self, from: &str, to: &str, entry: &FileEntry) -> Result<Option<Verification>> {
+        match self {
+            Store::Local(store) => store.copy_within(from, to, entry).await,
+            Store::S3(store) => store.copy_within(from, to, entry).await,
         }
     }
 

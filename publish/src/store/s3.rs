@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, MetadataDirective};
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 use sha2::{Digest, Sha256};
@@ -30,6 +30,10 @@ const MIN_PART_BYTES: u64 = 5 << 20;
 
 /// S3's largest part count.
 const MAX_PARTS: u64 = 10_000;
+
+/// The largest object one `CopyObject` copies (S3's limit; larger ones take a multipart copy,
+/// which qtier does not do: such files are uploaded instead).
+const MAX_COPY_OBJECT_BYTES: u64 = 5 << 30;
 
 /// Attempts for a download whose body stream broke off (the SDK retries requests, not bodies
 /// already streaming).
@@ -267,17 +271,72 @@ impl S3Store {
         if verified_by_store {
             return Ok(Verification::StoreChecksum);
         }
+        let verified = self.read_back(key, entry).await.map(|()| Verification::ReadBack);
+        self.remove_unless_verified(key, verified).await
+    }
+
+    /// Reads `key` back and checks it is the file `entry` describes.
+    async fn read_back(&self, key: &str, entry: &FileEntry) -> Result<()> {
         let (size, sha256) = self.stream_object(key, None, Arc::new(super::NoProgress)).await?;
         if size != entry.size || sha256 != entry.sha256 {
             return Err(PublishError::Verification {
                 location: self.describe(key),
                 reason: format!(
-                    "read back {size} bytes sha256 {sha256}, uploaded {} bytes sha256 {}",
+                    "read back {size} bytes sha256 {sha256}, expected {} bytes sha256 {}",
                     entry.size, entry.sha256
                 ),
             });
         }
-        Ok(Verification::ReadBack)
+        Ok(())
+    }
+
+    /// See [`super::Store::copy_within`]: a server-side `CopyObject` (no bytes through this
+    /// machine) keeping the source's metadata, its SHA-256 among it. S3 computes the copy's
+    /// SHA-256, which must match; a store that does not report one has the copy read back and
+    /// hashed.
+    pub async fn copy_within(&self, from: &str, to: &str, entry: &FileEntry) -> Result<Option<Verification>> {
+        if entry.size > MAX_COPY_OBJECT_BYTES || !self.holds(from, entry).await? {
+            return Ok(None);
+        }
+        let Some(digest) = digest_from_hex(&entry.sha256) else {
+            return Ok(None);
+        };
+        let output = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(to))
+            .copy_source(copy_source(&self.bucket, &self.object_key(from)))
+            .metadata_directive(MetadataDirective::Copy)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .send()
+            .await
+            .map_err(|e| self.error("copy", to, &e))?;
+        // A checksum of parts (`<base64>-<count>`) says nothing about the whole object's SHA-256.
+        let echoed = output.copy_object_result().and_then(|r| r.checksum_sha256()).filter(|c| !c.contains('-'));
+        let verified = match self.confirm_checksum(to, echoed, &base64(&digest)) {
+            Ok(true) => Ok(Verification::StoreChecksum),
+            Ok(false) => self.read_back(to, entry).await.map(|()| Verification::ReadBack),
+            Err(error) => Err(error),
+        };
+        self.remove_unless_verified(to, verified).await.map(Some)
+    }
+
+    /// Passes `verified` through; on a failed check removes `key` first, so that an object
+    /// carrying the right SHA-256 in its metadata but other bytes is never left to be skipped by
+    /// a later publish as already in place.
+    async fn remove_unless_verified(&self, key: &str, verified: Result<Verification>) -> Result<Verification> {
+        let Err(error) = verified else { return verified };
+        if let Err(removal) = self.client.delete_object().bucket(&self.bucket).key(self.object_key(key)).send().await {
+            return Err(PublishError::Verification {
+                location: self.describe(key),
+                reason: format!(
+                    "{error}; removing the object failed too ({}): delete it by hand",
+                    sdk_message(&removal)
+                ),
+            });
+        }
+        Err(error)
     }
 
     /// One `PutObject`; returns whether the store confirmed the SHA-256.
@@ -643,6 +702,32 @@ fn cause_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// `CopyObject`'s source, `bucket/key`, with every byte of the key percent-encoded except
+/// unreserved characters and `/` (the header is URL-encoded).
+fn copy_source(bucket: &str, object_key: &str) -> String {
+    let mut source = format!("{bucket}/");
+    for byte in object_key.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b'/') {
+            source.push(char::from(byte));
+        } else {
+            source.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    source
+}
+
+/// The 32 bytes of a SHA-256 in hex, or `None` when `text` is not one.
+fn digest_from_hex(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (byte, pair) in digest.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(digest)
+}
+
 /// Standard base64 (S3's checksum headers).
 fn base64(bytes: &[u8]) -> String {
     aws_smithy_types::base64::encode(bytes)
@@ -664,6 +749,22 @@ mod tests {
         let size = part_size_for(huge, 16 << 20);
         assert!(huge.div_ceil(size) <= MAX_PARTS);
         assert_eq!(size % (1 << 20), 0);
+    }
+
+    #[test]
+    fn copy_sources_are_url_encoded_except_slashes() {
+        assert_eq!(copy_source("models", "p/m/v1/model.safetensors"), "models/p/m/v1/model.safetensors");
+        assert_eq!(copy_source("b", "a b/é+%.json"), "b/a%20b/%C3%A9%2B%25.json");
+    }
+
+    #[test]
+    fn hex_digests_round_trip_and_reject_what_is_not_one() {
+        let digest: [u8; 32] = Sha256::digest(b"qtier").into();
+        assert_eq!(digest_from_hex(&hex(&digest)), Some(digest));
+        assert_eq!(digest_from_hex(&hex(&digest)[..62]), None);
+        assert_eq!(digest_from_hex(&"g".repeat(64)), None);
+        assert_eq!(digest_from_hex(&"+f".repeat(32)), None, "from_str_radix alone takes a sign");
+        assert_eq!(digest_from_hex(&"é".repeat(32)), None);
     }
 
     #[test]
