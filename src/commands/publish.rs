@@ -219,7 +219,7 @@ pub fn print_publish(outcome: &PublishOutcome) {
     let reused = match (&outcome.reused_from, count(FileOutcome::Reused)) {
         (Some(version), n) if n > 0 => {
             format!(
-                ", {n} reused from version {version} ({:.1} MB copied in the store)",
+                ", {n} reused from version {version} ({:.1} MB not sent: copied within the store)",
                 outcome.reused_bytes as f64 / 1e6
             )
         }
