@@ -310,13 +310,13 @@ pub async fn publish(
         }
         if let Some(from) = previous.as_ref().and_then(|p| p.key_of(&file.entry)) {
             match store.copy_within(&from, &file_key, &file.entry).await {
-                Ok(Some(_)) => {
+                Ok(true) => {
                     progress.advance(file.entry.size);
                     outcome.reused_bytes += file.entry.size;
                     outcome.files.push((file.entry.path.clone(), FileOutcome::Reused));
                     continue;
                 }
-                Ok(None) => outcome.not_reused.push(format!(
+                Ok(false) => outcome.not_reused.push(format!(
                     "{}: not copied from {} (it no longer holds those bytes, or is over the store's copy limit)",
                     file.entry.path,
                     store.describe(&from)
@@ -331,7 +331,7 @@ pub async fn publish(
             match verification {
                 Verification::StoreChecksum => FileOutcome::UploadedVerifiedByStore,
                 Verification::ReadBack => FileOutcome::UploadedVerifiedByReadBack,
-                Verification::LocalCopy | Verification::LocalLink => FileOutcome::Copied,
+                Verification::LocalCopy => FileOutcome::Copied,
             },
         ));
     }

@@ -108,16 +108,7 @@ impl LocalStore {
     pub async fn holds(&self, key: &str, entry: &FileEntry) -> Result<bool> {
         let path = self.path(key);
         let entry = entry.clone();
-        blocking(move || {
-            match std::fs::metadata(&path) {
-                Ok(meta) if meta.is_file() && meta.len() == entry.size => {}
-                Ok(_) => return Ok(false),
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-                Err(error) => return Err(PublishError::io(&path, error)),
-            }
-            Ok(hash_file(&path)?.1 == entry.sha256)
-        })
-        .await
+        blocking(move || file_holds(&path, &entry)).await
     }
 
     /// See [`super::Store::upload_file`]: copies while hashing into a temporary file beside the
@@ -156,26 +147,19 @@ impl LocalStore {
         .await
     }
 
-    /// See [`super::Store::copy_within`]: hashes `from`, then hard-links it into place, so both
-    /// keys share one file (objects in a store are replaced by renaming, never changed in place);
-    /// where the file system cannot link, copies it while hashing.
-    pub async fn copy_within(&self, from: &str, to: &str, entry: &FileEntry) -> Result<Option<Verification>> {
+    /// See [`super::Store::copy_within`]: checks `from` as [`Self::holds`] does (hashing it), then
+    /// hard-links it into place, so both keys share one file (objects in a store are replaced by
+    /// renaming, never changed in place); where the file system cannot link, copies it while
+    /// hashing.
+    pub async fn copy_within(&self, from: &str, to: &str, entry: &FileEntry) -> Result<bool> {
         let (source, target) = (self.path(from), self.path(to));
-        let expected = entry.clone();
-        let source_for_link = source.clone();
+        let (expected, linked_source) = (entry.clone(), source.clone());
         let linked = blocking(move || {
-            let source = source_for_link;
-            match std::fs::metadata(&source) {
-                Ok(meta) if meta.is_file() && meta.len() == expected.size => {}
-                Ok(_) => return Ok(Link::NotHeld),
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Link::NotHeld),
-                Err(error) => return Err(PublishError::io(&source, error)),
-            }
-            if hash_file(&source)?.1 != expected.sha256 {
+            if !file_holds(&linked_source, &expected)? {
                 return Ok(Link::NotHeld);
             }
             let staging = staging_path(&target)?;
-            if std::fs::hard_link(&source, &staging).is_err() {
+            if std::fs::hard_link(&linked_source, &staging).is_err() {
                 return Ok(Link::Unsupported);
             }
             std::fs::rename(&staging, &target).map_err(|e| {
@@ -186,9 +170,9 @@ impl LocalStore {
         })
         .await?;
         match linked {
-            Link::NotHeld => Ok(None),
-            Link::Linked => Ok(Some(Verification::LocalLink)),
-            Link::Unsupported => self.upload_file(to, &source, entry, Arc::new(NoProgress)).await.map(Some),
+            Link::NotHeld => Ok(false),
+            Link::Linked => Ok(true),
+            Link::Unsupported => self.upload_file(to, &source, entry, Arc::new(NoProgress)).await.map(|_| true),
         }
     }
 
@@ -210,6 +194,18 @@ impl LocalStore {
         })
         .await
     }
+}
+
+/// Whether `path` is a file of exactly `entry`'s size and SHA-256 (hashing it when the size
+/// matches).
+fn file_holds(path: &Path, entry: &FileEntry) -> Result<bool> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() && meta.len() == entry.size => {}
+        Ok(_) => return Ok(false),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(error) => return Err(PublishError::io(path, error)),
+    }
+    Ok(hash_file(path)?.1 == entry.sha256)
 }
 
 /// What [`LocalStore::copy_within`] managed.

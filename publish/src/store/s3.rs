@@ -294,12 +294,12 @@ impl S3Store {
     /// machine) keeping the source's metadata, its SHA-256 among it. S3 computes the copy's
     /// SHA-256, which must match; a store that does not report one has the copy read back and
     /// hashed.
-    pub async fn copy_within(&self, from: &str, to: &str, entry: &FileEntry) -> Result<Option<Verification>> {
+    pub async fn copy_within(&self, from: &str, to: &str, entry: &FileEntry) -> Result<bool> {
         if entry.size > MAX_COPY_OBJECT_BYTES || !self.holds(from, entry).await? {
-            return Ok(None);
+            return Ok(false);
         }
         let Some(digest) = digest_from_hex(&entry.sha256) else {
-            return Ok(None);
+            return Ok(false);
         };
         let output = self
             .client
@@ -319,7 +319,7 @@ impl S3Store {
             Ok(false) => self.read_back(to, entry).await.map(|()| Verification::ReadBack),
             Err(error) => Err(error),
         };
-        self.remove_unless_verified(to, verified).await.map(Some)
+        self.remove_unless_verified(to, verified).await.map(|_| true)
     }
 
     /// Passes `verified` through; on a failed check removes `key` first, so that an object
