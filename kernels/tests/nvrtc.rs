@@ -1,5 +1,7 @@
 //! Compiles every `.cu` file with NVRTC for every architecture in
-//! [`NVRTC_CHECK_ARCHES`] and fails on any error or warning (printing NVRTC's log); then reads
+//! [`NVRTC_CHECK_ARCHES`] and fails on any error or warning (printing NVRTC's log), on an entry
+//! point missing from the cubin, or on one whose parameter list in the PTX differs from the one
+//! the host declares and checks every launch against (`KernelFn::params`); then reads
 //! ptxas's resource report (registers, shared memory, spills) of every kernel and checks the
 //! host's launch of it against the hardware: within its `__launch_bounds__`, registers and
 //! shared memory per block within the limits, at least one block per multiprocessor, and no
@@ -52,6 +54,15 @@ fn check_arch(arch: GpuArch) -> Vec<String> {
                 for f in KERNEL_FNS.iter().filter(|f| f.source.file == source.file) {
                     if !has_symbol(&k.cubin, f.name) {
                         failures.push(format!("{arch} {}: entry point {} missing from the cubin", source.file, f.name));
+                    }
+                    // The parameter list every launch is checked against, against the kernel's.
+                    let declared: Vec<&str> = f.params.iter().map(|p| p.ptx_type()).collect();
+                    match k.entry_param_types(f.name) {
+                        Some(compiled) if compiled == declared => {}
+                        compiled => failures.push(format!(
+                            "{arch} {}: {} takes {compiled:?} in the PTX, but the host declares {:?} ({declared:?})",
+                            source.file, f.name, f.params
+                        )),
                     }
                 }
             }

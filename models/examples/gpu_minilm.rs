@@ -55,7 +55,7 @@ const INT8_MATCH_COSINE: f64 = 0.999;
 /// The GPU's plain W8A8 embeddings against the CPU's. Looser than [`INT8_MATCH_COSINE`]: a [CLS]
 /// or [SEP] token's scale is set by its outlier channel (~30x its median), so a last-bit
 /// difference in a LayerNorm output moves a value by a whole coarse step. On qtier's CUDA
-/// emulator (the same kernels on the CPU, `cargo test -p qtier-models --features cuda-emulator`)
+/// emulator (the same kernels on the CPU through the libcuda shim, `scripts/test.sh`)
 /// the minimum over 4 short texts was 0.9961, each device's plain W8A8 as close to fp32 as the
 /// other's.
 const PLAIN_MATCH_COSINE: f64 = 0.99;

@@ -1,14 +1,14 @@
 //! The GPU sentence encoder ([`GpuEncoder`]) on qtier-kernels' CPU emulator of the CUDA kernels
-//! (`cargo test -p qtier-models --features cuda-emulator`, or `--features cuda` with the libcuda
-//! shim on `LD_LIBRARY_PATH` as `scripts/test.sh` runs it, through the driver backend): all-MiniLM-L6-v2's whole GPU
-//! forward (embeddings, the fused LayerNorm -> quantization with its outlier lists, the int8 and
-//! fp32 GEMMs, the outlier epilogue, attention, pooling) against the CPU encoder: short texts one
-//! at a time (at most 8 token rows: the dp4a kernel), and the development sentences in batches
-//! (the tensor-core kernels): all 20 int8 on the emulated sm_86 (mma.m16n8k32: what an A10G or
-//! an H200 runs; `scripts/gpu-check.sh`'s MiniLM check, on the CPU), the first [`SHORT_SET`]
-//! int8 on sm_75 (mma.m8n8k16) and in fp32 (the emulator takes seconds per sentence). Needs the
-//! test model (`qtier test-model`, which `scripts/test.sh` runs first).
-#![cfg(any(feature = "cuda-emulator", feature = "cuda"))]
+//! (`--features cuda` with the libcuda shim on `LD_LIBRARY_PATH`, as `scripts/test.sh` runs it,
+//! through the driver backend): all-MiniLM-L6-v2's whole GPU forward (embeddings, the fused
+//! LayerNorm -> quantization with its outlier lists, the int8 and fp32 GEMMs, the outlier epilogue,
+//! attention, pooling) against the CPU encoder: short texts one at a time (at most 8 token rows:
+//! the dp4a kernel), and the development sentences in batches (the tensor-core kernels): all 20
+//! int8 on the emulated sm_86 (mma.m16n8k32: what an A10G or an H200 runs; `scripts/gpu-check.sh`'s
+//! MiniLM check, on the CPU), the first [`SHORT_SET`] int8 on sm_75 (mma.m8n8k16) and in fp32 (the
+//! emulator takes seconds per sentence). Needs the test model (`qtier test-model`, which
+//! `scripts/test.sh` runs first).
+#![cfg(feature = "cuda")]
 
 use std::path::PathBuf;
 

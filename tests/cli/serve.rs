@@ -497,12 +497,12 @@ fn serves_a_published_artifact_after_pulling_and_verifying_it() {
     assert!(pulled.join("qtier-manifest.json").is_file());
 }
 
-/// `qtier serve --device cuda` on qtier-kernels' CUDA emulator (a build with `--features
-/// cuda-emulator`, or with `--features cuda` on the libcuda shim: `scripts/test.sh` runs both):
+/// `qtier serve --device cuda` on qtier-kernels' CUDA emulator (a build with `--features cuda`
+/// on the libcuda shim, as `scripts/test.sh` runs it):
 /// the GPU encoder behind the HTTP server, int8 with the outlier decomposition, answers like
 /// `qtier embed` on the CPU, singly and in one batch (the emulated device 1, an sm_86, so
 /// batches take the mma.m16n8k32 kernels).
-#[cfg(any(feature = "cuda-emulator", feature = "cuda"))]
+#[cfg(feature = "cuda")]
 #[test]
 fn serve_on_the_emulated_gpu_answers_like_the_cpu() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,8 +1,9 @@
-// A CPU emulator of the CUDA execution model for qtier's kernel sources, built only with the
-// `cuda-emulator` cargo feature (tests): the very `.cu` files NVRTC compiles for the GPU are
-// compiled here as C++ (QTIER_CPU_EMULATION defined), and `qtier_emu_launch` runs a kernel by
-// name with the host's argument list, so the host code of `qtier_kernels::cuda` and the kernels'
-// indexing, reductions and barriers run in CI without a GPU.
+// A CPU emulator of the CUDA execution model for qtier's kernel sources, built into the libcuda
+// shim of the tests (libcuda.cpp, which includes this file): the very `.cu` files NVRTC compiles
+// for the GPU are compiled here as C++ (QTIER_CPU_EMULATION defined), and
+// `qtier_emu_launch_params` runs a kernel by name with the driver API's parameter array, so the
+// host code of `qtier_kernels::cuda` and the kernels' indexing, reductions and barriers run in CI
+// without a GPU.
 //
 // The model: one launch at a time; the blocks of a grid run one after another, and the threads
 // of a block run as fibers (each its own stack) on the calling thread, switched cooperatively at
@@ -17,9 +18,10 @@
 // is an error (the value is undefined on a GPU). Shared memory (`__shared__`, a function-local
 // static here) is shared by a block's threads and poisoned (all bytes 0xff) before each block,
 // whose reads of what it did not write then see NaN or -1 rather than zeros. Arguments are
-// checked against the kernel's C parameter list (count and kind: pointer, int, long long, float); a mismatch is an
-// error, not undefined behaviour. Device buffers are 256-byte aligned as cuMemAlloc's, and the
-// build checks every load and store for its type's alignment (-fsanitize=alignment, aborting),
+// read from the driver's parameter array with the kernel's own parameter types, as the driver
+// does (the host checks each launch's arguments against the kernel's parameter list). Device
+// buffers are 256-byte aligned as cuMemAlloc's, and the build checks every load and store for
+// its type's alignment (-fsanitize=alignment, aborting),
 // as a GPU faults on a misaligned vector load that x86 would perform; cp.async checks its
 // 16-byte alignment. Each buffer ends at a guard page (and starts after one), so a kernel that
 // reads or writes past it stops the test with the kernel's name instead of touching host memory.
@@ -388,48 +390,8 @@ static unsigned short qtier_emu_f32_to_f16_bits(float v) { return std::bit_cast<
 
 namespace {
 
-// Argument kinds, as `qtier_kernels::cuda::device::backend` (emulator) encodes them.
-enum ArgKind : unsigned char { kPointer = 0, kInt = 1, kLongLong = 2, kFloat = 3 };
-
-struct Args {
-    const unsigned long long* values;
-    const unsigned char* kinds;
-    size_t count;
-    const char* kernel;
-
-    template <class P>
-    P get(size_t index) const {
-        auto expect = [&](ArgKind kind, const char* what) {
-            if (kinds[index] != kind) {
-                throw std::runtime_error(std::string(kernel) + ": argument " + std::to_string(index) +
-                                         " should be " + what + ", the host passed kind " +
-                                         std::to_string(kinds[index]));
-            }
-        };
-        if constexpr (std::is_pointer_v<P>) {
-            expect(kPointer, "a pointer");
-            return reinterpret_cast<P>(static_cast<uintptr_t>(values[index]));
-        } else if constexpr (std::is_same_v<P, int>) {
-            expect(kInt, "an int");
-            return static_cast<int>(static_cast<long long>(values[index]));
-        } else if constexpr (std::is_same_v<P, long long>) {
-            expect(kLongLong, "a long long");
-            return static_cast<long long>(values[index]);
-        } else {
-            static_assert(std::is_same_v<P, float>, "unsupported kernel parameter type");
-            expect(kFloat, "a float");
-            return std::bit_cast<float>(static_cast<unsigned>(values[index]));
-        }
-    }
-};
-
-template <class... P, size_t... I>
-std::tuple<P...> unpack(const Args& args, std::index_sequence<I...>) {
-    return std::tuple<P...>{args.get<P>(I)...};
-}
-
-using Launcher = void (*)(const Args&, QtierEmuDim3, QtierEmuDim3);
-using ParamsLauncher = void (*)(void**, const char*, QtierEmuDim3, QtierEmuDim3);
+// Launches a kernel with the driver API's parameter array (run_params).
+using Launcher = void (*)(void**, const char*, QtierEmuDim3, QtierEmuDim3);
 
 // A new fiber's entry: runs the block's kernel body as thread `current`, then returns to the
 // scheduler for good.
@@ -572,17 +534,13 @@ void run_block(unsigned threads, bool reverse) {
 // Launches so far: the first block of every other launch runs in reverse order (run_block).
 unsigned long long launch_count = 0;
 
-// Runs `kernel` over `grid` blocks of `block` threads with `args` (checked first).
+// Runs `kernel` (called `name`) over `grid` blocks of `block` threads with arguments `values`.
 template <class... P>
-void run(void (*kernel)(P...), const Args& args, QtierEmuDim3 grid, QtierEmuDim3 block) {
-    if (args.count != sizeof...(P)) {
-        throw std::runtime_error(std::string(args.kernel) + " takes " + std::to_string(sizeof...(P)) +
-                                 " arguments, the host passed " + std::to_string(args.count));
-    }
-    const std::tuple<P...> values = unpack<P...>(args, std::index_sequence_for<P...>{});
+void run(void (*kernel)(P...), const char* name, const std::tuple<P...>& values, QtierEmuDim3 grid,
+         QtierEmuDim3 block) {
     const unsigned threads = block.x * block.y * block.z;
     if (threads == 0 || threads > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0) {
-        throw std::runtime_error(std::string(args.kernel) + ": empty or oversized launch");
+        throw std::runtime_error(std::string(name) + ": empty or oversized launch");
     }
     qtier_emu::Block& b = qtier_emu::block;
     if (b.fibers.size() < threads) {
@@ -618,7 +576,7 @@ void run(void (*kernel)(P...), const Args& args, QtierEmuDim3 grid, QtierEmuDim3
                 poison_shared();
                 run_block(threads, ((launch_count + x + y + z) & 1) != 0);
                 if (!b.error.empty()) {
-                    throw std::runtime_error(std::string(args.kernel) + ": " + b.error);
+                    throw std::runtime_error(std::string(name) + ": " + b.error);
                 }
             }
         }
@@ -626,49 +584,31 @@ void run(void (*kernel)(P...), const Args& args, QtierEmuDim3 grid, QtierEmuDim3
 }
 
 // The driver API's launch: `params[i]` points to parameter i, read with the kernel's own type as
-// the driver copies sizeof(parameter) bytes from it.
+// the driver copies sizeof(parameter) bytes from it. (Whether the host passed what the kernel
+// takes is checked on the host, against the parameter lists the NVRTC test checks.)
 template <class... P, size_t... I>
 void run_params(void (*kernel)(P...), void** params, const char* name, QtierEmuDim3 grid, QtierEmuDim3 block,
                 std::index_sequence<I...>) {
-    unsigned long long values[sizeof...(P) + 1] = {};
-    unsigned char kinds[sizeof...(P) + 1] = {};
     auto read = [&](auto typed, size_t index) {
-        using T = decltype(typed);
-        T value;
-        std::memcpy(&value, params[index], sizeof(T));
-        if constexpr (std::is_pointer_v<T>) {
-            values[index] = reinterpret_cast<uintptr_t>(value);
-            kinds[index] = kPointer;
-        } else if constexpr (std::is_same_v<T, int>) {
-            values[index] = static_cast<unsigned long long>(static_cast<long long>(value));
-            kinds[index] = kInt;
-        } else if constexpr (std::is_same_v<T, long long>) {
-            values[index] = static_cast<unsigned long long>(value);
-            kinds[index] = kLongLong;
-        } else {
-            static_assert(std::is_same_v<T, float>, "unsupported kernel parameter type");
-            values[index] = std::bit_cast<unsigned>(value);
-            kinds[index] = kFloat;
-        }
+        decltype(typed) value;
+        std::memcpy(&value, params[index], sizeof value);
+        return value;
     };
-    (read(P{}, I), ...);
-    run(kernel, Args{values, kinds, sizeof...(P), name}, grid, block);
+    run(kernel, name, std::tuple<P...>{read(P{}, I)...}, grid, block);
 }
 
 #define QTIER_EMU_KERNEL(name)                                                                        \
-    {#name,                                                                                          \
-     {[](const Args& a, QtierEmuDim3 g, QtierEmuDim3 b) { run(name, a, g, b); },                     \
-      [](void** p, const char* n, QtierEmuDim3 g, QtierEmuDim3 b) {                                  \
-          run_params(name, p, n, g, b, std::make_index_sequence<qtier_emu_arity(name)>{});           \
-      }}}
+    {#name, [](void** p, const char* n, QtierEmuDim3 g, QtierEmuDim3 b) {                            \
+         run_params(name, p, n, g, b, std::make_index_sequence<qtier_emu_arity(name)>{});            \
+     }}
 
 template <class... P>
 constexpr size_t qtier_emu_arity(void (*)(P...)) {
     return sizeof...(P);
 }
 
-const std::map<std::string, std::pair<Launcher, ParamsLauncher>>& launchers() {
-    static const std::map<std::string, std::pair<Launcher, ParamsLauncher>> table = {
+const std::map<std::string, Launcher>& launchers() {
+    static const std::map<std::string, Launcher> table = {
         QTIER_EMU_KERNEL(qtier_quantize_rows),
         QTIER_EMU_KERNEL(qtier_layernorm_rows),
         QTIER_EMU_KERNEL(qtier_embedding_layernorm),
@@ -782,14 +722,11 @@ extern "C" void qtier_emu_free(void* ptr, size_t bytes) {
     munmap(end - total, total);
 }
 
-namespace {
-
-// Runs kernel `name` over `grid` x `block` through `launch` (the table entry's Args or driver-API
-// launcher); 0 on success, else 1 with a message in `error` (NUL-terminated, truncated to
+// Runs kernel `name` over `grid` x `block` with the driver API's parameter array (libcuda.cpp's
+// cuLaunchKernel); 0 on success, else 1 with a message in `error` (NUL-terminated, truncated to
 // `error_len`). One launch at a time.
-template <class F>
-int launch_named(const char* name, const unsigned* grid, const unsigned* block, char* error, size_t error_len,
-                 F launch) {
+extern "C" int qtier_emu_launch_params(const char* name, const unsigned* grid, const unsigned* block, void** params,
+                                       char* error, size_t error_len) {
     std::lock_guard<std::mutex> lock(launch_mutex);
     install_fault_handler();
     try {
@@ -800,7 +737,8 @@ int launch_named(const char* name, const unsigned* grid, const unsigned* block, 
         }
         running_kernel = found->first.c_str();
         ++launch_count;
-        launch(found->second, QtierEmuDim3{grid[0], grid[1], grid[2]}, QtierEmuDim3{block[0], block[1], block[2]});
+        found->second(params, name, QtierEmuDim3{grid[0], grid[1], grid[2]},
+                      QtierEmuDim3{block[0], block[1], block[2]});
         running_kernel = nullptr;
         return 0;
     } catch (const std::exception& e) {
@@ -808,26 +746,6 @@ int launch_named(const char* name, const unsigned* grid, const unsigned* block, 
         std::snprintf(error, error_len, "%s", e.what());
         return 1;
     }
-}
-
-}  // namespace
-
-// Runs kernel `name` with `count` arguments (`values[i]` of kind `kinds[i]`, checked against the
-// kernel's parameters); see launch_named.
-extern "C" int qtier_emu_launch(const char* name, const unsigned* grid, const unsigned* block,
-                                const unsigned long long* values, const unsigned char* kinds, size_t count,
-                                char* error, size_t error_len) {
-    return launch_named(name, grid, block, error, error_len, [&](const auto& entry, QtierEmuDim3 g, QtierEmuDim3 b) {
-        entry.first(Args{values, kinds, count, name}, g, b);
-    });
-}
-
-// Runs kernel `name` with the driver API's parameter array (libcuda.cpp's cuLaunchKernel).
-extern "C" int qtier_emu_launch_params(const char* name, const unsigned* grid, const unsigned* block, void** params,
-                                       char* error, size_t error_len) {
-    return launch_named(name, grid, block, error, error_len, [&](const auto& entry, QtierEmuDim3 g, QtierEmuDim3 b) {
-        entry.second(params, name, g, b);
-    });
 }
 
 // Whether the emulator has kernel `name`.

@@ -7,8 +7,8 @@
 //
 //   g++ $(grep -v '^#' cxxflags.txt) -O2 -shared -fPIC -o DIR/libcuda.so libcuda.cpp -lubsan
 //
-// Device 0 is an sm_75 with 40 multiprocessors (a T4), device 1 an sm_86 with 80 (an A10G), as
-// in the `cuda-emulator` feature's backend.
+// Device 0 is an sm_75 with 40 multiprocessors (a T4), device 1 an sm_86 with 80 (an A10G), so
+// the host picks each architecture's kernels.
 // Everything runs synchronously on the calling thread; a failed launch prints the emulator's
 // message on stderr and returns CUDA_ERROR_LAUNCH_FAILED, as a GPU's error would surface.
 

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::arch::GpuArch;
 use super::error::CudaError;
 use super::launch::LaunchDims;
-use super::source::{KernelFn, SOURCES};
+use super::source::{KernelFn, Param, SOURCES};
 
 static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -40,6 +40,30 @@ pub(crate) enum Arg {
     I32(i32),
     I64(i64),
     F32(f32),
+}
+
+impl Arg {
+    /// The parameter kind this argument fills.
+    fn param(self) -> Param {
+        match self {
+            Arg::Ptr(_) => Param::Ptr,
+            Arg::I32(_) => Param::I32,
+            Arg::I64(_) => Param::I64,
+            Arg::F32(_) => Param::F32,
+        }
+    }
+}
+
+/// Checks that `args` follow `f`'s parameter list, kind by kind: the driver copies each
+/// parameter's size in bytes from the argument array, so a missing or narrower argument would
+/// be read from beyond it, on a GPU as on the CPU.
+fn check_launch_args(f: KernelFn, args: &[Arg]) -> Result<(), CudaError> {
+    if args.iter().map(|a| a.param()).eq(f.params.iter().copied()) {
+        return Ok(());
+    }
+    let passed: Vec<Param> = args.iter().map(|a| a.param()).collect();
+    let list = |kinds: &[Param]| kinds.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ");
+    Err(CudaError::LaunchArguments { kernel: f.name, expected: list(f.params), passed: list(&passed) })
 }
 
 /// Device memory of `len` elements of `T`, owned by the [`CudaDevice`] that made it.
@@ -212,6 +236,7 @@ impl CudaDevice {
     /// Launches `f` with `args`, which must match its C parameter list (types and order); every
     /// pointer must come from a buffer of this device checked to cover what the kernel touches.
     pub(crate) fn launch(&self, f: KernelFn, dims: LaunchDims, args: &[Arg]) -> Result<(), CudaError> {
+        check_launch_args(f, args)?;
         backend::launch(&self.inner, self.arch, f, dims, args)
     }
 }
@@ -405,191 +430,7 @@ mod backend {
     }
 }
 
-#[cfg(all(feature = "cuda-emulator", not(feature = "cuda")))]
-mod backend {
-    //! The CPU emulator (the `cuda-emulator` feature, for tests): "devices" whose memory is host
-    //! memory and whose kernels are the `.cu` sources compiled as C++
-    //! (kernels/cuda/emulator/emulator.cpp), run synchronously, one launch at a time. Device 0
-    //! stands for a T4 (sm_75, 40 multiprocessors), device 1 for an A10G (sm_86, 80), so the
-    //! host picks each architecture's kernels; only that choice differs between them.
-    use std::ffi::{CString, c_char, c_void};
-    use std::marker::PhantomData;
-    use std::ptr::NonNull;
-    use std::sync::Mutex;
-
-    use super::{Arg, DeviceElem, DeviceInfo};
-    use crate::cuda::arch::GpuArch;
-    use crate::cuda::error::CudaError;
-    use crate::cuda::launch::LaunchDims;
-    use crate::cuda::source::{KernelFn, KernelSource};
-
-    unsafe extern "C" {
-        /// emulator.cpp: runs kernel `name`; 0 on success, else 1 with a message in `error`.
-        fn qtier_emu_launch(
-            name: *const c_char,
-            grid: *const u32,
-            block: *const u32,
-            values: *const u64,
-            kinds: *const u8,
-            count: usize,
-            error: *mut c_char,
-            error_len: usize,
-        ) -> i32;
-        /// emulator.cpp: `bytes` zeroed bytes, 256-byte aligned, between guard pages; null when
-        /// the memory cannot be had.
-        fn qtier_emu_alloc(bytes: usize) -> *mut c_void;
-        /// emulator.cpp: frees what `qtier_emu_alloc(bytes)` returned.
-        fn qtier_emu_free(ptr: *mut c_void, bytes: usize);
-    }
-
-    /// Serializes launches with downloads and uploads, as one stream would.
-    static MEMORY: Mutex<()> = Mutex::new(());
-
-    pub(super) struct Device;
-
-    /// Host memory the emulated kernels address by pointer, aligned as `cuMemAlloc`'s (256
-    /// bytes: the kernels' vector loads rely on it, and the emulator checks their alignment),
-    /// with guard pages around it: a kernel that reads or writes past the end (beyond the
-    /// rounding to 256 bytes) stops the test with the kernel's name.
-    pub(super) struct Buffer<T> {
-        ptr: NonNull<T>,
-        /// Elements, at least 1 (`zeroed`).
-        len: usize,
-        _owns: PhantomData<[T]>,
-    }
-
-    // SAFETY: the buffer owns its allocation; the emulated kernels write it only inside
-    // `launch`, which holds MEMORY, as do `download`'s reads.
-    unsafe impl<T: Send> Send for Buffer<T> {}
-    // SAFETY: as for Send; shared references only read under MEMORY or pass the address on.
-    unsafe impl<T: Sync> Sync for Buffer<T> {}
-
-    impl<T> Drop for Buffer<T> {
-        fn drop(&mut self) {
-            // SAFETY: `ptr` was returned by `qtier_emu_alloc(len * size_of::<T>())` (`zeroed`,
-            // which checked the product) and is freed once.
-            unsafe { qtier_emu_free(self.ptr.as_ptr().cast(), self.len * std::mem::size_of::<T>()) };
-        }
-    }
-
-    /// `len` (at least 1) zero elements; all-zero bytes are zero for every [`DeviceElem`].
-    fn zeroed<T: DeviceElem>(len: usize) -> Result<Buffer<T>, CudaError> {
-        let len = len.max(1);
-        let too_big = || CudaError::InvalidArgument { what: "len", value: len, reason: "too large to allocate" };
-        let bytes =
-            len.checked_mul(std::mem::size_of::<T>()).filter(|b| *b <= isize::MAX as usize / 2).ok_or_else(too_big)?;
-        // SAFETY: a plain allocation call; the result is checked for null. Its 256-byte
-        // alignment covers every DeviceElem's.
-        let raw = unsafe { qtier_emu_alloc(bytes) };
-        let ptr = NonNull::new(raw.cast::<T>()).ok_or_else(too_big)?;
-        Ok(Buffer { ptr, len, _owns: PhantomData })
-    }
-
-    /// (compute capability, multiprocessors) of the emulated devices: a T4's and an A10G's.
-    const DEVICES: [((u32, u32), usize); 2] = [((7, 5), 40), ((8, 6), 80)];
-
-    pub(super) fn count() -> Result<usize, CudaError> {
-        Ok(DEVICES.len())
-    }
-
-    pub(super) fn open(ordinal: usize) -> Result<(Device, DeviceInfo), CudaError> {
-        let Some(&((major, minor), sm_count)) = DEVICES.get(ordinal) else {
-            return Err(CudaError::Driver {
-                call: "open (emulator)".into(),
-                message: format!("the emulator has devices 0 (sm_75) and 1 (sm_86), not {ordinal}"),
-            });
-        };
-        let info = DeviceInfo {
-            major,
-            minor,
-            name: format!("qtier CUDA emulator (CPU), sm_{major}{minor}"),
-            sm_count,
-            memory_bytes: 0,
-            driver_cuda_version: (0, 0),
-        };
-        Ok((Device, info))
-    }
-
-    pub(super) fn module(_dev: &Device, _arch: GpuArch, _source: &KernelSource) -> Result<(), CudaError> {
-        Ok(())
-    }
-
-    pub(super) fn launch(
-        _dev: &Device,
-        _arch: GpuArch,
-        f: KernelFn,
-        dims: LaunchDims,
-        args: &[Arg],
-    ) -> Result<(), CudaError> {
-        let (values, kinds): (Vec<u64>, Vec<u8>) = args
-            .iter()
-            .map(|arg| match *arg {
-                Arg::Ptr(p) => (p, 0),
-                Arg::I32(v) => (v as i64 as u64, 1),
-                Arg::I64(v) => (v as u64, 2),
-                Arg::F32(v) => (u64::from(v.to_bits()), 3),
-            })
-            .unzip();
-        let name = CString::new(f.name).expect("kernel names have no NUL");
-        let grid = [dims.grid.0, dims.grid.1, dims.grid.2];
-        let block = [dims.block.0, dims.block.1, dims.block.2];
-        let mut error = vec![0u8; 1024];
-        let _memory = MEMORY.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: every pointer is valid for the call (NUL-terminated name, 3-element dims,
-        // `count` values and kinds, an `error_len`-byte buffer); the kernel's own pointer
-        // arguments come from live buffers whose lengths the host checked, as for the GPU.
-        let status = unsafe {
-            qtier_emu_launch(
-                name.as_ptr(),
-                grid.as_ptr(),
-                block.as_ptr(),
-                values.as_ptr(),
-                kinds.as_ptr(),
-                values.len(),
-                error.as_mut_ptr().cast(),
-                error.len(),
-            )
-        };
-        if status == 0 {
-            return Ok(());
-        }
-        let end = error.iter().position(|&b| b == 0).unwrap_or(error.len());
-        Err(CudaError::Driver {
-            call: format!("launch {} (emulator)", f.name),
-            message: String::from_utf8_lossy(&error[..end]).into_owned(),
-        })
-    }
-
-    pub(super) fn device_ptr<T>(buffer: &Buffer<T>) -> u64 {
-        buffer.ptr.as_ptr() as u64
-    }
-
-    pub(super) fn upload<T: DeviceElem>(_dev: &Device, host: &[T]) -> Result<Buffer<T>, CudaError> {
-        let buffer = zeroed::<T>(host.len())?;
-        // SAFETY: the new allocation holds at least `host.len()` elements and overlaps nothing.
-        unsafe { std::ptr::copy_nonoverlapping(host.as_ptr(), buffer.ptr.as_ptr(), host.len()) };
-        Ok(buffer)
-    }
-
-    pub(super) fn zeros<T: DeviceElem>(_dev: &Device, len: usize) -> Result<Buffer<T>, CudaError> {
-        // One element at least, as on the GPU.
-        zeroed(len)
-    }
-
-    pub(super) fn download<T: DeviceElem>(_dev: &Device, buffer: &Buffer<T>, len: usize) -> Result<Vec<T>, CudaError> {
-        let _memory = MEMORY.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: the allocation holds `buffer.len` initialized elements, and no kernel writes
-        // them while MEMORY is held.
-        let all = unsafe { std::slice::from_raw_parts(buffer.ptr.as_ptr(), buffer.len) };
-        Ok(all[..len.min(buffer.len)].to_vec())
-    }
-
-    pub(super) fn synchronize(_dev: &Device) -> Result<(), CudaError> {
-        Ok(())
-    }
-}
-
-#[cfg(not(any(feature = "cuda", feature = "cuda-emulator")))]
+#[cfg(not(feature = "cuda"))]
 mod backend {
     //! Built without CUDA: no device can be opened, so the handle and buffer types are
     //! uninhabited and every entry point that would need one returns [`CudaError::NotBuilt`].
@@ -663,7 +504,42 @@ mod tests {
         assert_eq!(split_cuda_version(-1), (0, 0));
     }
 
-    #[cfg(not(any(feature = "cuda", feature = "cuda-emulator")))]
+    #[test]
+    fn a_launch_must_pass_the_kernels_parameter_kinds_in_order() {
+        use crate::cuda::source::{GELU_ERF, KERNEL_FNS, RESIDUAL_ADD};
+        assert_eq!(check_launch_args(GELU_ERF, &[Arg::Ptr(0), Arg::I64(4)]), Ok(()));
+        // One missing, one too many, an int where a long long is, a float where a pointer is.
+        for args in [
+            &[Arg::Ptr(0)][..],
+            &[Arg::Ptr(0), Arg::I64(4), Arg::I32(1)],
+            &[Arg::Ptr(0), Arg::I32(4)],
+            &[Arg::F32(0.0), Arg::I64(4)],
+        ] {
+            let error = check_launch_args(GELU_ERF, args).unwrap_err();
+            assert!(matches!(error, CudaError::LaunchArguments { kernel: "qtier_gelu_erf", .. }), "{error}");
+        }
+        let error = check_launch_args(RESIDUAL_ADD, &[Arg::Ptr(0), Arg::I64(4)]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "kernel qtier_residual_add takes (Ptr, Ptr, I64) but the launch passed (Ptr, I64)"
+        );
+        // Every kernel's own list passes.
+        for f in KERNEL_FNS {
+            let args: Vec<Arg> = f
+                .params
+                .iter()
+                .map(|p| match p {
+                    Param::Ptr => Arg::Ptr(0),
+                    Param::I32 => Arg::I32(0),
+                    Param::I64 => Arg::I64(0),
+                    Param::F32 => Arg::F32(0.0),
+                })
+                .collect();
+            assert_eq!(check_launch_args(*f, &args), Ok(()), "{}", f.name);
+        }
+    }
+
+    #[cfg(not(feature = "cuda"))]
     #[test]
     fn without_the_cuda_feature_every_entry_point_says_not_built() {
         assert!(matches!(CudaDevice::new(0), Err(CudaError::NotBuilt)));

@@ -76,6 +76,17 @@ pub enum CudaError {
         /// Why it is rejected.
         reason: &'static str,
     },
+    /// A launch whose arguments do not follow the kernel's parameter list: a bug in the host
+    /// code, refused before the driver would read the wrong bytes as the kernel's parameters.
+    #[error("kernel {kernel} takes ({expected}) but the launch passed ({passed})")]
+    LaunchArguments {
+        /// The kernel.
+        kernel: &'static str,
+        /// Its parameter kinds ([`super::source::KernelFn::params`]).
+        expected: String,
+        /// The kinds of the arguments passed.
+        passed: String,
+    },
     /// A device buffer was passed to a device (or layer) other than the one that owns it.
     #[error("{what} lives on another CUDA device handle than the one it was used with")]
     WrongDevice {

@@ -23,6 +23,9 @@ pub struct CompiledKernel {
     pub arch: GpuArch,
     /// The cubin (an ELF image the driver loads).
     pub cubin: Vec<u8>,
+    /// The PTX NVRTC generated on the way to the cubin (the NVRTC test reads each entry point's
+    /// parameter list from it).
+    pub ptx: String,
     /// NVRTC's program log (warnings on success).
     pub log: String,
 }
@@ -32,6 +35,26 @@ impl CompiledKernel {
     pub fn warnings(&self) -> Vec<&str> {
         self.log.lines().filter(|l| l.contains("warning")).collect()
     }
+
+    /// The PTX types of entry point `name`'s parameters, in order (`.u64` for a pointer or a
+    /// `long long`, `.u32` for an `int`, `.f32` for a `float`); `None` if the PTX has no such
+    /// entry.
+    pub fn entry_param_types(&self, name: &str) -> Option<Vec<&str>> {
+        ptx_entry_param_types(&self.ptx, name)
+    }
+}
+
+/// [`CompiledKernel::entry_param_types`] of PTX text `ptx`: the first word after `.param` of
+/// each parameter of `.entry name(...)`.
+fn ptx_entry_param_types<'a>(ptx: &'a str, name: &str) -> Option<Vec<&'a str>> {
+    let header = format!(".entry {name}(");
+    let start = ptx.find(&header)? + header.len();
+    let list = &ptx[start..start + ptx[start..].find(')')?];
+    list.split(',')
+        .map(str::trim)
+        .filter(|param| !param.is_empty())
+        .map(|param| param.strip_prefix(".param")?.split_whitespace().next())
+        .collect()
 }
 
 /// The NVRTC options every source is compiled with for `arch`.
@@ -60,8 +83,8 @@ pub fn compile_with_resource_report(source: &KernelSource, arch: GpuArch) -> Res
 }
 
 fn compile_with(source: &KernelSource, arch: GpuArch, options: Vec<String>) -> Result<CompiledKernel, CudaError> {
-    let (cubin, log) = backend::compile(source, &HEADERS, arch, &options)?;
-    Ok(CompiledKernel { file: source.file, arch, cubin, log })
+    let (cubin, ptx, log) = backend::compile(source, &HEADERS, arch, &options)?;
+    Ok(CompiledKernel { file: source.file, arch, cubin, ptx, log })
 }
 
 #[cfg(feature = "cuda")]
@@ -120,7 +143,7 @@ mod backend {
         headers: &[KernelSource],
         arch: GpuArch,
         options: &[String],
-    ) -> Result<(Vec<u8>, String), CudaError> {
+    ) -> Result<(Vec<u8>, String, String), CudaError> {
         ensure_loaded()?;
         let fail = |call: &str, e: result::NvrtcError| CudaError::Driver {
             call: format!("{call} ({})", source.file),
@@ -165,7 +188,9 @@ mod backend {
         unsafe { sys::nvrtcGetCUBIN(program.0, cubin.as_mut_ptr().cast()) }
             .result()
             .map_err(|e| fail("nvrtcGetCUBIN", e))?;
-        Ok((cubin, log))
+        // SAFETY: as above.
+        let ptx = unsafe { result::get_ptx(program.0) }.map_err(|e| fail("nvrtcGetPTX", e))?;
+        Ok((cubin, c_chars_to_string(&ptx), log))
     }
 }
 
@@ -182,7 +207,26 @@ mod backend {
         _headers: &[KernelSource],
         _arch: GpuArch,
         _options: &[String],
-    ) -> Result<(Vec<u8>, String), CudaError> {
+    ) -> Result<(Vec<u8>, String, String), CudaError> {
         Err(CudaError::NotBuilt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ptx_entry_param_types;
+
+    /// NVRTC 13's PTX for `k(const float* x, int n, long long m, float s, unsigned* o)`.
+    const PTX: &str = ".visible .entry k(\n\t.param .u64 k_param_0,\n\t.param .u32 k_param_1,\n\t\
+                       .param .u64 k_param_2,\n\t.param .f32 k_param_3,\n\t.param .u64 .ptr .global \
+                       .align 4 k_param_4\n)\n{\n\tret;\n}\n.visible .entry none(\n)\n{\n}\n";
+
+    #[test]
+    fn ptx_entry_parameters_are_read_in_order() {
+        assert_eq!(ptx_entry_param_types(PTX, "k"), Some(vec![".u64", ".u32", ".u64", ".f32", ".u64"]));
+        assert_eq!(ptx_entry_param_types(PTX, "none"), Some(vec![]));
+        assert_eq!(ptx_entry_param_types(PTX, "missing"), None);
+        assert_eq!(ptx_entry_param_types(".entry broken(\n\t.param .u64 b_param_0", "broken"), None);
+        assert_eq!(ptx_entry_param_types(".entry odd(\n\t.reg .u64 x\n)", "odd"), None);
     }
 }

@@ -25,41 +25,89 @@ pub const GEMM_F32: KernelSource = KernelSource { file: "gemm_f32.cu", text: inc
 /// Every compiled source (each is one NVRTC program and one CUDA module).
 pub const SOURCES: [KernelSource; 4] = [QUANT, GEMM, ENCODER, GEMM_F32];
 
-/// A `__global__` entry point: its source and its `extern "C"` name.
+/// A `__global__` entry point: its source, its `extern "C"` name and its parameter list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelFn {
     /// The source that defines it.
     pub source: KernelSource,
     /// The symbol.
     pub name: &'static str,
+    /// Its C parameters, in order. Every launch is checked against them (the driver reads each
+    /// parameter's bytes from the host's argument array without knowing what was passed), and
+    /// the NVRTC test checks them against the entry point's parameter list in NVRTC's PTX.
+    pub params: &'static [Param],
+}
+
+/// The kind of one kernel parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Param {
+    /// A device pointer (`T*`).
+    Ptr,
+    /// `int`.
+    I32,
+    /// `long long`.
+    I64,
+    /// `float`.
+    F32,
+}
+
+impl Param {
+    /// The parameter's type in PTX (`.param .u32 name_param_1`): pointers and `long long` are
+    /// both `.u64` there.
+    pub fn ptx_type(self) -> &'static str {
+        match self {
+            Param::Ptr | Param::I64 => ".u64",
+            Param::I32 => ".u32",
+            Param::F32 => ".f32",
+        }
+    }
 }
 
 macro_rules! kernel_fns {
-    ($($id:ident = $src:ident : $name:literal;)*) => {
+    ($($id:ident = $src:ident : $name:literal [$($param:ident),* $(,)?];)*) => {
         $(
             #[doc = concat!("`", $name, "`.")]
-            pub const $id: KernelFn = KernelFn { source: $src, name: $name };
+            pub const $id: KernelFn = KernelFn { source: $src, name: $name, params: &[$(Param::$param),*] };
         )*
         /// Every entry point the host launches (the NVRTC test checks each is in its cubin).
         pub const KERNEL_FNS: &[KernelFn] = &[$($id),*];
     };
 }
 
+// The parameter lists mirror the declarations in the .cu files (`QTIER_GEMM_PARAMS` in
+// gemm_s8.cu, `QTIER_OUTLIER_PARAMS` in quant.cu expanded).
 kernel_fns! {
-    QUANTIZE_ROWS = QUANT: "qtier_quantize_rows";
-    LAYERNORM_ROWS = QUANT: "qtier_layernorm_rows";
-    GEMM_MMA16832_128 = GEMM: "qtier_gemm_s8_mma16832_128x128";
-    GEMM_MMA16832_64 = GEMM: "qtier_gemm_s8_mma16832_64x64";
-    GEMM_MMA8816_64 = GEMM: "qtier_gemm_s8_mma8816_64x64";
-    GEMM_DP4A = GEMM: "qtier_gemm_s8_dp4a";
-    GEMM_DP4A_SPLITK = GEMM: "qtier_gemm_s8_dp4a_splitk";
-    OUTLIER_EPILOGUE = GEMM: "qtier_outlier_epilogue";
-    EMBEDDING_LAYERNORM = ENCODER: "qtier_embedding_layernorm";
-    ATTENTION = ENCODER: "qtier_attention";
-    GELU_ERF = ENCODER: "qtier_gelu_erf";
-    RESIDUAL_ADD = ENCODER: "qtier_residual_add";
-    MEAN_POOL = ENCODER: "qtier_mean_pool";
-    GEMM_F32_64 = GEMM_F32: "qtier_gemm_f32";
+    // x, k, kp, q, scales; outlier_counts, outlier_channels, outlier_values, max_outliers,
+    // outlier_ratio, outlier_trigger.
+    QUANTIZE_ROWS = QUANT: "qtier_quantize_rows" [Ptr, I32, I32, Ptr, Ptr, Ptr, Ptr, Ptr, I32, F32, F32];
+    // x, residual, gamma, beta, eps, h, y, q, kp, scales; the six outlier parameters.
+    LAYERNORM_ROWS = QUANT: "qtier_layernorm_rows"
+        [Ptr, Ptr, Ptr, Ptr, F32, I32, Ptr, Ptr, I32, Ptr, Ptr, Ptr, Ptr, I32, F32, F32];
+    // a, b, m, n, kp, x_scales, w_scales, bias, residual, act, out, out_f16, acc_out.
+    GEMM_MMA16832_128 = GEMM: "qtier_gemm_s8_mma16832_128x128"
+        [Ptr, Ptr, I32, I32, I32, Ptr, Ptr, Ptr, Ptr, I32, Ptr, Ptr, Ptr];
+    GEMM_MMA16832_64 = GEMM: "qtier_gemm_s8_mma16832_64x64"
+        [Ptr, Ptr, I32, I32, I32, Ptr, Ptr, Ptr, Ptr, I32, Ptr, Ptr, Ptr];
+    GEMM_MMA8816_64 = GEMM: "qtier_gemm_s8_mma8816_64x64"
+        [Ptr, Ptr, I32, I32, I32, Ptr, Ptr, Ptr, Ptr, I32, Ptr, Ptr, Ptr];
+    GEMM_DP4A = GEMM: "qtier_gemm_s8_dp4a" [Ptr, Ptr, I32, I32, I32, Ptr, Ptr, Ptr, Ptr, I32, Ptr, Ptr, Ptr];
+    GEMM_DP4A_SPLITK = GEMM: "qtier_gemm_s8_dp4a_splitk"
+        [Ptr, Ptr, I32, I32, I32, Ptr, Ptr, Ptr, Ptr, I32, Ptr, Ptr, Ptr];
+    // out, m, n, b, kp, w_scales, counts, channels, values, max_outliers, act, residual.
+    OUTLIER_EPILOGUE = GEMM: "qtier_outlier_epilogue" [Ptr, I32, I32, Ptr, I32, Ptr, Ptr, Ptr, Ptr, I32, I32, Ptr];
+    // ids, type_ids, seq, word, vocab, pos, type_emb, type_vocab, gamma, beta, eps, h, out.
+    EMBEDDING_LAYERNORM = ENCODER: "qtier_embedding_layernorm"
+        [Ptr, Ptr, I32, Ptr, I32, Ptr, Ptr, I32, Ptr, Ptr, F32, I32, Ptr];
+    // qkv, mask, seq, heads, d, scale, out.
+    ATTENTION = ENCODER: "qtier_attention" [Ptr, Ptr, I32, I32, I32, F32, Ptr];
+    // x, len.
+    GELU_ERF = ENCODER: "qtier_gelu_erf" [Ptr, I64];
+    // x, r, len.
+    RESIDUAL_ADD = ENCODER: "qtier_residual_add" [Ptr, Ptr, I64];
+    // x, mask, seq, h, out.
+    MEAN_POOL = ENCODER: "qtier_mean_pool" [Ptr, Ptr, I32, I32, Ptr];
+    // x, w, m, n, k, bias, residual, act, out.
+    GEMM_F32_64 = GEMM_F32: "qtier_gemm_f32" [Ptr, Ptr, I32, I32, I32, Ptr, Ptr, I32, Ptr];
 }
 
 /// The integer value of `#define NAME value` in `text`, if present (the tests use it to check
