@@ -309,7 +309,7 @@ pub async fn publish(
             continue;
         }
         if let Some(from) = previous.as_ref().and_then(|p| p.key_of(&file.entry)) {
-            match store.copy_within(&from, &file_key, &file.entry).await {
+            match store.copy_within(&from, &file_key, &file.source, &file.entry).await {
                 Ok(true) => {
                     progress.advance(file.entry.size);
                     outcome.reused_bytes += file.entry.size;
@@ -317,7 +317,7 @@ pub async fn publish(
                     continue;
                 }
                 Ok(false) => outcome.not_reused.push(format!(
-                    "{}: not copied from {} (it no longer holds those bytes, or is over the store's copy limit)",
+                    "{}: not copied from {} (it no longer holds those bytes)",
                     file.entry.path,
                     store.describe(&from)
                 )),

@@ -52,13 +52,14 @@ pub struct UploadArgs {
     /// How to reach S3.
     #[command(flatten)]
     pub s3: S3Args,
-    /// Files above this size go up in parts (bytes; K, M, G, KiB, MiB, GiB suffixes).
+    /// Files above this size are uploaded, or copied within the store, in parts (bytes; K, M, G,
+    /// KiB, MiB, GiB suffixes).
     #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
     pub multipart_threshold: u64,
     /// Part size of multipart uploads (at least 5 MiB, S3's minimum).
     #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
     pub part_size: u64,
-    /// Parts uploaded at once.
+    /// Parts uploaded or copied at once.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
 }

@@ -139,13 +139,13 @@ impl Store {
 
     /// Makes `to` hold the object at `from` without sending its bytes from this machine (a
     /// server-side copy on S3, a hard link in a local directory), when `from` holds exactly the
-    /// file `entry` describes, and checks the result like an upload. `false` when `from` does
-    /// not hold it, or the store cannot copy it (S3 objects over 5 GiB): the caller uploads
-    /// instead.
-    pub async fn copy_within(&self, from: &str, to: &str, entry: &FileEntry) -> Result<bool> {
+    /// file `entry` describes, and checks the result like an upload (`source`, the local file
+    /// `entry` describes, gives the SHA-256 of each part of a multipart copy). `false` when
+    /// `from` does not hold it: the caller uploads instead.
+    pub async fn copy_within(&self, from: &str, to: &str, source: &Path, entry: &FileEntry) -> Result<bool> {
         match self {
             Store::Local(store) => store.copy_within(from, to, entry).await,
-            Store::S3(store) => store.copy_within(from, to, entry).await,
+            Store::S3(store) => store.copy_within(from, to, source, entry).await,
         }
     }
 

@@ -1,6 +1,8 @@
 //! S3 through aws-sdk-s3: the standard credential chain, multipart uploads with per-part SHA-256
 //! checksums, conditional writes, retries with backoff, and verification of what was stored.
 
+use std::future::Future;
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -31,8 +33,7 @@ const MIN_PART_BYTES: u64 = 5 << 20;
 /// S3's largest part count.
 const MAX_PARTS: u64 = 10_000;
 
-/// The largest object one `CopyObject` copies (S3's limit; larger ones take a multipart copy,
-/// which qtier does not do: such files are uploaded instead).
+/// The largest object one `CopyObject` copies (S3's limit; larger ones take a multipart copy).
 const MAX_COPY_OBJECT_BYTES: u64 = 5 << 30;
 
 /// Attempts for a download whose body stream broke off (the SDK retries requests, not bodies
@@ -58,11 +59,11 @@ pub struct S3Options {
     pub path_style: bool,
     /// Allow a plain-http endpoint that is not loopback.
     pub allow_http: bool,
-    /// Files larger than this go up in parts.
+    /// Files larger than this go up, or are copied within the store, in parts.
     pub multipart_threshold: u64,
     /// Part size (raised when a file would need more than 10,000 parts).
     pub part_size: u64,
-    /// Parts in flight at once.
+    /// Parts in flight at once (uploads and copies).
     pub concurrency: usize,
     /// Attempts per request, the first included (the SDK's standard retry mode: throttling,
     /// 5xx, timeouts and broken connections, with exponential backoff and jitter).
@@ -263,16 +264,12 @@ impl S3Store {
         entry: &FileEntry,
         progress: Arc<dyn TransferProgress>,
     ) -> Result<Verification> {
-        let verified_by_store = if entry.size > self.options.multipart_threshold {
+        let check = if entry.size > self.options.multipart_threshold {
             self.upload_multipart(key, source, entry, progress).await?
         } else {
             self.upload_single(key, source, entry, progress).await?
         };
-        if verified_by_store {
-            return Ok(Verification::StoreChecksum);
-        }
-        let verified = self.read_back(key, entry).await.map(|()| Verification::ReadBack);
-        self.remove_unless_verified(key, verified).await
+        self.settle(key, entry, check).await
     }
 
     /// Reads `key` back and checks it is the file `entry` describes.
@@ -290,17 +287,30 @@ impl S3Store {
         Ok(())
     }
 
-    /// See [`super::Store::copy_within`]: a server-side `CopyObject` (no bytes through this
-    /// machine) keeping the source's metadata, its SHA-256 among it. S3 computes the copy's
-    /// SHA-256, which must match; a store that does not report one has the copy read back and
-    /// hashed.
-    pub async fn copy_within(&self, from: &str, to: &str, entry: &FileEntry) -> Result<bool> {
-        if entry.size > MAX_COPY_OBJECT_BYTES || !self.holds(from, entry).await? {
+    /// See [`super::Store::copy_within`]: a server-side copy (no bytes through this machine).
+    /// Objects up to the multipart threshold (and S3's 5 GiB single-copy limit) take one
+    /// `CopyObject` keeping the source's metadata, its SHA-256 among it, and S3 reports the
+    /// copy's SHA-256, which must match. Larger ones are copied in parts (`UploadPartCopy`, in
+    /// parallel like an upload's parts), each part's SHA-256 computed from `source`, the local
+    /// file `entry` describes, to check the store's. A store that reports no checksum has the
+    /// copy read back and hashed.
+    pub async fn copy_within(&self, from: &str, to: &str, source: &Path, entry: &FileEntry) -> Result<bool> {
+        if !self.holds(from, entry).await? {
             return Ok(false);
         }
         let Some(digest) = digest_from_hex(&entry.sha256) else {
             return Ok(false);
         };
+        let check = if entry.size > self.options.multipart_threshold.min(MAX_COPY_OBJECT_BYTES) {
+            self.copy_multipart(from, to, source, entry).await?
+        } else {
+            self.copy_single(from, to, &digest).await?
+        };
+        self.settle(to, entry, check).await.map(|_| true)
+    }
+
+    /// One `CopyObject` of `from` to `to`.
+    async fn copy_single(&self, from: &str, to: &str, digest: &[u8; 32]) -> Result<StoreCheck> {
         let output = self
             .client
             .copy_object()
@@ -314,18 +324,91 @@ impl S3Store {
             .map_err(|e| self.error("copy", to, &e))?;
         // A checksum of parts (`<base64>-<count>`) says nothing about the whole object's SHA-256.
         let echoed = output.copy_object_result().and_then(|r| r.checksum_sha256()).filter(|c| !c.contains('-'));
-        let verified = match self.confirm_checksum(to, echoed, &base64(&digest)) {
-            Ok(true) => Ok(Verification::StoreChecksum),
-            Ok(false) => self.read_back(to, entry).await.map(|()| Verification::ReadBack),
-            Err(error) => Err(error),
-        };
-        self.remove_unless_verified(to, verified).await.map(|_| true)
+        Ok(self.check_echo(to, echoed, &base64(digest)))
     }
 
-    /// Passes `verified` through; on a failed check removes `key` first, so that an object
-    /// carrying the right SHA-256 in its metadata but other bytes is never left to be skipped by
-    /// a later publish as already in place.
-    async fn remove_unless_verified(&self, key: &str, verified: Result<Verification>) -> Result<Verification> {
+    /// A multipart copy of `from` to `to` (`entry`, whose bytes `source` holds here); aborted
+    /// on any failure, so that nothing becomes visible at `to`.
+    async fn copy_multipart(&self, from: &str, to: &str, source: &Path, entry: &FileEntry) -> Result<StoreCheck> {
+        let part_size = part_size_for(entry.size, self.options.part_size);
+        let digests = local_part_digests(source, entry, part_size).await?;
+        let upload_id = self.start_multipart(to, entry).await?;
+        let result = self.copy_parts_and_complete(from, to, &upload_id, entry, part_size, &digests).await;
+        if result.is_err() {
+            self.abort(to, &upload_id).await;
+        }
+        result
+    }
+
+    /// Copies every part of `from` (SHA-256s `digests`, `part_size` bytes each but the last),
+    /// then completes the upload.
+    async fn copy_parts_and_complete(
+        &self,
+        from: &str,
+        to: &str,
+        upload_id: &str,
+        entry: &FileEntry,
+        part_size: u64,
+        digests: &[[u8; 32]],
+    ) -> Result<StoreCheck> {
+        let copy_source = copy_source(&self.bucket, &self.object_key(from));
+        let completed = for_each_part(digests.len() as u64, self.options.concurrency, |index| {
+            let (store, to, upload_id, copy_source) =
+                (self.clone(), to.to_owned(), upload_id.to_owned(), copy_source.clone());
+            let digest = digests[index as usize];
+            let offset = index * part_size;
+            let range = offset..offset + part_size.min(entry.size - offset);
+            async move { store.copy_part(&to, &upload_id, index, &copy_source, range, digest).await }
+        })
+        .await?;
+        self.complete_multipart(to, upload_id, completed).await
+    }
+
+    /// Copies bytes `range` of `copy_source` as part `index + 1`, expecting SHA-256 `digest`.
+    async fn copy_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        index: u64,
+        copy_source: &str,
+        range: std::ops::Range<u64>,
+        digest: [u8; 32],
+    ) -> Result<CompletedPartWithDigest> {
+        let part_number = part_number(index);
+        let output = self
+            .client
+            .upload_part_copy()
+            .bucket(&self.bucket)
+            .key(self.object_key(key))
+            .upload_id(upload_id)
+            .part_number(part_number)
+            .copy_source(copy_source)
+            .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
+            .send()
+            .await
+            .map_err(|e| self.error("copy part of", key, &e))?;
+        let result = output.copy_part_result();
+        let checksum = base64(&digest);
+        let confirmed_by_store =
+            self.check_echo(key, result.and_then(|r| r.checksum_sha256()), &checksum).into_part_result()?;
+        let part = CompletedPart::builder()
+            .part_number(part_number)
+            .set_e_tag(result.and_then(|r| r.e_tag()).map(str::to_owned))
+            .checksum_sha256(checksum)
+            .build();
+        Ok(CompletedPartWithDigest { part, digest, confirmed_by_store })
+    }
+
+    /// What the store's check of a newly written object at `key` leaves to do: nothing when its
+    /// echoed SHA-256 matched, a read-back when it echoed none; and on any mismatch the object
+    /// is removed, so that an object carrying the right SHA-256 in its metadata but other bytes
+    /// is never left to be skipped by a later publish as already in place.
+    async fn settle(&self, key: &str, entry: &FileEntry, check: StoreCheck) -> Result<Verification> {
+        let verified = match check {
+            StoreCheck::Confirmed => Ok(Verification::StoreChecksum),
+            StoreCheck::NotReported => self.read_back(key, entry).await.map(|()| Verification::ReadBack),
+            StoreCheck::Mismatch(error) => Err(error),
+        };
         let Err(error) = verified else { return verified };
         if let Err(removal) = self.client.delete_object().bucket(&self.bucket).key(self.object_key(key)).send().await {
             return Err(PublishError::Verification {
@@ -339,14 +422,14 @@ impl S3Store {
         Err(error)
     }
 
-    /// One `PutObject`; returns whether the store confirmed the SHA-256.
+    /// One `PutObject`.
     async fn upload_single(
         &self,
         key: &str,
         source: &Path,
         entry: &FileEntry,
         progress: Arc<dyn TransferProgress>,
-    ) -> Result<bool> {
+    ) -> Result<StoreCheck> {
         let bytes = tokio::fs::read(source).await.map_err(|e| PublishError::io(source, e))?;
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
         check_source_unchanged(source, entry, bytes.len() as u64, &digest)?;
@@ -364,16 +447,15 @@ impl S3Store {
             .await
             .map_err(|e| self.error("upload", key, &e))?;
         progress.advance(entry.size);
-        self.confirm_checksum(key, output.checksum_sha256(), &expected)
+        Ok(self.check_echo(key, output.checksum_sha256(), &expected))
     }
 
-    /// Whether the store's echoed checksum (if any) confirms `expected`; a different one is an
-    /// error.
-    fn confirm_checksum(&self, key: &str, echoed: Option<&str>, expected: &str) -> Result<bool> {
+    /// What the store's echoed checksum (if any) says of `expected`.
+    fn check_echo(&self, key: &str, echoed: Option<&str>, expected: &str) -> StoreCheck {
         match echoed {
-            None => Ok(false),
-            Some(found) if found == expected => Ok(true),
-            Some(found) => Err(PublishError::Verification {
+            None => StoreCheck::NotReported,
+            Some(found) if found == expected => StoreCheck::Confirmed,
+            Some(found) => StoreCheck::Mismatch(PublishError::Verification {
                 location: self.describe(key),
                 reason: format!("store computed sha256 {found}, qtier sent {expected}"),
             }),
@@ -381,37 +463,40 @@ impl S3Store {
     }
 
     /// A multipart upload; aborted (so no parts linger, and nothing becomes visible) on any
-    /// failure. Returns whether the store confirmed every checksum.
+    /// failure.
     async fn upload_multipart(
         &self,
         key: &str,
         source: &Path,
         entry: &FileEntry,
         progress: Arc<dyn TransferProgress>,
-    ) -> Result<bool> {
-        let object_key = self.object_key(key);
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&object_key)
-            .checksum_algorithm(ChecksumAlgorithm::Sha256)
-            .metadata(SHA256_METADATA_KEY, &entry.sha256)
-            .send()
-            .await
-            .map_err(|e| self.error("start multipart upload", key, &e))?;
-        let Some(upload_id) = created.upload_id().map(str::to_owned) else {
-            return Err(PublishError::Store {
-                operation: "start multipart upload",
-                location: self.describe(key),
-                message: "the store returned no upload id".into(),
-            });
-        };
+    ) -> Result<StoreCheck> {
+        let upload_id = self.start_multipart(key, entry).await?;
         let result = self.upload_parts_and_complete(key, &upload_id, source, entry, progress).await;
         if result.is_err() {
             self.abort(key, &upload_id).await;
         }
         result
+    }
+
+    /// Starts a multipart upload to `key` of the file `entry` describes (SHA-256 checksums per
+    /// part, the file's SHA-256 in the metadata); returns its id.
+    async fn start_multipart(&self, key: &str, entry: &FileEntry) -> Result<String> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(self.object_key(key))
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .metadata(SHA256_METADATA_KEY, &entry.sha256)
+            .send()
+            .await
+            .map_err(|e| self.error("start multipart upload", key, &e))?;
+        created.upload_id().map(str::to_owned).ok_or_else(|| PublishError::Store {
+            operation: "start multipart upload",
+            location: self.describe(key),
+            message: "the store returned no upload id".into(),
+        })
     }
 
     /// Uploads every part, then completes the upload.
@@ -422,20 +507,11 @@ impl S3Store {
         source: &Path,
         entry: &FileEntry,
         progress: Arc<dyn TransferProgress>,
-    ) -> Result<bool> {
+    ) -> Result<StoreCheck> {
         let part_size = part_size_for(entry.size, self.options.part_size);
         let parts = entry.size.div_ceil(part_size);
         let file = Arc::new(std::fs::File::open(source).map_err(|e| PublishError::io(source, e))?);
-        let permits = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
-        let mut tasks = JoinSet::new();
-        let mut completed = Vec::with_capacity(parts as usize);
-        for index in 0..parts {
-            let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
-            // Fail fast: once a part has failed, stop reading and sending (dropping the set
-            // cancels the parts in flight).
-            while let Some(done) = tasks.try_join_next() {
-                completed.push(done.expect("part uploads do not panic")?);
-            }
+        let completed = for_each_part(parts, self.options.concurrency, |index| {
             let offset = index * part_size;
             let length = part_size.min(entry.size - offset);
             let (store, key, upload_id, file, source, progress) = (
@@ -446,34 +522,41 @@ impl S3Store {
                 source.to_path_buf(),
                 progress.clone(),
             );
-            tasks.spawn(async move {
-                let _permit = permit;
-                let part_number = i32::try_from(index + 1).expect("at most 10,000 parts");
+            async move {
                 let bytes = tokio::task::spawn_blocking(move || {
                     let mut bytes = vec![0u8; length as usize];
                     file.read_exact_at(&mut bytes, offset).map(|()| bytes).map_err(|e| PublishError::io(&source, e))
                 })
                 .await
                 .expect("reading a part does not panic")?;
-                let part = store.upload_part(&key, &upload_id, part_number, bytes).await?;
+                let part = store.upload_part(&key, &upload_id, index, bytes).await?;
                 progress.advance(length);
-                Ok::<_, PublishError>(part)
-            });
-        }
-        while let Some(done) = tasks.join_next().await {
-            completed.push(done.expect("part uploads do not panic")?);
-        }
-        completed.sort_by_key(|p| p.part.part_number());
+                Ok(part)
+            }
+        })
+        .await?;
         let whole_file = tokio::fs::metadata(source).await.map_err(|e| PublishError::io(source, e))?;
-        let mut hasher = Sha256::new();
-        for part in &completed {
-            hasher.update(part.digest);
-        }
-        if whole_file.len() != entry.size || completed.len() as u64 != parts {
+        if whole_file.len() != entry.size {
             return Err(source_changed(source, entry));
         }
-        let every_part_confirmed = completed.iter().all(|p| p.confirmed_by_store);
-        let composite = format!("{}-{}", base64(&hasher.finalize()), completed.len());
+        self.complete_multipart(key, upload_id, completed).await
+    }
+
+    /// Completes a multipart upload of `parts` (every part, in order), checking the store's
+    /// composite checksum where it gives one; only whole-object `Confirmed` when the store
+    /// confirmed every part and the composite.
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPartWithDigest>,
+    ) -> Result<StoreCheck> {
+        let mut hasher = Sha256::new();
+        for part in &parts {
+            hasher.update(part.digest);
+        }
+        let every_part_confirmed = parts.iter().all(|p| p.confirmed_by_store);
+        let composite = format!("{}-{}", base64(&hasher.finalize()), parts.len());
         let output = self
             .client
             .complete_multipart_upload()
@@ -482,24 +565,27 @@ impl S3Store {
             .upload_id(upload_id)
             .multipart_upload(
                 CompletedMultipartUpload::builder()
-                    .set_parts(Some(completed.into_iter().map(|p| p.part).collect()))
+                    .set_parts(Some(parts.into_iter().map(|p| p.part).collect()))
                     .build(),
             )
             .send()
             .await
             .map_err(|e| self.error("complete multipart upload", key, &e))?;
-        let whole_confirmed = self.confirm_checksum(key, output.checksum_sha256(), &composite)?;
-        Ok(every_part_confirmed && whole_confirmed)
+        Ok(match self.check_echo(key, output.checksum_sha256(), &composite) {
+            StoreCheck::Confirmed if !every_part_confirmed => StoreCheck::NotReported,
+            check => check,
+        })
     }
 
-    /// Uploads one part with its SHA-256.
+    /// Uploads part `index + 1` with its SHA-256.
     async fn upload_part(
         &self,
         key: &str,
         upload_id: &str,
-        part_number: i32,
+        index: u64,
         bytes: Vec<u8>,
     ) -> Result<CompletedPartWithDigest> {
+        let part_number = part_number(index);
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
         let checksum = base64(&digest);
         let output = self
@@ -515,7 +601,7 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| self.error("upload part of", key, &e))?;
-        let confirmed_by_store = self.confirm_checksum(key, output.checksum_sha256(), &checksum)?;
+        let confirmed_by_store = self.check_echo(key, output.checksum_sha256(), &checksum).into_part_result()?;
         let part = CompletedPart::builder()
             .part_number(part_number)
             .set_e_tag(output.e_tag().map(str::to_owned))
@@ -634,6 +720,99 @@ enum StreamFailure {
     Final(PublishError),
 }
 
+/// What a store said of the SHA-256 of bytes it just stored.
+enum StoreCheck {
+    /// It computed the SHA-256 qtier expected.
+    Confirmed,
+    /// It reported none: the bytes must be read back to be checked.
+    NotReported,
+    /// It computed another: it holds other bytes than qtier meant.
+    Mismatch(PublishError),
+}
+
+impl StoreCheck {
+    /// For one part of a multipart upload: whether the store confirmed it, or the error (the
+    /// caller aborts the upload, so nothing of it becomes visible).
+    fn into_part_result(self) -> Result<bool> {
+        match self {
+            StoreCheck::Confirmed => Ok(true),
+            StoreCheck::NotReported => Ok(false),
+            StoreCheck::Mismatch(error) => Err(error),
+        }
+    }
+}
+
+/// S3's part number of the part at `index` (from 0).
+fn part_number(index: u64) -> i32 {
+    i32::try_from(index + 1).expect("at most 10,000 parts")
+}
+
+/// Runs `part(index)` for every part `0..parts`, at most `concurrency` at once; returns the
+/// results in part order, or the first failure, on which it stops starting parts and drops
+/// those in flight.
+async fn for_each_part<T, F, Fut>(parts: u64, concurrency: usize, part: F) -> Result<Vec<T>>
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    let mut completed = Vec::with_capacity(parts as usize);
+    for index in 0..parts {
+        let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+        while let Some(done) = tasks.try_join_next() {
+            completed.push(done.expect("parts do not panic")?);
+        }
+        let future = part(index);
+        tasks.spawn(async move {
+            let _permit = permit;
+            future.await.map(|value| (index, value))
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        completed.push(done.expect("parts do not panic")?);
+    }
+    completed.sort_by_key(|(index, _)| *index);
+    Ok(completed.into_iter().map(|(_, value)| value).collect())
+}
+
+/// The SHA-256 of each `part_size` part of `source` (the last one shorter), read here; errors
+/// when the file is no longer the one `entry` describes.
+async fn local_part_digests(source: &Path, entry: &FileEntry, part_size: u64) -> Result<Vec<[u8; 32]>> {
+    /// Bytes read at a time.
+    const BLOCK: usize = 4 << 20;
+    let (source, entry) = (source.to_path_buf(), entry.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::File::open(&source).map_err(|e| PublishError::io(&source, e))?;
+        let (mut whole, mut digests, mut size) = (Sha256::new(), Vec::new(), 0u64);
+        let mut block = vec![0u8; BLOCK];
+        loop {
+            let mut part = Sha256::new();
+            let mut part_bytes = 0u64;
+            while part_bytes < part_size {
+                let want = BLOCK.min((part_size - part_bytes) as usize);
+                let read = file.read(&mut block[..want]).map_err(|e| PublishError::io(&source, e))?;
+                if read == 0 {
+                    break;
+                }
+                part.update(&block[..read]);
+                whole.update(&block[..read]);
+                part_bytes += read as u64;
+            }
+            if part_bytes == 0 {
+                break;
+            }
+            size += part_bytes;
+            digests.push(part.finalize().into());
+        }
+        check_source_unchanged(&source, &entry, size, &whole.finalize().into())?;
+        Ok(digests)
+    })
+    .await
+    .expect("hashing a file does not panic")
+}
+
 /// A completed part with the raw SHA-256 of its bytes (for the composite checksum).
 struct CompletedPartWithDigest {
     part: CompletedPart,
@@ -749,6 +928,31 @@ mod tests {
         let size = part_size_for(huge, 16 << 20);
         assert!(huge.div_ceil(size) <= MAX_PARTS);
         assert_eq!(size % (1 << 20), 0);
+    }
+
+    #[test]
+    fn part_digests_are_each_parts_sha256_and_refuse_a_changed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("weights");
+        let part_size = 5u64 << 20;
+        let bytes: Vec<u8> = (0..part_size * 2 + 12_345).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&source, &bytes).unwrap();
+        let entry =
+            FileEntry { path: "weights".into(), size: bytes.len() as u64, sha256: hex(&Sha256::digest(&bytes)) };
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let digests = runtime.block_on(local_part_digests(&source, &entry, part_size)).unwrap();
+        let expected: Vec<[u8; 32]> =
+            bytes.chunks(part_size as usize).map(|part| Sha256::digest(part).into()).collect();
+        assert_eq!(digests, expected);
+
+        let exact = &bytes[..(part_size * 2) as usize];
+        std::fs::write(&source, exact).unwrap();
+        let entry = FileEntry { size: exact.len() as u64, sha256: hex(&Sha256::digest(exact)), ..entry };
+        assert_eq!(runtime.block_on(local_part_digests(&source, &entry, part_size)).unwrap().len(), 2, "no empty part");
+
+        std::fs::write(&source, [exact, b"grown"].concat()).unwrap();
+        let error = runtime.block_on(local_part_digests(&source, &entry, part_size)).unwrap_err();
+        assert!(error.to_string().contains("changed while publishing"), "{error}");
     }
 
     #[test]
