@@ -118,11 +118,13 @@ pub struct PublishOutcome {
     pub total_bytes: u64,
     /// Bytes uploaded (skipped and reused files not counted).
     pub uploaded_bytes: u64,
-    /// Bytes copied within the store from the version `latest` pointed at.
+    /// Bytes copied within the store from earlier versions of the model.
     pub reused_bytes: u64,
-    /// The version whose files were offered for reuse (the one `latest` pointed at), if any.
-    pub reused_from: Option<String>,
-    /// Files that version holds which could not be reused, and why (they were uploaded).
+    /// The earlier versions files were copied from, in the order first used (the one `latest`
+    /// pointed at is tried first for every file).
+    pub reused_from: Vec<String>,
+    /// Copies from earlier versions that failed, each with the file and why (the file was then
+    /// copied from another version or uploaded).
     pub not_reused: Vec<String>,
     /// The version was already complete with this content.
     pub already_published: bool,
@@ -267,7 +269,7 @@ pub async fn publish(
         total_bytes: artifact.total_bytes(),
         uploaded_bytes: 0,
         reused_bytes: 0,
-        reused_from: None,
+        reused_from: Vec::new(),
         not_reused: Vec::new(),
         already_published: false,
         forced: manifest.forced.clone(),
@@ -299,8 +301,7 @@ pub async fn publish(
     // Whether written now or found from an earlier run: the claim must be for this content.
     check_claim(store, &claim_key, manifest).await?;
 
-    let previous = previous_version(store, &latest_key, manifest).await;
-    outcome.reused_from = previous.as_ref().map(|p| p.version.clone());
+    let mut earlier = EarlierVersions::new(store, manifest, &latest_key).await;
     for file in &artifact.files {
         let file_key = key(&file.entry.path);
         if store.holds(&file_key, &file.entry).await? {
@@ -308,21 +309,14 @@ pub async fn publish(
             outcome.files.push((file.entry.path.clone(), FileOutcome::Skipped));
             continue;
         }
-        if let Some(from) = previous.as_ref().and_then(|p| p.key_of(&file.entry)) {
-            match store.copy_within(&from, &file_key, &file.source, &file.entry).await {
-                Ok(true) => {
-                    progress.advance(file.entry.size);
-                    outcome.reused_bytes += file.entry.size;
-                    outcome.files.push((file.entry.path.clone(), FileOutcome::Reused));
-                    continue;
-                }
-                Ok(false) => outcome.not_reused.push(format!(
-                    "{}: not copied from {} (it no longer holds those bytes)",
-                    file.entry.path,
-                    store.describe(&from)
-                )),
-                Err(error) => outcome.not_reused.push(format!("{}: {error}", file.entry.path)),
+        if let Some(version) = copy_from_earlier(store, &mut earlier, file, &file_key, &mut outcome.not_reused).await {
+            progress.advance(file.entry.size);
+            outcome.reused_bytes += file.entry.size;
+            outcome.files.push((file.entry.path.clone(), FileOutcome::Reused));
+            if !outcome.reused_from.contains(&version) {
+                outcome.reused_from.push(version);
             }
+            continue;
         }
         let verification = store.upload_file(&file_key, &file.source, &file.entry, progress.clone()).await?;
         outcome.uploaded_bytes += file.entry.size;
@@ -359,35 +353,138 @@ pub async fn publish(
     Ok(outcome)
 }
 
-/// The files of the version a model's `latest` pointer names, offered for reuse by a publish of
-/// another version: each is copied within the store instead of uploaded when its bytes are the
-/// same (weights seldom change between versions; reports do).
-struct PreviousVersion {
-    /// Its name.
-    version: String,
-    /// Its files' keys by size and SHA-256.
-    keys: HashMap<(u64, String), String>,
-}
-
-impl PreviousVersion {
-    /// The key of a file of this version with `entry`'s size and SHA-256.
-    fn key_of(&self, entry: &FileEntry) -> Option<String> {
-        self.keys.get(&(entry.size, entry.sha256.clone())).cloned()
+/// Copies `file` to `file_key` within the store from the first earlier version holding the
+/// same bytes; returns that version. Each failed copy is noted in `not_reused`.
+async fn copy_from_earlier(
+    store: &Store,
+    earlier: &mut EarlierVersions,
+    file: &SourceFile,
+    file_key: &str,
+    not_reused: &mut Vec<String>,
+) -> Option<String> {
+    let mut tried = 0;
+    loop {
+        let (version, from) = earlier.candidate(store, &file.entry, tried).await?;
+        tried += 1;
+        match store.copy_within(&from, file_key, &file.source, &file.entry).await {
+            Ok(true) => return Some(version),
+            Ok(false) => not_reused.push(format!(
+                "{}: not copied from {} (it no longer holds those bytes)",
+                file.entry.path,
+                store.describe(&from)
+            )),
+            Err(error) => {
+                not_reused.push(format!("{}: not copied from {}: {error}", file.entry.path, store.describe(&from)))
+            }
+        }
     }
 }
 
-/// The version `latest` points at, when it is another complete version (its manifest read). Any
-/// problem reading it only means nothing is reused.
-async fn previous_version(store: &Store, latest_key: &str, manifest: &Manifest) -> Option<PreviousVersion> {
+/// Files smaller than this are not looked for beyond the version `latest` names: uploading one
+/// costs less than listing the model's versions and reading their manifests.
+const SEARCH_EARLIER_VERSIONS_FROM_BYTES: u64 = 1 << 20;
+
+/// The files of a model's earlier versions, offered for reuse by a publish of another version:
+/// a file with the same size and SHA-256 is copied within the store instead of uploaded
+/// (weights seldom change between versions; reports do, and a rollback brings back weights an
+/// older version holds). The version the model's `latest` pointer names is read first; the
+/// others only when a file of at least [`SEARCH_EARLIER_VERSIONS_FROM_BYTES`] is needed that it
+/// does not hold intact (then once: one listing of the model's keys and one read per version's
+/// manifest). Any problem reading a version only means its files are not offered.
+struct EarlierVersions {
+    /// The model's name.
+    model_name: String,
+    /// The version being published, never offered.
+    publishing: String,
+    /// Each offered file's candidates by size and SHA-256, as (version, key) in the order to
+    /// try them: the version `latest` names first, then the others, most recently published
+    /// first.
+    candidates: HashMap<(u64, String), Vec<(String, String)>>,
+    /// Versions whose files are in `candidates`.
+    read: Vec<String>,
+    /// Whether the versions other than `latest`'s have been read.
+    all_read: bool,
+}
+
+impl EarlierVersions {
+    /// Reads the version `latest_key` names, when it is another complete version.
+    async fn new(store: &Store, manifest: &Manifest, latest_key: &str) -> EarlierVersions {
+        let mut earlier = EarlierVersions {
+            model_name: manifest.model_name.clone(),
+            publishing: manifest.version.clone(),
+            candidates: HashMap::new(),
+            read: Vec::new(),
+            all_read: false,
+        };
+        if let Some(version) = read_latest(store, latest_key).await
+            && let Some(found) = earlier.read_version(store, &version).await
+        {
+            earlier.offer(found);
+        }
+        earlier
+    }
+
+    /// The `skip`-th candidate (version, key) for a file like `entry`, reading the other
+    /// versions first when the ones read so far have no more and the file is large enough to be
+    /// worth it.
+    async fn candidate(&mut self, store: &Store, entry: &FileEntry, skip: usize) -> Option<(String, String)> {
+        let wanted = (entry.size, entry.sha256.clone());
+        let known = self.candidates.get(&wanted).map_or(0, Vec::len);
+        if skip >= known && !self.all_read && entry.size >= SEARCH_EARLIER_VERSIONS_FROM_BYTES {
+            self.read_the_others(store).await;
+        }
+        self.candidates.get(&wanted)?.get(skip).cloned()
+    }
+
+    /// Reads every other complete version of the model (listed from the store), most recently
+    /// published first.
+    async fn read_the_others(&mut self, store: &Store) {
+        self.all_read = true;
+        let model_prefix = format!("{}/", self.model_name);
+        let Ok(keys) = store.list(&model_prefix).await else { return };
+        let mut found = Vec::new();
+        for key in keys {
+            let Some((version, MANIFEST_FILE)) = key.strip_prefix(&model_prefix).and_then(|k| k.split_once('/')) else {
+                continue;
+            };
+            if self.read.iter().any(|v| v == version) {
+                continue;
+            }
+            if let Some(manifest) = self.read_version(store, version).await {
+                found.push(manifest);
+            }
+        }
+        found.sort_by(|a, b| (&b.publisher.published_at, &b.version).cmp(&(&a.publisher.published_at, &a.version)));
+        for manifest in found {
+            self.offer(manifest);
+        }
+    }
+
+    /// The manifest of `version`, when it is a complete version of this model.
+    async fn read_version(&self, store: &Store, version: &str) -> Option<Manifest> {
+        if version == self.publishing || check_name("version", version).is_err() {
+            return None;
+        }
+        let key = format!("{}/{version}/{MANIFEST_FILE}", self.model_name);
+        let manifest = read_manifest(store, &key).await.ok()??;
+        (manifest.model_name == self.model_name && manifest.version == version).then_some(manifest)
+    }
+
+    /// Offers `manifest`'s files after those of the versions read before it.
+    fn offer(&mut self, manifest: Manifest) {
+        let version_key = format!("{}/{}", self.model_name, manifest.version);
+        for file in manifest.files {
+            let key = format!("{version_key}/{}", file.path);
+            self.candidates.entry((file.size, file.sha256)).or_default().push((manifest.version.clone(), key));
+        }
+        self.read.push(manifest.version);
+    }
+}
+
+/// The version a model's `latest` pointer names, if it names one.
+async fn read_latest(store: &Store, latest_key: &str) -> Option<String> {
     let pointer = store.read_document(latest_key).await.ok()??;
-    let version = String::from_utf8(pointer).ok()?.trim_end().to_owned();
-    if version == manifest.version || check_name("version", &version).is_err() {
-        return None;
-    }
-    let version_key = format!("{}/{version}", manifest.model_name);
-    let previous = read_manifest(store, &format!("{version_key}/{MANIFEST_FILE}")).await.ok()??;
-    let keys = previous.files.into_iter().map(|f| ((f.size, f.sha256), format!("{version_key}/{}", f.path))).collect();
-    Some(PreviousVersion { version, keys })
+    Some(String::from_utf8(pointer).ok()?.trim_end().to_owned())
 }
 
 /// Reads and parses the manifest at `key`, if any.

@@ -217,14 +217,14 @@ pub fn print_publish(outcome: &PublishOutcome) {
             uploaded.push(format!("{n} {words}"));
         }
     }
-    let reused = match (&outcome.reused_from, count(FileOutcome::Reused)) {
-        (Some(version), n) if n > 0 => {
-            format!(
-                ", {n} reused from version {version} ({:.1} MB not sent: copied within the store)",
-                outcome.reused_bytes as f64 / 1e6
-            )
-        }
-        _ => String::new(),
+    let reused = match count(FileOutcome::Reused) {
+        0 => String::new(),
+        n => format!(
+            ", {n} reused from version{} {} ({:.1} MB not sent: copied within the store)",
+            if outcome.reused_from.len() > 1 { "s" } else { "" },
+            outcome.reused_from.join(", "),
+            outcome.reused_bytes as f64 / 1e6
+        ),
     };
     outln!(
         "  {} files, {:.1} MB: {} uploaded ({:.1} MB{}){reused}, {} already in place",

@@ -288,7 +288,7 @@ fn a_new_version_copies_unchanged_files_within_the_store_but_never_bad_bytes() {
         let weights_size = std::fs::metadata(artifact.dir.join("model.safetensors")).unwrap().len();
         assert!(weights_size > 2 * TEST_PART_BYTES);
         let second = publish(&destination, &artifact.dir, "p", &["--version", "second"]);
-        assert_eq!(second["reused_from"], first_version, "{name}");
+        assert_eq!(second["reused_from"], serde_json::json!([first_version]), "{name}");
         assert_eq!(second["uploaded_bytes"], 0, "{name}");
         assert_eq!(second["reused_bytes"], second["total_bytes"], "{name}");
         assert!(outcomes(&second).values().all(|o| o == "reused"), "{name}: {second}");
@@ -304,25 +304,61 @@ fn a_new_version_copies_unchanged_files_within_the_store_but_never_bad_bytes() {
             assert_eq!(inode("second"), inode(first_version), "the local store links, not copies");
         }
 
-        // The weights `latest` holds rot in place (same size, same recorded sha256): they are
-        // not copied, the upload replaces them, and the new version is exact.
+        // The weights `latest` holds rot in place (same size, same recorded sha256): they are not
+        // copied (the bad copy is removed), and the next earlier version holding them is tried.
+        // On S3 the first version's object is intact and is copied; in the local store it is
+        // the same inode, rotten too, so the weights are uploaded. Either way the new version
+        // is exact.
         let rotten = std::fs::OpenOptions::new().write(true).open(weights("second")).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&rotten, b"rot", 4096).unwrap();
         drop(rotten);
         let third = publish(&destination, &artifact.dir, "p", &["--version", "third"]);
-        assert_eq!(third["reused_from"], "second", "{name}");
         let third_outcomes = outcomes(&third);
-        assert!(
-            third_outcomes["model.safetensors"].starts_with("uploaded")
-                || third_outcomes["model.safetensors"] == "copied"
-        );
         assert!(third_outcomes.iter().all(|(path, o)| path == "model.safetensors" || o == "reused"), "{third}");
-        assert_eq!(third["uploaded_bytes"], weights_size, "{name}");
-        let not_reused = third["not_reused"].as_array().unwrap();
-        assert_eq!(not_reused.len(), 1, "{name}: {third}");
-        assert!(not_reused[0].as_str().unwrap().starts_with("model.safetensors: "), "{name}: {third}");
+        let not_reused: Vec<&str> =
+            third["not_reused"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+        assert!(not_reused.iter().all(|r| r.starts_with("model.safetensors: not copied from ")), "{name}: {third}");
+        assert!(not_reused[0].contains("/second/"), "{name}: the version `latest` names is tried first: {third}");
+        match destination {
+            Destination::S3(_) => {
+                assert_eq!(third_outcomes["model.safetensors"], "reused", "{name}: {third}");
+                assert_eq!(third["uploaded_bytes"], 0, "{name}");
+                assert_eq!(third["reused_from"], serde_json::json!(["second", first_version]), "{name}");
+                assert_eq!(not_reused.len(), 1, "{name}: {third}");
+            }
+            Destination::Local(_) => {
+                assert_eq!(third_outcomes["model.safetensors"], "copied", "{name}: {third}");
+                assert_eq!(third["uploaded_bytes"], weights_size, "{name}");
+                assert_eq!(third["reused_from"], serde_json::json!(["second"]), "{name}");
+                assert_eq!(not_reused.len(), 2, "{name}: {third}");
+                assert!(not_reused[1].contains(&format!("/{first_version}/")), "{name}: {third}");
+            }
+        }
         let target = scratch.path().join("third");
         succeeded(destination.qtier(&["pull", &destination.uri("p/minilm-w8a8/third"), arg(&target)]));
+        assert_pulled_exactly(&target);
+
+        // A rollback: other weights become `latest`, then the old weights are published again.
+        // They are copied from the most recent earlier version that holds them intact, although
+        // `latest` does not.
+        let other = tempfile::tempdir().unwrap();
+        let other_dir = other.path().join("minilm-w8a8");
+        for (path, mut bytes) in tree(&artifact.dir) {
+            if path == "model.safetensors" {
+                *bytes.last_mut().unwrap() ^= 1;
+            }
+            std::fs::create_dir_all(other_dir.join(&path).parent().unwrap()).unwrap();
+            std::fs::write(other_dir.join(&path), bytes).unwrap();
+        }
+        let other_weights = publish(&destination, &other_dir, "p", &["--version", "other"]);
+        assert_eq!(other_weights["uploaded_bytes"], weights_size, "{name}: {other_weights}");
+        let rollback = publish(&destination, &artifact.dir, "p", &["--version", "rollback"]);
+        assert_eq!(outcomes(&rollback)["model.safetensors"], "reused", "{name}: {rollback}");
+        assert_eq!(rollback["uploaded_bytes"], 0, "{name}: {rollback}");
+        assert_eq!(rollback["reused_from"], serde_json::json!(["other", "third"]), "{name}: {rollback}");
+        assert_eq!(rollback["not_reused"], serde_json::json!([]), "{name}: {rollback}");
+        let target = scratch.path().join("rollback");
+        succeeded(destination.qtier(&["pull", &destination.uri("p/minilm-w8a8/rollback"), arg(&target)]));
         assert_pulled_exactly(&target);
         if let Destination::S3(server) = &destination {
             assert!(server.incomplete_uploads().is_empty());
