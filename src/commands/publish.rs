@@ -236,7 +236,7 @@ pub fn print_publish(outcome: &PublishOutcome) {
         count(FileOutcome::Skipped),
     );
     for reason in &outcome.not_reused {
-        outln!("  uploaded instead of reused: {reason}");
+        outln!("  not reused: {reason}");
     }
     outln!("  manifest: {}", outcome.manifest_location);
     outln!("  latest:   {} -> {}", outcome.latest_location, outcome.version);

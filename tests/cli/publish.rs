@@ -360,6 +360,16 @@ fn a_new_version_copies_unchanged_files_within_the_store_but_never_bad_bytes() {
         let target = scratch.path().join("rollback");
         succeeded(destination.qtier(&["pull", &destination.uri("p/minilm-w8a8/rollback"), arg(&target)]));
         assert_pulled_exactly(&target);
+
+        // The text summary names every version copied from.
+        let uri = destination.uri("p");
+        let mut args = vec!["publish", arg(&other_dir), "--to", &uri, "--version", "other-again"];
+        let reports = artifact.report_args();
+        args.extend(reports.iter().map(String::as_str));
+        let summary = String::from_utf8(succeeded(destination.qtier(&args)).stdout).unwrap();
+        let files = rollback["files"].as_array().unwrap().len();
+        let line = format!(" 0 uploaded (0.0 MB), {files} reused from versions rollback, other (");
+        assert!(summary.contains(&line), "{name}: {summary}");
         if let Destination::S3(server) = &destination {
             assert!(server.incomplete_uploads().is_empty());
         }
