@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
 
 use crate::error::{PublishError, Result};
 use crate::gates::{self, GatePolicy};
@@ -384,13 +385,17 @@ async fn copy_from_earlier(
 /// costs less than listing the model's versions and reading their manifests.
 const SEARCH_EARLIER_VERSIONS_FROM_BYTES: u64 = 1 << 20;
 
+/// Manifests read at once when looking through a model's other versions.
+const MANIFEST_READS_IN_FLIGHT: usize = 16;
+
 /// The files of a model's earlier versions, offered for reuse by a publish of another version:
 /// a file with the same size and SHA-256 is copied within the store instead of uploaded
 /// (weights seldom change between versions; reports do, and a rollback brings back weights an
 /// older version holds). The version the model's `latest` pointer names is read first; the
 /// others only when a file of at least [`SEARCH_EARLIER_VERSIONS_FROM_BYTES`] is needed that it
 /// does not hold intact (then once: one listing of the model's keys and one read per version's
-/// manifest). Any problem reading a version only means its files are not offered.
+/// manifest, several at a time). Any problem reading a version only means its files are not
+/// offered.
 struct EarlierVersions {
     /// The model's name.
     model_name: String,
@@ -417,7 +422,7 @@ impl EarlierVersions {
             all_read: false,
         };
         if let Some(version) = read_latest(store, latest_key).await
-            && let Some(found) = earlier.read_version(store, &version).await
+            && let Some(found) = read_version(store, &earlier.model_name, &earlier.publishing, &version).await
         {
             earlier.offer(found);
         }
@@ -436,38 +441,35 @@ impl EarlierVersions {
         self.candidates.get(&wanted)?.get(skip).cloned()
     }
 
-    /// Reads every other complete version of the model (listed from the store), most recently
-    /// published first.
+    /// Reads every other complete version of the model (listed from the store,
+    /// [`MANIFEST_READS_IN_FLIGHT`] manifests at a time), most recently published first.
     async fn read_the_others(&mut self, store: &Store) {
         self.all_read = true;
         let model_prefix = format!("{}/", self.model_name);
         let Ok(keys) = store.list(&model_prefix).await else { return };
+        let versions: Vec<&str> = keys
+            .iter()
+            .filter_map(|key| match key.strip_prefix(&model_prefix)?.split_once('/')? {
+                (version, MANIFEST_FILE) if !self.read.iter().any(|v| v == version) => Some(version),
+                _ => None,
+            })
+            .collect();
         let mut found = Vec::new();
-        for key in keys {
-            let Some((version, MANIFEST_FILE)) = key.strip_prefix(&model_prefix).and_then(|k| k.split_once('/')) else {
-                continue;
-            };
-            if self.read.iter().any(|v| v == version) {
-                continue;
+        for batch in versions.chunks(MANIFEST_READS_IN_FLIGHT) {
+            let mut reads = JoinSet::new();
+            for version in batch {
+                let (store, model_name, publishing, version) =
+                    (store.clone(), self.model_name.clone(), self.publishing.clone(), version.to_string());
+                reads.spawn(async move { read_version(&store, &model_name, &publishing, &version).await });
             }
-            if let Some(manifest) = self.read_version(store, version).await {
-                found.push(manifest);
+            while let Some(read) = reads.join_next().await {
+                found.extend(read.expect("reading a manifest does not panic"));
             }
         }
         found.sort_by(|a, b| (&b.publisher.published_at, &b.version).cmp(&(&a.publisher.published_at, &a.version)));
         for manifest in found {
             self.offer(manifest);
         }
-    }
-
-    /// The manifest of `version`, when it is a complete version of this model.
-    async fn read_version(&self, store: &Store, version: &str) -> Option<Manifest> {
-        if version == self.publishing || check_name("version", version).is_err() {
-            return None;
-        }
-        let key = format!("{}/{version}/{MANIFEST_FILE}", self.model_name);
-        let manifest = read_manifest(store, &key).await.ok()??;
-        (manifest.model_name == self.model_name && manifest.version == version).then_some(manifest)
     }
 
     /// Offers `manifest`'s files after those of the versions read before it.
@@ -479,6 +481,17 @@ impl EarlierVersions {
         }
         self.read.push(manifest.version);
     }
+}
+
+/// The manifest of `version` of `model_name`, when it is a complete version other than
+/// `publishing`.
+async fn read_version(store: &Store, model_name: &str, publishing: &str, version: &str) -> Option<Manifest> {
+    if version == publishing || check_name("version", version).is_err() {
+        return None;
+    }
+    let key = format!("{model_name}/{version}/{MANIFEST_FILE}");
+    let manifest = read_manifest(store, &key).await.ok()??;
+    (manifest.model_name == model_name && manifest.version == version).then_some(manifest)
 }
 
 /// The version a model's `latest` pointer names, if it names one.

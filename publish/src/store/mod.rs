@@ -55,8 +55,8 @@ pub enum Verification {
     LocalCopy,
 }
 
-/// A store, chosen by the location's scheme.
-#[derive(Debug)]
+/// A store, chosen by the location's scheme (cloning one shares its connections).
+#[derive(Debug, Clone)]
 pub enum Store {
     /// A local directory.
     Local(LocalStore),
