@@ -405,8 +405,8 @@ struct EarlierVersions {
     /// try them: the version `latest` names first, then the others, most recently published
     /// first.
     candidates: HashMap<(u64, String), Vec<(String, String)>>,
-    /// Versions whose files are in `candidates`.
-    read: Vec<String>,
+    /// The version `latest` names, when its files are offered (read first, so not again).
+    latest: Option<String>,
     /// Whether the versions other than `latest`'s have been read.
     all_read: bool,
 }
@@ -418,13 +418,14 @@ impl EarlierVersions {
             model_name: manifest.model_name.clone(),
             publishing: manifest.version.clone(),
             candidates: HashMap::new(),
-            read: Vec::new(),
+            latest: None,
             all_read: false,
         };
         if let Some(version) = read_latest(store, latest_key).await
             && let Some(found) = read_version(store, &earlier.model_name, &earlier.publishing, &version).await
         {
             earlier.offer(found);
+            earlier.latest = Some(version);
         }
         earlier
     }
@@ -450,7 +451,7 @@ impl EarlierVersions {
         let versions: Vec<&str> = keys
             .iter()
             .filter_map(|key| match key.strip_prefix(&model_prefix)?.split_once('/')? {
-                (version, MANIFEST_FILE) if !self.read.iter().any(|v| v == version) => Some(version),
+                (version, MANIFEST_FILE) if self.latest.as_deref() != Some(version) => Some(version),
                 _ => None,
             })
             .collect();
@@ -479,7 +480,6 @@ impl EarlierVersions {
             let key = format!("{version_key}/{}", file.path);
             self.candidates.entry((file.size, file.sha256)).or_default().push((manifest.version.clone(), key));
         }
-        self.read.push(manifest.version);
     }
 }
 

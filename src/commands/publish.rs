@@ -56,7 +56,7 @@ pub struct UploadArgs {
     /// KiB, MiB, GiB suffixes).
     #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
     pub multipart_threshold: u64,
-    /// Part size of multipart uploads (at least 5 MiB, S3's minimum).
+    /// Part size of multipart uploads and copies (at least 5 MiB, S3's minimum).
     #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
     pub part_size: u64,
     /// Parts uploaded or copied at once.

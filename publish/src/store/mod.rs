@@ -141,7 +141,7 @@ impl Store {
     /// server-side copy on S3, a hard link in a local directory), when `from` holds exactly the
     /// file `entry` describes, and checks the result like an upload (`source`, the local file
     /// `entry` describes, gives the SHA-256 of each part of a multipart copy). `false` when
-    /// `from` does not hold it: the caller uploads instead.
+    /// `from` does not hold it: the caller copies from elsewhere or uploads instead.
     pub async fn copy_within(&self, from: &str, to: &str, source: &Path, entry: &FileEntry) -> Result<bool> {
         match self {
             Store::Local(store) => store.copy_within(from, to, entry).await,

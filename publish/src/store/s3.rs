@@ -332,12 +332,10 @@ impl S3Store {
     async fn copy_multipart(&self, from: &str, to: &str, source: &Path, entry: &FileEntry) -> Result<StoreCheck> {
         let part_size = part_size_for(entry.size, self.options.part_size);
         let digests = local_part_digests(source, entry, part_size).await?;
-        let upload_id = self.start_multipart(to, entry).await?;
-        let result = self.copy_parts_and_complete(from, to, &upload_id, entry, part_size, &digests).await;
-        if result.is_err() {
-            self.abort(to, &upload_id).await;
-        }
-        result
+        self.in_multipart_upload(to, entry, async |upload_id| {
+            self.copy_parts_and_complete(from, to, upload_id, entry, part_size, &digests).await
+        })
+        .await
     }
 
     /// Copies every part of `from` (SHA-256s `digests`, `part_size` bytes each but the last),
@@ -388,12 +386,25 @@ impl S3Store {
             .await
             .map_err(|e| self.error("copy part of", key, &e))?;
         let result = output.copy_part_result();
+        let echoed = result.and_then(|r| r.checksum_sha256());
+        self.completed_part(key, part_number, digest, echoed, result.and_then(|r| r.e_tag()))
+    }
+
+    /// Part `part_number` of a multipart upload to `key` as the store reported it (its echoed
+    /// SHA-256, if any, and its ETag), checked against `digest`, the SHA-256 of its bytes.
+    fn completed_part(
+        &self,
+        key: &str,
+        part_number: i32,
+        digest: [u8; 32],
+        echoed: Option<&str>,
+        e_tag: Option<&str>,
+    ) -> Result<CompletedPartWithDigest> {
         let checksum = base64(&digest);
-        let confirmed_by_store =
-            self.check_echo(key, result.and_then(|r| r.checksum_sha256()), &checksum).into_part_result()?;
+        let confirmed_by_store = self.check_echo(key, echoed, &checksum).into_part_result()?;
         let part = CompletedPart::builder()
             .part_number(part_number)
-            .set_e_tag(result.and_then(|r| r.e_tag()).map(str::to_owned))
+            .set_e_tag(e_tag.map(str::to_owned))
             .checksum_sha256(checksum)
             .build();
         Ok(CompletedPartWithDigest { part, digest, confirmed_by_store })
@@ -471,8 +482,23 @@ impl S3Store {
         entry: &FileEntry,
         progress: Arc<dyn TransferProgress>,
     ) -> Result<StoreCheck> {
+        self.in_multipart_upload(key, entry, async |upload_id| {
+            self.upload_parts_and_complete(key, upload_id, source, entry, progress).await
+        })
+        .await
+    }
+
+    /// Starts a multipart upload to `key` of the file `entry` describes and runs `parts` with
+    /// its id (they send the parts and complete it); aborts the upload when `parts` fails, so
+    /// that no parts linger and nothing becomes visible.
+    async fn in_multipart_upload(
+        &self,
+        key: &str,
+        entry: &FileEntry,
+        parts: impl AsyncFnOnce(&str) -> Result<StoreCheck>,
+    ) -> Result<StoreCheck> {
         let upload_id = self.start_multipart(key, entry).await?;
-        let result = self.upload_parts_and_complete(key, &upload_id, source, entry, progress).await;
+        let result = parts(&upload_id).await;
         if result.is_err() {
             self.abort(key, &upload_id).await;
         }
@@ -601,13 +627,7 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| self.error("upload part of", key, &e))?;
-        let confirmed_by_store = self.check_echo(key, output.checksum_sha256(), &checksum).into_part_result()?;
-        let part = CompletedPart::builder()
-            .part_number(part_number)
-            .set_e_tag(output.e_tag().map(str::to_owned))
-            .checksum_sha256(checksum)
-            .build();
-        Ok(CompletedPartWithDigest { part, digest, confirmed_by_store })
+        self.completed_part(key, part_number, digest, output.checksum_sha256(), output.e_tag())
     }
 
     /// Aborts a multipart upload, retrying a few times: a lingering upload costs storage and
