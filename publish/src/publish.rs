@@ -93,8 +93,9 @@ pub enum FileOutcome {
     UploadedVerifiedByReadBack,
     /// Copied into a local store while hashing.
     Copied,
-    /// The version `latest` pointed at holds the same bytes: copied within the store (a
-    /// server-side copy on S3, a hard link locally), checked like an upload.
+    /// An earlier version of the model (the one `latest` names first, then the others, most
+    /// recently published first) holds the same bytes: copied within the store (a server-side
+    /// copy on S3, a hard link locally), checked like an upload.
     Reused,
 }
 

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod aws_checksums;
 mod bad_input;
 mod bench;
 mod device;

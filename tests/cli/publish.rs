@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use crate::aws_checksums::ChecksumReport;
 use crate::common::{arg, run_ok, test_model};
 use crate::s3_server::{ACCESS_KEY, FaultProxy, S3Server, SECRET_KEY, tree};
 
@@ -276,10 +277,6 @@ fn a_new_version_copies_unchanged_files_within_the_store_but_never_bad_bytes() {
         let name = destination.name();
         let first = publish(&destination, &artifact.dir, "p", &[]);
         let first_version = first["version"].as_str().unwrap();
-        let outcomes = |outcome: &serde_json::Value| -> std::collections::BTreeMap<String, String> {
-            let files = outcome["files"].as_array().unwrap().iter();
-            files.map(|f| (f[0].as_str().unwrap().to_owned(), f[1].as_str().unwrap().to_owned())).collect()
-        };
 
         // The same bytes as a new version (new reports over the same weights are the usual case):
         // every file is copied within the store from the version `latest` named; nothing is sent.
@@ -291,7 +288,7 @@ fn a_new_version_copies_unchanged_files_within_the_store_but_never_bad_bytes() {
         assert_eq!(second["reused_from"], serde_json::json!([first_version]), "{name}");
         assert_eq!(second["uploaded_bytes"], 0, "{name}");
         assert_eq!(second["reused_bytes"], second["total_bytes"], "{name}");
-        assert!(outcomes(&second).values().all(|o| o == "reused"), "{name}: {second}");
+        assert!(file_outcomes(&second).values().all(|o| o == "reused"), "{name}: {second}");
         assert_eq!(second["not_reused"], serde_json::json!([]), "{name}");
         let scratch = tempfile::tempdir().unwrap();
         let target = scratch.path().join("second");
@@ -313,7 +310,7 @@ fn a_new_version_copies_unchanged_files_within_the_store_but_never_bad_bytes() {
         std::os::unix::fs::FileExt::write_all_at(&rotten, b"rot", 4096).unwrap();
         drop(rotten);
         let third = publish(&destination, &artifact.dir, "p", &["--version", "third"]);
-        let third_outcomes = outcomes(&third);
+        let third_outcomes = file_outcomes(&third);
         assert!(third_outcomes.iter().all(|(path, o)| path == "model.safetensors" || o == "reused"), "{third}");
         let not_reused: Vec<&str> =
             third["not_reused"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
@@ -353,7 +350,7 @@ fn a_new_version_copies_unchanged_files_within_the_store_but_never_bad_bytes() {
         let other_weights = publish(&destination, &other_dir, "p", &["--version", "other"]);
         assert_eq!(other_weights["uploaded_bytes"], weights_size, "{name}: {other_weights}");
         let rollback = publish(&destination, &artifact.dir, "p", &["--version", "rollback"]);
-        assert_eq!(outcomes(&rollback)["model.safetensors"], "reused", "{name}: {rollback}");
+        assert_eq!(file_outcomes(&rollback)["model.safetensors"], "reused", "{name}: {rollback}");
         assert_eq!(rollback["uploaded_bytes"], 0, "{name}: {rollback}");
         assert_eq!(rollback["reused_from"], serde_json::json!(["other", "third"]), "{name}: {rollback}");
         assert_eq!(rollback["not_reused"], serde_json::json!([]), "{name}: {rollback}");
@@ -373,6 +370,110 @@ fn a_new_version_copies_unchanged_files_within_the_store_but_never_bad_bytes() {
         if let Destination::S3(server) = &destination {
             assert!(server.incomplete_uploads().is_empty());
         }
+    }
+}
+
+/// The outcome of each file of a publish, by path.
+fn file_outcomes(outcome: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+    let files = outcome["files"].as_array().unwrap().iter();
+    files.map(|f| (f[0].as_str().unwrap().to_owned(), f[1].as_str().unwrap().to_owned())).collect()
+}
+
+/// Whether `key` is one of the documents publish writes and reads (`latest`, manifests, version
+/// claims), not an artifact file.
+fn is_document(key: &str) -> bool {
+    ["/latest", "/qtier-manifest.json", "/.qtier-publish-claim.json"].iter().any(|name| key.ends_with(name))
+}
+
+#[test]
+fn a_store_reporting_checksums_as_s3_does_is_trusted_and_nothing_is_read_back() {
+    // S3 reports the SHA-256 of every object, part, copy and multipart composite; qtier checks
+    // them and reads nothing back (plain s3s-fs reports only PutObject's, so the other tests
+    // exercise the read-back). The weights go up in parts, then are copied in parts.
+    let (server, ledger) = S3Server::start_reporting_checksums();
+    let destination = Destination::S3(server);
+    let artifact = artifact();
+    let first = publish(&destination, &artifact.dir, "p", &[]);
+    let outcomes = file_outcomes(&first);
+    assert!(outcomes.values().all(|o| o == "uploaded-verified-by-store"), "{first}");
+    let reads = ledger.take_reads();
+    assert!(reads.iter().all(|key| is_document(key)), "only documents are read: {reads:?}");
+
+    let second = publish(&destination, &artifact.dir, "p", &["--version", "second"]);
+    assert!(file_outcomes(&second).values().all(|o| o == "reused"), "{second}");
+    assert_eq!(second["uploaded_bytes"], 0);
+    let reads = ledger.take_reads();
+    assert!(reads.iter().all(|key| is_document(key)), "copies are not read back: {reads:?}");
+    assert_eq!(ledger.lies_told(), 0);
+    let Destination::S3(server) = &destination else { unreachable!() };
+    assert!(server.incomplete_uploads().is_empty());
+    assert!(server.multipart_part_counts().iter().all(|&parts| parts > 2), "{:?}", server.multipart_part_counts());
+    let target = tempfile::tempdir().unwrap().path().join("second");
+    succeeded(destination.qtier(&["pull", &destination.uri("p/minilm-w8a8/second"), arg(&target)]));
+    assert_pulled_exactly(&target);
+}
+
+#[test]
+fn a_checksum_the_store_reports_wrongly_fails_the_upload_and_leaves_no_object_behind() {
+    // Whatever the store says it stored, if its SHA-256 is not the one qtier sent, the object
+    // (or, for a part, the whole upload) is gone and the publish fails naming the file; nothing
+    // is published.
+    for (operation, file) in [
+        (ChecksumReport::PutObject, "vocab.txt"),
+        (ChecksumReport::UploadPart, "model.safetensors"),
+        (ChecksumReport::CompleteMultipartUpload, "model.safetensors"),
+        (ChecksumReport::PutObject, "qtier-manifest.json"),
+    ] {
+        let (server, ledger) = S3Server::start_reporting_checksums();
+        ledger.lie(operation, file);
+        let destination = Destination::S3(server);
+        let artifact = artifact();
+        let uri = destination.uri("p");
+        let mut args = vec!["publish", arg(&artifact.dir), "--to", &uri, "--part-size", TEST_PART_SIZE];
+        args.extend(["--multipart-threshold", TEST_PART_SIZE]);
+        let reports = artifact.report_args();
+        args.extend(reports.iter().map(String::as_str));
+        let message = failed(destination.qtier(&args));
+        assert!(ledger.lies_told() >= 1, "{operation:?}");
+        assert!(message.contains(file) && message.contains("store computed sha256"), "{operation:?}: {message}");
+        let Destination::S3(server) = &destination else { unreachable!() };
+        let keys = server.keys();
+        // The version stays claimed (a publish of the same content resumes it); nothing else
+        // of it is visible.
+        let published = |key: &String| {
+            [format!("/{file}"), "/qtier-manifest.json".into(), "/latest".into()].iter().any(|end| key.ends_with(end))
+        };
+        assert!(!keys.iter().any(published), "{operation:?}: {keys:?}");
+        assert!(server.incomplete_uploads().is_empty(), "{operation:?}: {:?}", server.incomplete_uploads());
+    }
+}
+
+#[test]
+fn a_copy_the_store_reports_wrongly_is_not_reused_and_the_file_is_uploaded() {
+    for (operation, file) in
+        [(ChecksumReport::CopyObject, "vocab.txt"), (ChecksumReport::UploadPartCopy, "model.safetensors")]
+    {
+        let (server, ledger) = S3Server::start_reporting_checksums();
+        let destination = Destination::S3(server);
+        let artifact = artifact();
+        publish(&destination, &artifact.dir, "p", &[]);
+        ledger.lie(operation, file);
+        let second = publish(&destination, &artifact.dir, "p", &["--version", "second"]);
+        assert!(ledger.lies_told() >= 1, "{operation:?}");
+        let outcomes = file_outcomes(&second);
+        assert_eq!(outcomes[file], "uploaded-verified-by-store", "{operation:?}: {second}");
+        assert!(outcomes.iter().all(|(path, o)| path == file || o == "reused"), "{operation:?}: {second}");
+        let size = std::fs::metadata(artifact.dir.join(file)).unwrap().len();
+        assert_eq!(second["uploaded_bytes"], size, "{operation:?}");
+        let not_reused = second["not_reused"].as_array().unwrap();
+        assert_eq!(not_reused.len(), 1, "{operation:?}: {second}");
+        let reason = not_reused[0].as_str().unwrap();
+        assert!(reason.starts_with(&format!("{file}: ")) && reason.contains("store computed sha256"), "{reason}");
+        let Destination::S3(server) = &destination else { unreachable!() };
+        assert!(server.incomplete_uploads().is_empty(), "{operation:?}: {:?}", server.incomplete_uploads());
+        let target = tempfile::tempdir().unwrap().path().join("second");
+        succeeded(destination.qtier(&["pull", &destination.uri("p/minilm-w8a8/second"), arg(&target)]));
+        assert_pulled_exactly(&target);
     }
 }
 

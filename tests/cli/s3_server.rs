@@ -1,5 +1,6 @@
 //! A real S3-compatible server for the publish tests (s3s-fs, the file-system backend of the s3s
-//! crate), run inside the test process on 127.0.0.1, and a TCP proxy that cuts connections to it.
+//! crate), run inside the test process on 127.0.0.1, optionally reporting checksums as S3 does, and
+//! a TCP proxy that cuts connections to it.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -10,6 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
+
+use crate::aws_checksums::{AwsChecksums, ChecksumLedger};
 
 /// The test credentials. Distinctive, so tests can grep every output for them.
 pub const ACCESS_KEY: &str = "AKIAQTIERTESTKEY0001";
@@ -31,9 +34,21 @@ impl S3Server {
     /// Starts a server on an ephemeral loopback port (it runs until the test process exits).
     pub fn start() -> S3Server {
         let root = tempfile::tempdir().expect("a temporary directory");
-        std::fs::create_dir(root.path().join(BUCKET)).expect("the bucket directory");
-        let filesystem = s3s_fs::FileSystem::new(root.path()).expect("s3s-fs opens its root");
-        let mut builder = s3s::service::S3ServiceBuilder::new(filesystem);
+        let filesystem = bucket_and_filesystem(root.path());
+        S3Server::serve(filesystem, root)
+    }
+
+    /// [`S3Server::start`], reporting the SHA-256 checksums S3 reports (see
+    /// [`crate::aws_checksums`]); the ledger records reads and can make it report wrong ones.
+    pub fn start_reporting_checksums() -> (S3Server, Arc<ChecksumLedger>) {
+        let root = tempfile::tempdir().expect("a temporary directory");
+        let (service, ledger) = AwsChecksums::new(bucket_and_filesystem(root.path()), root.path());
+        (S3Server::serve(service, root), ledger)
+    }
+
+    /// Serves `s3` on an ephemeral loopback port from a thread of its own.
+    fn serve(s3: impl s3s::S3, root: tempfile::TempDir) -> S3Server {
+        let mut builder = s3s::service::S3ServiceBuilder::new(s3);
         builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = builder.build();
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
@@ -202,6 +217,12 @@ fn relay(client: TcpStream, server: TcpStream, cut_after_bytes: u64, cuts: usize
         }
     }
     let _ = writer.shutdown(Shutdown::Write);
+}
+
+/// Makes the bucket directory under `root` and opens s3s-fs there.
+fn bucket_and_filesystem(root: &Path) -> s3s_fs::FileSystem {
+    std::fs::create_dir(root.join(BUCKET)).expect("the bucket directory");
+    s3s_fs::FileSystem::new(root).expect("s3s-fs opens its root")
 }
 
 /// Every file below `dir` with its bytes, keyed by relative path (for byte-for-byte comparison).

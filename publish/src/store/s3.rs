@@ -184,7 +184,9 @@ impl S3Store {
     }
 
     /// See [`super::Store::write_document`]: `if_absent` sends `If-None-Match: *`; a server that
-    /// ignores it is caught by the caller, which reads the document back.
+    /// ignores it is caught by the caller, which reads the document back. The document's SHA-256
+    /// goes with it; a store that reports another one for what it stored has the object removed,
+    /// and the write fails.
     pub async fn write_document(&self, key: &str, bytes: Vec<u8>, if_absent: bool) -> Result<PutOutcome> {
         let sha256 = Sha256::digest(&bytes);
         let mut attempt = 0;
@@ -203,7 +205,12 @@ impl S3Store {
                 request = request.if_none_match("*");
             }
             match request.send().await {
-                Ok(_) => return Ok(PutOutcome::Written),
+                Ok(output) => {
+                    return match self.check_echo(key, output.checksum_sha256(), &base64(&sha256)) {
+                        StoreCheck::Mismatch(error) => Err(self.remove_bad_object(key, error).await),
+                        StoreCheck::Confirmed | StoreCheck::NotReported => Ok(PutOutcome::Written),
+                    };
+                }
                 Err(error) if if_absent && http_status(&error) == Some(412) => return Ok(PutOutcome::AlreadyExists),
                 Err(error) if http_status(&error) == Some(409) && attempt < CONFLICT_ATTEMPTS => {
                     tokio::time::sleep(backoff(attempt)).await;
@@ -421,16 +428,22 @@ impl S3Store {
             StoreCheck::Mismatch(error) => Err(error),
         };
         let Err(error) = verified else { return verified };
-        if let Err(removal) = self.client.delete_object().bucket(&self.bucket).key(self.object_key(key)).send().await {
-            return Err(PublishError::Verification {
+        Err(self.remove_bad_object(key, error).await)
+    }
+
+    /// Removes the object at `key`, which failed its check with `error`; returns `error`, or,
+    /// when the removal fails too, an error that says so.
+    async fn remove_bad_object(&self, key: &str, error: PublishError) -> PublishError {
+        match self.client.delete_object().bucket(&self.bucket).key(self.object_key(key)).send().await {
+            Ok(_) => error,
+            Err(removal) => PublishError::Verification {
                 location: self.describe(key),
                 reason: format!(
                     "{error}; removing the object failed too ({}): delete it by hand",
                     sdk_message(&removal)
                 ),
-            });
+            },
         }
-        Err(error)
     }
 
     /// One `PutObject`.
