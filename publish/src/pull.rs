@@ -71,7 +71,7 @@ pub async fn pull(
         if let Some(parent) = destination.parent() {
             tokio::fs::create_dir_all(parent).await.map_err(|e| PublishError::io(parent, e))?;
         }
-        let (size, sha256) = store.download_file(&key, &destination, progress.clone()).await?;
+        let (size, sha256) = store.download_file(&key, &destination, entry.size, progress.clone()).await?;
         if size != entry.size || sha256 != entry.sha256 {
             return Err(PublishError::Verification {
                 location: format!("{} ({})", entry.path, store.describe(&key)),

@@ -76,6 +76,33 @@ impl UploadArgs {
     }
 }
 
+/// How to download (`qtier pull`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DownloadArgs {
+    /// How to reach S3.
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// Files larger than this are fetched from S3 in ranges of this size, in parallel (at least
+    /// 5 MiB; bytes, or K, M, G, KiB, MiB, GiB suffixes).
+    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
+    pub part_size: u64,
+    /// Ranges fetched at once (one S3 connection typically carries no more than about 100 MB/s).
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
+}
+
+impl DownloadArgs {
+    /// The library's options.
+    pub fn options(&self) -> S3Options {
+        S3Options {
+            multipart_threshold: self.part_size,
+            part_size: self.part_size,
+            concurrency: usize::from(self.concurrency),
+            ..self.s3.options()
+        }
+    }
+}
+
 /// `qtier publish`.
 #[derive(Debug, clap::Args)]
 pub struct PublishArgs {
@@ -128,9 +155,9 @@ pub struct PullArgs {
     /// Replace the target directory if it exists.
     #[arg(long)]
     pub force: bool,
-    /// How to reach S3.
+    /// How to reach S3 and download.
     #[command(flatten)]
-    pub s3: S3Args,
+    pub download: DownloadArgs,
     /// Print the outcome as JSON (and no progress bar).
     #[arg(long)]
     pub json: bool,
@@ -253,7 +280,7 @@ pub fn run_pull(args: PullArgs) -> anyhow::Result<()> {
     let location = Location::parse(&args.uri)?;
     let bar = crate::progress::byte_bar("pull", args.json);
     let outcome: anyhow::Result<PullOutcome> = runtime()?.block_on(async {
-        let store = Store::open(&location, &args.s3.options()).await?;
+        let store = Store::open(&location, &args.download.options()).await?;
         Ok(qtier_publish::pull::pull(&store, &args.target, args.force, Arc::new(BarProgress(bar.clone()))).await?)
     });
     bar.finish_and_clear();

@@ -9,8 +9,8 @@
 //! those checksums, computed from the bytes s3s-fs stored, checks the ones the client sends as S3
 //! does (a part whose checksum disagrees is refused, and so is a completion naming a part by a
 //! checksum it does not have), and can be told to report a wrong one ([`ChecksumLedger::lie`]) so
-//! that qtier's handling of a store that disagrees is tested too. It records the keys read with
-//! `GetObject`, which shows whether qtier read anything back.
+//! that qtier's handling of a store that disagrees is tested too. It records every `GetObject`
+//! (key and range), which shows whether qtier read anything back, and how it downloads.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -44,8 +44,8 @@ pub struct ChecksumLedger {
     lie: Mutex<Option<(ChecksumReport, String)>>,
     /// Wrong SHA-256s reported so far.
     lies_told: AtomicUsize,
-    /// Keys read with `GetObject`, in order.
-    reads: Mutex<Vec<String>>,
+    /// `GetObject`s, in order.
+    reads: Mutex<Vec<Read>>,
     /// The SHA-256 of each stored part, by upload id and part number.
     parts: Mutex<HashMap<(String, i32), [u8; 32]>>,
 }
@@ -62,8 +62,8 @@ impl ChecksumLedger {
         self.lies_told.load(Ordering::SeqCst)
     }
 
-    /// Keys read with `GetObject` so far (bucket-relative), and forgets them.
-    pub fn take_reads(&self) -> Vec<String> {
+    /// The `GetObject`s so far, and forgets them.
+    pub fn take_reads(&self) -> Vec<Read> {
         std::mem::take(&mut self.reads.lock().unwrap())
     }
 
@@ -78,6 +78,15 @@ impl ChecksumLedger {
             base64(&digest)
         }
     }
+}
+
+/// One `GetObject`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read {
+    /// The key (bucket-relative).
+    pub key: String,
+    /// The bytes asked for, `first..=last`, when the request named a range.
+    pub range: Option<(u64, Option<u64>)>,
 }
 
 /// s3s-fs reporting SHA-256 checksums as S3 does (see the module documentation).
@@ -198,7 +207,12 @@ impl S3 for AwsChecksums {
     }
 
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
-        self.ledger.reads.lock().unwrap().push(req.input.key.clone());
+        let range = match req.input.range {
+            Some(Range::Int { first, last }) => Some((first, last)),
+            Some(Range::Suffix { .. }) => panic!("qtier does not ask for suffix ranges"),
+            None => None,
+        };
+        self.ledger.reads.lock().unwrap().push(Read { key: req.input.key.clone(), range });
         self.inner.get_object(req).await
     }
 

@@ -397,20 +397,33 @@ fn a_store_reporting_checksums_as_s3_does_is_trusted_and_nothing_is_read_back() 
     let outcomes = file_outcomes(&first);
     assert!(outcomes.values().all(|o| o == "uploaded-verified-by-store"), "{first}");
     let reads = ledger.take_reads();
-    assert!(reads.iter().all(|key| is_document(key)), "only documents are read: {reads:?}");
+    assert!(reads.iter().all(|read| is_document(&read.key)), "only documents are read: {reads:?}");
 
     let second = publish(&destination, &artifact.dir, "p", &["--version", "second"]);
     assert!(file_outcomes(&second).values().all(|o| o == "reused"), "{second}");
     assert_eq!(second["uploaded_bytes"], 0);
     let reads = ledger.take_reads();
-    assert!(reads.iter().all(|key| is_document(key)), "copies are not read back: {reads:?}");
+    assert!(reads.iter().all(|read| is_document(&read.key)), "copies are not read back: {reads:?}");
     assert_eq!(ledger.lies_told(), 0);
     let Destination::S3(server) = &destination else { unreachable!() };
     assert!(server.incomplete_uploads().is_empty());
     assert!(server.multipart_part_counts().iter().all(|&parts| parts > 2), "{:?}", server.multipart_part_counts());
+    // Pull fetches the weights in ranges of the part size that cover them exactly, and the
+    // small files whole.
     let target = tempfile::tempdir().unwrap().path().join("second");
-    succeeded(destination.qtier(&["pull", &destination.uri("p/minilm-w8a8/second"), arg(&target)]));
+    let uri = destination.uri("p/minilm-w8a8/second");
+    succeeded(destination.qtier(&["pull", &uri, arg(&target), "--part-size", TEST_PART_SIZE, "--concurrency", "3"]));
     assert_pulled_exactly(&target);
+    let weights_size = std::fs::metadata(artifact.dir.join("model.safetensors")).unwrap().len();
+    let reads = ledger.take_reads();
+    let mut ranges: Vec<(u64, Option<u64>)> =
+        reads.iter().filter(|r| r.key.ends_with("/model.safetensors")).map(|r| r.range.unwrap()).collect();
+    ranges.sort();
+    let expected: Vec<(u64, Option<u64>)> = (0..weights_size.div_ceil(TEST_PART_BYTES))
+        .map(|i| (i * TEST_PART_BYTES, Some(((i + 1) * TEST_PART_BYTES).min(weights_size) - 1)))
+        .collect();
+    assert_eq!(ranges, expected);
+    assert!(reads.iter().filter(|r| !r.key.ends_with("/model.safetensors")).all(|r| r.range.is_none()), "{reads:?}");
 }
 
 #[test]
@@ -536,6 +549,23 @@ fn a_tampered_object_fails_the_pull_naming_the_file_and_leaves_nothing() {
         let message = failed(destination.qtier(&["pull", &uri, arg(&target)]));
         assert!(message.contains("tokenizer.json") && message.contains("sha256"), "{message}");
         assert!(std::fs::read_dir(parent.path()).unwrap().next().is_none(), "nothing left beside the target");
+        std::fs::write(&object, std::fs::read(artifact().dir.join("tokenizer.json")).unwrap()).unwrap();
+
+        // The weights, fetched from S3 in ranges: a flipped byte fails the whole file's sha256,
+        // and an object shorter or longer than the manifest says fails before it is hashed.
+        let weights = destination.object_path(&format!("t/minilm-w8a8/{version}/model.safetensors"));
+        let original = std::fs::read(&weights).unwrap();
+        let mut flipped = original.clone();
+        flipped[original.len() / 2] ^= 1;
+        let mut longer = original.clone();
+        longer.push(0);
+        let cases = [(flipped, "sha256"), (original[..original.len() - 1].to_vec(), "bytes"), (longer, "bytes")];
+        for (bytes, complaint) in cases {
+            std::fs::write(&weights, bytes).unwrap();
+            let message = failed(destination.qtier(&["pull", &uri, arg(&target)]));
+            assert!(message.contains("model.safetensors") && message.contains(complaint), "{message}");
+            assert!(std::fs::read_dir(parent.path()).unwrap().next().is_none(), "nothing left beside the target");
+        }
     }
 }
 

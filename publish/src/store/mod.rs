@@ -149,16 +149,19 @@ impl Store {
         }
     }
 
-    /// Downloads `key` into `destination` (created), returning its size and SHA-256.
+    /// Downloads `key`, expected to be `expected_size` bytes (its manifest says so), into
+    /// `destination` (created), returning its size and SHA-256. On S3 a large object is fetched
+    /// in parallel ranges, and one of another size is an error.
     pub async fn download_file(
         &self,
         key: &str,
         destination: &Path,
+        expected_size: u64,
         progress: Arc<dyn TransferProgress>,
     ) -> Result<(u64, String)> {
         match self {
             Store::Local(store) => store.download_file(key, destination, progress).await,
-            Store::S3(store) => store.download_file(key, destination, progress).await,
+            Store::S3(store) => store.download_file(key, destination, expected_size, progress).await,
         }
     }
 }
