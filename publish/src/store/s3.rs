@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, MetadataDirective};
 use aws_smithy_types::retry::RetryConfig;
@@ -735,20 +736,42 @@ impl S3Store {
     /// Bytes `range` of `key`, an object that must be `object_size` bytes long; retried when the
     /// body breaks off.
     async fn fetch_range(&self, key: &str, range: std::ops::Range<u64>, object_size: u64) -> Result<Vec<u8>> {
-        let mut attempt = 0;
+        self.retrying_download(key, || self.fetch_range_once(key, range.clone(), object_size)).await
+    }
+
+    /// Runs `attempt` up to [`DOWNLOAD_ATTEMPTS`] times while it fails transiently (a body that
+    /// broke off: the SDK retries requests, not bodies already streaming), with backoff.
+    async fn retrying_download<T, Fut>(&self, key: &str, attempt: impl Fn() -> Fut) -> Result<T>
+    where
+        Fut: Future<Output = std::result::Result<T, StreamFailure>>,
+    {
+        let mut attempts = 0;
         loop {
-            attempt += 1;
-            match self.fetch_range_once(key, range.clone(), object_size).await {
-                Err(StreamFailure::Transient(_)) if attempt < DOWNLOAD_ATTEMPTS => {
-                    tokio::time::sleep(backoff(attempt)).await;
+            attempts += 1;
+            match attempt().await {
+                Err(StreamFailure::Transient(_)) if attempts < DOWNLOAD_ATTEMPTS => {
+                    tokio::time::sleep(backoff(attempts)).await;
                 }
                 Err(StreamFailure::Transient(message)) => {
                     return Err(PublishError::Store { operation: "download", location: self.describe(key), message });
                 }
                 Err(StreamFailure::Final(error)) => return Err(error),
-                Ok(bytes) => return Ok(bytes),
+                Ok(done) => return Ok(done),
             }
         }
+    }
+
+    /// A `GetObject` of `key` that the store refused (the SDK has already retried what is worth
+    /// retrying).
+    fn download_failure(&self, key: &str, error: &SdkError<GetObjectError>) -> StreamFailure {
+        StreamFailure::Final(match error.as_service_error() {
+            Some(refusal) if refusal.is_no_such_key() => PublishError::Store {
+                operation: "download",
+                location: self.describe(key),
+                message: "no such object".into(),
+            },
+            _ => self.error("download", key, error),
+        })
     }
 
     /// One attempt of [`Self::fetch_range`].
@@ -775,15 +798,8 @@ impl S3Store {
             .await;
         let mut output = match response {
             Ok(output) => output,
-            Err(error) if error.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
-                return Err(StreamFailure::Final(PublishError::Store {
-                    operation: "download",
-                    location: self.describe(key),
-                    message: "no such object".into(),
-                }));
-            }
             Err(error) if http_status(&error) == Some(416) => return Err(wrong_size("fewer")),
-            Err(error) => return Err(StreamFailure::Final(self.error("download", key, &error))),
+            Err(error) => return Err(self.download_failure(key, &error)),
         };
         // `bytes <first>-<last>/<object size>`: the whole object's size, which a range alone
         // would not show to differ from the manifest's.
@@ -817,20 +833,7 @@ impl S3Store {
         destination: Option<&Path>,
         progress: Arc<dyn TransferProgress>,
     ) -> Result<(u64, String)> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.stream_object_once(key, destination, progress.as_ref()).await {
-                Err(StreamFailure::Transient(_)) if attempt < DOWNLOAD_ATTEMPTS => {
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                Err(StreamFailure::Transient(message)) => {
-                    return Err(PublishError::Store { operation: "download", location: self.describe(key), message });
-                }
-                Err(StreamFailure::Final(error)) => return Err(error),
-                Ok(done) => return Ok(done),
-            }
-        }
+        self.retrying_download(key, || self.stream_object_once(key, destination, progress.as_ref())).await
     }
 
     /// One attempt of [`Self::stream_object`].
@@ -843,14 +846,7 @@ impl S3Store {
         let response = self.client.get_object().bucket(&self.bucket).key(self.object_key(key)).send().await;
         let mut output = match response {
             Ok(output) => output,
-            Err(error) if error.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
-                return Err(StreamFailure::Final(PublishError::Store {
-                    operation: "download",
-                    location: self.describe(key),
-                    message: "no such object".into(),
-                }));
-            }
-            Err(error) => return Err(StreamFailure::Final(self.error("download", key, &error))),
+            Err(error) => return Err(self.download_failure(key, &error)),
         };
         let mut file = match destination {
             Some(path) => {
