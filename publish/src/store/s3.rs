@@ -685,6 +685,7 @@ impl S3Store {
 
     /// Fetches the `size` bytes of `key` into `destination` in ranges of the part size; returns
     /// the size and SHA-256 of what was written. Fails when the object is not `size` bytes long.
+    /// The SHA-256 is computed while ranges arrive, in file order (see [`InOrderHash`]).
     async fn download_in_ranges(
         &self,
         key: &str,
@@ -693,44 +694,41 @@ impl S3Store {
         progress: Arc<dyn TransferProgress>,
     ) -> Result<(u64, String)> {
         let part_size = self.options.part_size.max(1);
-        let file = std::fs::File::create(destination).map_err(|e| PublishError::io(destination, e))?;
+        // Read too: ranges that complete out of turn are read back to be hashed.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(destination)
+            .map_err(|e| PublishError::io(destination, e))?;
         file.set_len(size).map_err(|e| PublishError::io(destination, e))?;
         let file = Arc::new(file);
+        let hash = Arc::new(std::sync::Mutex::new(InOrderHash::new(size, part_size)));
         for_each_part(size.div_ceil(part_size), self.options.concurrency, |index| {
-            let (store, key, file, path, progress) =
-                (self.clone(), key.to_owned(), file.clone(), destination.to_path_buf(), progress.clone());
-            let offset = index * part_size;
-            let range = offset..offset + part_size.min(size - offset);
+            let (store, key, file, path, progress, hash) =
+                (self.clone(), key.to_owned(), file.clone(), destination.to_path_buf(), progress.clone(), hash.clone());
+            let range = hash.lock().expect("the hash lock is not poisoned").range(index);
             async move {
                 let bytes = store.fetch_range(&key, range.clone(), size).await?;
-                tokio::task::spawn_blocking(move || file.write_all_at(&bytes, range.start))
-                    .await
-                    .expect("writing a range does not panic")
-                    .map_err(|e| PublishError::io(&path, e))?;
+                tokio::task::spawn_blocking(move || {
+                    file.write_all_at(&bytes, range.start)?;
+                    hash.lock().expect("the hash lock is not poisoned").written(index, &bytes, &file)
+                })
+                .await
+                .expect("writing a range does not panic")
+                .map_err(|e| PublishError::io(&path, e))?;
                 progress.advance(range.end - range.start);
                 Ok(())
             }
         })
         .await?;
         let path = destination.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            file.sync_all().map_err(|e| PublishError::io(&path, e))?;
-            let mut reader = std::fs::File::open(&path).map_err(|e| PublishError::io(&path, e))?;
-            let mut hasher = Sha256::new();
-            let mut buffer = vec![0u8; 1 << 20];
-            let mut hashed = 0u64;
-            loop {
-                let read = reader.read(&mut buffer).map_err(|e| PublishError::io(&path, e))?;
-                if read == 0 {
-                    break;
-                }
-                hasher.update(&buffer[..read]);
-                hashed += read as u64;
-            }
-            Ok((hashed, hex(&hasher.finalize())))
-        })
-        .await
-        .expect("hashing a download does not panic")
+        tokio::task::spawn_blocking(move || file.sync_all().map_err(|e| PublishError::io(&path, e)))
+            .await
+            .expect("syncing a download does not panic")?;
+        let hash = Arc::into_inner(hash).expect("every range is done").into_inner().expect("not poisoned");
+        Ok(hash.finish())
     }
 
     /// Bytes `range` of `key`, an object that must be `object_size` bytes long; retried when the
@@ -878,6 +876,61 @@ impl S3Store {
     }
 }
 
+/// The SHA-256 of a file written in ranges that complete in any order: each range is hashed as
+/// soon as every range before it is, from its bytes when it completes in turn, else read back
+/// from the file (the page cache) when its turn comes. Hashing overlaps the download instead of
+/// following it as a second pass over the whole file, and no more than the ranges in flight are
+/// ever held in memory.
+struct InOrderHash {
+    hasher: Sha256,
+    /// The file's size.
+    size: u64,
+    /// Bytes per range (the last one shorter).
+    part_size: u64,
+    /// The next range to hash.
+    next: u64,
+    /// Ranges written but not yet hashed.
+    waiting: std::collections::BTreeSet<u64>,
+}
+
+impl InOrderHash {
+    fn new(size: u64, part_size: u64) -> InOrderHash {
+        InOrderHash { hasher: Sha256::new(), size, part_size, next: 0, waiting: Default::default() }
+    }
+
+    /// Byte range of range `index`.
+    fn range(&self, index: u64) -> std::ops::Range<u64> {
+        let start = index * self.part_size;
+        start..(start + self.part_size).min(self.size)
+    }
+
+    /// Range `index`, `bytes`, is in `file`: hashes it and every waiting range after it that is
+    /// now in turn.
+    fn written(&mut self, index: u64, bytes: &[u8], file: &std::fs::File) -> std::io::Result<()> {
+        if index != self.next {
+            self.waiting.insert(index);
+            return Ok(());
+        }
+        self.hasher.update(bytes);
+        self.next += 1;
+        let mut buffer = Vec::new();
+        while self.waiting.remove(&self.next) {
+            let range = self.range(self.next);
+            buffer.resize((range.end - range.start) as usize, 0);
+            file.read_exact_at(&mut buffer, range.start)?;
+            self.hasher.update(&buffer);
+            self.next += 1;
+        }
+        Ok(())
+    }
+
+    /// The file's size and SHA-256 (hex), once every range is hashed.
+    fn finish(self) -> (u64, String) {
+        assert!(self.waiting.is_empty() && self.range(self.next).start >= self.size, "every range is hashed");
+        (self.size, hex(&self.hasher.finalize()))
+    }
+}
+
 /// Why a streamed download stopped.
 enum StreamFailure {
     /// The connection broke: worth another attempt.
@@ -914,8 +967,11 @@ fn part_number(index: u64) -> i32 {
 }
 
 /// Runs `part(index)` for every part `0..parts`, at most `concurrency` at once; returns the
-/// results in part order, or the first failure, on which it stops starting parts and drops
-/// those in flight.
+/// results in part order, or the first failure, on which it stops starting parts and lets those
+/// in flight finish first. A part request already sent may still complete on the server after
+/// the caller aborts its multipart upload, leaving a part behind (S3 documents that an abort may
+/// then have to be repeated); with every request answered before the failure is returned, the
+/// caller's one abort removes every part.
 async fn for_each_part<T, F, Fut>(parts: u64, concurrency: usize, part: F) -> Result<Vec<T>>
 where
     F: Fn(u64) -> Fut,
@@ -925,10 +981,17 @@ where
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = JoinSet::new();
     let mut completed = Vec::with_capacity(parts as usize);
+    let mut failure = None;
     for index in 0..parts {
         let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
         while let Some(done) = tasks.try_join_next() {
-            completed.push(done.expect("parts do not panic")?);
+            match done.expect("parts do not panic") {
+                Ok(result) => completed.push(result),
+                Err(error) => failure = failure.or(Some(error)),
+            }
+        }
+        if failure.is_some() {
+            break;
         }
         let future = part(index);
         tasks.spawn(async move {
@@ -937,7 +1000,13 @@ where
         });
     }
     while let Some(done) = tasks.join_next().await {
-        completed.push(done.expect("parts do not panic")?);
+        match done.expect("parts do not panic") {
+            Ok(result) => completed.push(result),
+            Err(error) => failure = failure.or(Some(error)),
+        }
+    }
+    if let Some(error) = failure {
+        return Err(error);
     }
     completed.sort_by_key(|(index, _)| *index);
     Ok(completed.into_iter().map(|(_, value)| value).collect())
@@ -1094,6 +1163,25 @@ mod tests {
         let size = part_size_for(huge, 16 << 20);
         assert!(huge.div_ceil(size) <= MAX_PARTS);
         assert_eq!(size % (1 << 20), 0);
+    }
+
+    #[test]
+    fn ranges_written_in_any_order_hash_as_the_whole_file() {
+        let bytes: Vec<u8> = (0..10_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let whole = hex(&Sha256::digest(&bytes));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, &bytes).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        // 4 ranges of 3000 bytes, the last 1000; completed out of order, in order, reversed.
+        for order in [[2, 0, 3, 1], [0, 1, 2, 3], [3, 2, 1, 0]] {
+            let mut hash = InOrderHash::new(bytes.len() as u64, 3000);
+            for index in order {
+                let range = hash.range(index);
+                hash.written(index, &bytes[range.start as usize..range.end as usize], &file).unwrap();
+            }
+            assert_eq!(hash.finish(), (bytes.len() as u64, whole.clone()), "{order:?}");
+        }
     }
 
     #[test]
