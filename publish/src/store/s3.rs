@@ -190,6 +190,7 @@ impl S3Store {
     /// and the write fails.
     pub async fn write_document(&self, key: &str, bytes: Vec<u8>, if_absent: bool) -> Result<PutOutcome> {
         let sha256 = Sha256::digest(&bytes);
+        let checksum = base64(&sha256);
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -199,7 +200,7 @@ impl S3Store {
                 .bucket(&self.bucket)
                 .key(self.object_key(key))
                 .content_length(bytes.len() as i64)
-                .checksum_sha256(base64(&sha256))
+                .checksum_sha256(&checksum)
                 .metadata(SHA256_METADATA_KEY, hex(&sha256))
                 .body(ByteStream::from(bytes.clone()));
             if if_absent {
@@ -207,7 +208,7 @@ impl S3Store {
             }
             match request.send().await {
                 Ok(output) => {
-                    return match self.check_echo(key, output.checksum_sha256(), &base64(&sha256)) {
+                    return match self.check_echo(key, output.checksum_sha256(), &checksum) {
                         StoreCheck::Mismatch(error) => Err(self.remove_bad_object(key, error).await),
                         StoreCheck::Confirmed | StoreCheck::NotReported => Ok(PutOutcome::Written),
                     };
@@ -665,8 +666,8 @@ impl S3Store {
 
     /// See [`super::Store::download_file`]: an object of `expected_size` up to the multipart
     /// threshold is streamed in one `GetObject`, a larger one fetched in ranges of the part size,
-    /// `concurrency` at once, each written in place and the whole file hashed after (one
-    /// connection to S3 typically carries no more than about 100 MB/s; AWS's performance
+    /// `concurrency` at once, each written in place and hashed in file order as the ranges arrive
+    /// (one connection to S3 typically carries no more than about 100 MB/s; AWS's performance
     /// guidelines advise parallel byte-range requests of 8-16 MB). Retries a body that breaks off
     /// mid-stream.
     pub async fn download_file(
@@ -751,7 +752,7 @@ impl S3Store {
                     tokio::time::sleep(backoff(attempts)).await;
                 }
                 Err(StreamFailure::Transient(message)) => {
-                    return Err(PublishError::Store { operation: "download", location: self.describe(key), message });
+                    return Err(self.download_error(key, message));
                 }
                 Err(StreamFailure::Final(error)) => return Err(error),
                 Ok(done) => return Ok(done),
@@ -759,15 +760,16 @@ impl S3Store {
         }
     }
 
+    /// A failed download of `key`, for `message`.
+    fn download_error(&self, key: &str, message: String) -> PublishError {
+        PublishError::Store { operation: "download", location: self.describe(key), message }
+    }
+
     /// A `GetObject` of `key` that the store refused (the SDK has already retried what is worth
     /// retrying).
     fn download_failure(&self, key: &str, error: &SdkError<GetObjectError>) -> StreamFailure {
         StreamFailure::Final(match error.as_service_error() {
-            Some(refusal) if refusal.is_no_such_key() => PublishError::Store {
-                operation: "download",
-                location: self.describe(key),
-                message: "no such object".into(),
-            },
+            Some(refusal) if refusal.is_no_such_key() => self.download_error(key, "no such object".into()),
             _ => self.error("download", key, error),
         })
     }
@@ -780,11 +782,9 @@ impl S3Store {
         object_size: u64,
     ) -> std::result::Result<Vec<u8>, StreamFailure> {
         let wrong_size = |found: &str| {
-            StreamFailure::Final(PublishError::Store {
-                operation: "download",
-                location: self.describe(key),
-                message: format!("the object is {found} bytes; the manifest says {object_size}"),
-            })
+            StreamFailure::Final(
+                self.download_error(key, format!("the object is {found} bytes; the manifest says {object_size}")),
+            )
         };
         let response = self
             .client
@@ -810,11 +810,8 @@ impl S3Store {
         while let Some(chunk) = output.body.next().await {
             bytes.extend_from_slice(&chunk.map_err(|e| StreamFailure::Transient(cause_chain(&e)))?);
             if bytes.len() > wanted {
-                return Err(StreamFailure::Final(PublishError::Store {
-                    operation: "download",
-                    location: self.describe(key),
-                    message: format!("the store sent more than the {wanted} bytes of range {range:?}"),
-                }));
+                let message = format!("the store sent more than the {wanted} bytes of range {range:?}");
+                return Err(StreamFailure::Final(self.download_error(key, message)));
             }
         }
         if bytes.len() != wanted {
@@ -978,6 +975,13 @@ where
     Fut: Future<Output = Result<T>> + Send + 'static,
     T: Send + 'static,
 {
+    /// Keeps a finished part's result, or the first failure.
+    fn record<T>(done: Result<(u64, T)>, completed: &mut Vec<(u64, T)>, failure: &mut Option<PublishError>) {
+        match done {
+            Ok(result) => completed.push(result),
+            Err(error) => *failure = failure.take().or(Some(error)),
+        }
+    }
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = JoinSet::new();
     let mut completed = Vec::with_capacity(parts as usize);
@@ -985,10 +989,7 @@ where
     for index in 0..parts {
         let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
         while let Some(done) = tasks.try_join_next() {
-            match done.expect("parts do not panic") {
-                Ok(result) => completed.push(result),
-                Err(error) => failure = failure.or(Some(error)),
-            }
+            record(done.expect("parts do not panic"), &mut completed, &mut failure);
         }
         if failure.is_some() {
             break;
@@ -1000,10 +1001,7 @@ where
         });
     }
     while let Some(done) = tasks.join_next().await {
-        match done.expect("parts do not panic") {
-            Ok(result) => completed.push(result),
-            Err(error) => failure = failure.or(Some(error)),
-        }
+        record(done.expect("parts do not panic"), &mut completed, &mut failure);
     }
     if let Some(error) = failure {
         return Err(error);
