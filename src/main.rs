@@ -50,18 +50,25 @@ fn stdout_failed(error: std::io::Error) -> ! {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(threads) = cli.threads
-        && let Err(error) = rayon::ThreadPoolBuilder::new().num_threads(threads.get()).build_global()
-    {
-        eprintln!("error: --threads {threads}: {error}");
-        return ExitCode::from(EXIT_FAILURE);
+    // `--threads` sizes both pools: rayon's (quantization, tokenization, loading) and the
+    // kernels' spinning pool (GEMMs, attention, the row-wise encoder ops).
+    if let Some(threads) = cli.threads {
+        let sized = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.get())
+            .build_global()
+            .map_err(|e| e.to_string())
+            .and_then(|()| qtier_kernels::set_threads(threads).map_err(|e| e.to_string()));
+        if let Err(error) = sized {
+            eprintln!("error: --threads {threads}: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
     }
     let result = match cli.command {
         Command::Quantize(args) => commands::quantize::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Embed(args) => commands::embed::run(args),
         Command::Eval(args) => commands::eval::run(args),
-        Command::Bench(command) => commands::bench::run(command, cli.threads),
+        Command::Bench(command) => commands::bench::run(command),
         Command::Compare(args) => commands::compare::run(args),
         Command::Recommend(args) => commands::recommend::run(args),
         Command::Profiles(command) => commands::profiles::run(command),

@@ -64,6 +64,14 @@ pub enum KernelError {
         /// The best kernel this CPU supports.
         detected: KernelKind,
     },
+    /// [`crate::set_threads`] was called after the kernels' pool had started with another size.
+    #[error("the kernels' thread pool already runs {threads} threads; {requested} were asked for after it started")]
+    PoolAlreadyStarted {
+        /// Threads the pool runs (the caller included).
+        threads: usize,
+        /// Threads asked for.
+        requested: usize,
+    },
     /// A measurement in [`crate::limits`] was asked for with parameters it cannot use.
     #[error("invalid limits parameter {what}: {reason}")]
     InvalidLimitsParameter {

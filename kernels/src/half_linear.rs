@@ -87,7 +87,7 @@ impl HalfLinear {
         Ok(HalfLinear { bits, dtype, n, k, kernel: selected_kernel()?, threads: None })
     }
 
-    /// Uses `threads` threads (default: rayon's current pool size, as [`crate::QuantizedLinear`]).
+    /// Uses `threads` threads (default: the threads of this crate's pool, as [`crate::QuantizedLinear`]).
     pub fn with_threads(mut self, threads: usize) -> Result<Self, KernelError> {
         self.threads = Some(task_count(threads)?);
         Ok(self)

@@ -70,7 +70,7 @@ pub struct QuantizedLinear {
 impl QuantizedLinear {
     /// Builds the layer from row-major `[n, k]` int8 weights in [-127, 127], `n` per-channel
     /// scales and an optional bias of `n` values. Uses [`selected_kernel`] (the best kernel the
-    /// CPU supports, or `QTIER_KERNEL`), no activation and the current rayon pool's threads.
+    /// CPU supports, or `QTIER_KERNEL`), no activation and the threads of this crate's pool.
     pub fn new(weights: &[i8], scales: &[f32], bias: Option<&[f32]>, n: usize, k: usize) -> Result<Self, KernelError> {
         let kernel = selected_kernel()?;
         let packed = PackedWeights::new(weights, n, k)?;
@@ -109,10 +109,10 @@ impl QuantizedLinear {
         self
     }
 
-    /// Sets the number of parallel tasks per call (default: the current rayon pool's size, which
-    /// is the number of cores unless `RAYON_NUM_THREADS` or an installed pool says otherwise).
-    /// `0` is rejected. Tasks run on the calling thread and this crate's spinning worker pool
-    /// (one worker per core besides the caller), so at most `min(threads, cores)` run at once.
+    /// Sets the number of parallel tasks per call (default: the threads of this crate's pool,
+    /// [`crate::parallelism`]). `0` is rejected. Tasks run on the calling thread and this
+    /// crate's spinning worker pool (sized by [`crate::set_threads`], else one worker per core
+    /// besides the caller), so at most [`crate::parallelism`] run at once.
     pub fn with_threads(mut self, threads: usize) -> Result<Self, KernelError> {
         self.threads = Some(task_count(threads)?);
         Ok(self)
@@ -149,7 +149,7 @@ impl QuantizedLinear {
         self.has_bias
     }
 
-    /// Parallel tasks per call (the configured cap, else the current rayon pool's size).
+    /// Parallel tasks per call (the configured cap, else the threads of this crate's pool).
     pub fn threads(&self) -> usize {
         tasks_or_default(self.threads)
     }
@@ -379,9 +379,9 @@ pub(crate) fn task_count(threads: usize) -> Result<NonZeroUsize, KernelError> {
     })
 }
 
-/// A layer's task count: its own setting, else the current rayon pool's size.
+/// A layer's task count: its own setting, else the threads of the pool the tasks run on.
 pub(crate) fn tasks_or_default(threads: Option<NonZeroUsize>) -> usize {
-    threads.map_or_else(rayon::current_num_threads, NonZeroUsize::get)
+    threads.map_or_else(crate::parallelism, NonZeroUsize::get)
 }
 
 /// Checks that an `m x k` input called `what` has `found` elements; returns `m * k`.

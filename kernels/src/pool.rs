@@ -9,6 +9,7 @@
 
 use std::cell::UnsafeCell;
 use std::mem::{MaybeUninit, align_of, size_of};
+use std::num::NonZeroUsize;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::ptr;
 use std::sync::atomic::{
@@ -17,6 +18,8 @@ use std::sync::atomic::{
 };
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use crate::KernelError;
 
 /// How long an idle worker spins before parking: long enough to span the gap between the
 /// layers of one forward pass, short enough not to burn a core for long after the last one.
@@ -172,6 +175,8 @@ pub(crate) struct SpinPool {
     busy: AtomicBool,
     /// Workers running (the first `workers` claims and reports).
     workers: usize,
+    /// Workers asked for (more than `workers` only if the system refused a thread).
+    requested: usize,
 }
 
 /// Worker `index` of the pool: participant `index + 1` of every job, whose home part is
@@ -249,12 +254,12 @@ fn worker(shared: &'static Shared, index: usize, spin: Duration) {
 }
 
 impl SpinPool {
-    fn new(workers: usize) -> Self {
+    fn new(requested: usize) -> Self {
         let spin = spin_before_park();
-        let shared = Self::shared_state(workers);
+        let shared = Self::shared_state(requested);
         // Workers are numbered in order; if the system refuses a thread, the pool runs with the
         // ones it has.
-        let workers = (0..workers)
+        let workers = (0..requested)
             .take_while(|&index| {
                 std::thread::Builder::new()
                     .name(format!("qtier-gemm-{index}"))
@@ -262,7 +267,7 @@ impl SpinPool {
                     .is_ok()
             })
             .count();
-        SpinPool { shared, busy: AtomicBool::new(false), workers }
+        SpinPool { shared, busy: AtomicBool::new(false), workers, requested }
     }
 
     /// The hand-off state of a pool of `workers` (leaked: pools live as long as the process).
@@ -393,19 +398,40 @@ pub fn run_parts<F: Fn(usize) + Sync>(parts: usize, f: &F) {
     global().run(parts, f)
 }
 
-/// How many parts [`run_parts`] runs at once: the calling thread plus the pool's workers (one per
-/// available core but the caller's).
+/// How many parts [`run_parts`] runs at once: the calling thread plus the pool's workers (the
+/// threads [`set_threads`] asked for, else one per available core).
 pub fn parallelism() -> usize {
     global().workers + 1
 }
 
-/// The process-wide pool: one worker per available core but the caller's.
+/// The process-wide pool, started on first use.
+static POOL: OnceLock<SpinPool> = OnceLock::new();
+
+/// The process-wide pool: `threads - 1` workers for [`set_threads`]'s `threads`, else one worker
+/// per available core but the caller's.
 pub(crate) fn global() -> &'static SpinPool {
-    static POOL: OnceLock<SpinPool> = OnceLock::new();
     POOL.get_or_init(|| {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         SpinPool::new(cores.saturating_sub(1))
     })
+}
+
+/// Sizes the process-wide pool that the int8 kernels, attention and the row-wise encoder ops run
+/// on: `threads` participants (the calling thread and `threads - 1` workers). Without it the pool
+/// takes every available core. A command's `--threads` must reach this pool as well as rayon's:
+/// a benchmark with `--threads 1` otherwise still ran attention and the row-wise ops on two
+/// threads with the second core's worker spinning, and recorded one thread.
+///
+/// Call it before anything runs on the pool; it fails with [`KernelError::PoolAlreadyStarted`]
+/// once the pool runs with another size (asking again for the size it has is fine).
+pub fn set_threads(threads: NonZeroUsize) -> Result<(), KernelError> {
+    let requested = threads.get() - 1;
+    let pool = POOL.get_or_init(|| SpinPool::new(requested));
+    if pool.requested == requested {
+        Ok(())
+    } else {
+        Err(KernelError::PoolAlreadyStarted { threads: pool.requested + 1, requested: threads.get() })
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,5 @@
 //! `qtier bench kernels` and `qtier bench limits`.
 
-use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -37,13 +36,13 @@ pub fn provenance() -> Provenance {
     }
 }
 
-/// Runs `qtier bench ...`.
-pub fn run(command: BenchCommand, threads: Option<NonZeroUsize>) -> anyhow::Result<()> {
-    let threads = threads.map_or_else(rayon::current_num_threads, NonZeroUsize::get);
+/// Runs `qtier bench ...`. Kernels, limits and models run on the kernels' pool, whose size
+/// (`--threads`, else one thread per core) is the thread count they record.
+pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
-        BenchCommand::Kernels(args) => kernels(args, threads),
-        BenchCommand::Limits(args) => machine_limits(args, threads),
-        BenchCommand::Model(args) => model(args, threads),
+        BenchCommand::Kernels(args) => kernels(args, qtier_kernels::parallelism()),
+        BenchCommand::Limits(args) => machine_limits(args, qtier_kernels::parallelism()),
+        BenchCommand::Model(args) => model(args, qtier_kernels::parallelism()),
         BenchCommand::Server(args) => crate::commands::bench_server::run(args),
         BenchCommand::Merge(args) => {
             let reports = args.reports.iter().map(|path| read_report(path)).collect::<anyhow::Result<Vec<_>>>()?;

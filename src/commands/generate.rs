@@ -62,7 +62,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         let json = serde_json::json!({
             "model": args.model.display().to_string(),
             "weight_dtype": model.weight_dtype(),
-            "threads": rayon::current_num_threads(),
+            "threads": qtier_kernels::parallelism(),
             "prompt_ids": prompt,
             "tokens": generation.tokens,
             "prefill_ms": ttft_ms,
@@ -77,7 +77,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             "{} ({}), {} threads: prompt {} tokens, prefill (time to first token) {ttft_ms:.2} ms, {} ms per output token over {} tokens",
             args.model.display(),
             model.weight_dtype(),
-            rayon::current_num_threads(),
+            qtier_kernels::parallelism(),
             prompt.len(),
             tpot_ms.map_or("-".to_string(), |ms| format!("{ms:.2}")),
             generation.token_ns.len()

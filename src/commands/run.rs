@@ -282,7 +282,7 @@ fn run_eval(model: &Path, artifact: &Path, reports: &Path) -> anyhow::Result<Eva
 
 /// Benchmarks the artifact on this host.
 fn run_bench(artifact: &Path, flow: &FlowArgs, quiet: bool) -> anyhow::Result<ModelBenchReport> {
-    let threads = rayon::current_num_threads();
+    let threads = qtier_kernels::parallelism();
     let config = ModelBenchConfig {
         batches: vec![flow.batch],
         seq: flow.seq,

@@ -115,6 +115,21 @@ fn kernel_bench_reports_the_issue_fields() {
     assert!((median_us * 1e3 + clock_ns - sample_median).abs() < 1e-6 * sample_median, "{median_us} us, {clock_ns} ns");
 }
 
+#[test]
+fn threads_sizes_the_pool_the_kernels_run_on_and_the_report_records_it() {
+    let _timing = timing_lock();
+    // More threads than the machine has cores: the pool's default (one per core) differs.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
+    let stdout = qtier()
+        .args(["--threads", &threads.to_string(), "bench", "kernels", "--shapes", "1x64x64", "--seconds", "0.02"])
+        .args(["--no-peers", "--json"])
+        .output()
+        .unwrap();
+    assert!(stdout.status.success(), "{}", String::from_utf8_lossy(&stdout.stderr));
+    let report: Value = serde_json::from_slice(&stdout.stdout).unwrap();
+    assert_eq!(report["threads"], threads);
+}
+
 /// Fresh old/new pairs the injected-regression test may measure before it fails.
 const REGRESSION_PAIR_ATTEMPTS: usize = 3;
 
