@@ -9,9 +9,10 @@
 //!
 //! Pods get their artifact from an init container that runs `qtier pull` into an `emptyDir` at
 //! [`MODELS_DIR`]; AWS credentials come only from IRSA (the service account's IAM role), never
-//! from the manifests. Each pod takes one whole node of its instance type: requests equal limits
-//! (Guaranteed QoS), sized by [`pod_resources`] from the catalog's vCPUs and memory less what the
-//! node keeps for itself.
+//! from the manifests. Each pod takes one whole node of its instance type: it requests the node's
+//! vCPUs and memory less what the node keeps for itself ([`pod_resources`]), its memory is limited
+//! to that, and its CPU to the node's whole vCPUs, which `qtier serve` and `qtier bench` run as
+//! many threads on (see [`PodResources::cpu_limit_millicores`]).
 
 use std::collections::BTreeSet;
 
@@ -135,11 +136,14 @@ impl Capacity {
     }
 }
 
-/// CPU and memory a pod requests (and is limited to), and its GPUs.
+/// CPU and memory a pod requests and is limited to, its threads and its GPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PodResources {
-    /// CPU, millicores.
+    /// CPU requested, millicores: the node's vCPUs less its own share.
     pub cpu_millicores: u64,
+    /// The node's vCPUs: the threads `qtier serve` and `qtier bench` run (`--threads`), and the
+    /// CPU limit.
+    pub vcpu: u32,
     /// Memory, MiB.
     pub memory_mib: u64,
     /// NVIDIA GPUs (0 on CPU types).
@@ -151,8 +155,8 @@ pub struct PodResources {
 /// [`SYSTEM_MEMORY_MIB`] + [`SYSTEM_MEMORY_FRACTION`] of the memory. An error when that leaves less
 /// than [`MIN_POD_CPU_MILLICORES`] or [`MIN_POD_MEMORY_MIB`].
 pub fn pod_resources(instance_type: &str, vcpu: u32, memory_gib: f64, gpus: u32) -> anyhow::Result<PodResources> {
-    let vcpu = u64::from(vcpu);
-    let cpu_millicores = (vcpu * 1000).saturating_sub(SYSTEM_CPU_MILLICORES + vcpu * SYSTEM_CPU_MILLICORES_PER_VCPU);
+    let vcpus = u64::from(vcpu);
+    let cpu_millicores = (vcpus * 1000).saturating_sub(SYSTEM_CPU_MILLICORES + vcpus * SYSTEM_CPU_MILLICORES_PER_VCPU);
     let total_mib = (memory_gib * 1024.0).floor();
     let reserved_mib = SYSTEM_MEMORY_MIB as f64 + (total_mib * SYSTEM_MEMORY_FRACTION).ceil();
     let memory_mib = (total_mib - reserved_mib).max(0.0) as u64;
@@ -163,7 +167,21 @@ pub fn pod_resources(instance_type: &str, vcpu: u32, memory_gib: f64, gpus: u32)
              {MIN_POD_CPU_MILLICORES}m and {MIN_POD_MEMORY_MIB} MiB"
         );
     }
-    Ok(PodResources { cpu_millicores, memory_mib, gpus })
+    Ok(PodResources { cpu_millicores, vcpu, memory_mib, gpus })
+}
+
+impl PodResources {
+    /// The CPU limit, millicores: the node's whole vCPUs, not the request. A limit equal to the
+    /// request (1580m on a 2-vCPU node) is a CFS quota of 1.58 CPUs, which Rust's
+    /// `available_parallelism` rounds down to one thread, so `qtier serve` ran single-threaded
+    /// on the 2-vCPU types the recommendation picks for silver and bronze; two threads under that
+    /// quota were throttled. MiniLM int8 b1 x s128 (`qtier bench model` in a cgroup with that
+    /// quota, 2-core Zen 4): p50/p99 17.8/21.4 ms on one thread, 14.1/38.4 ms on two, against
+    /// 9.1/14.8 ms on two under a 2-CPU quota. The pod's QoS class is Burstable; its memory is
+    /// still limited to its request, so it is not the first evicted under memory pressure.
+    pub fn cpu_limit_millicores(&self) -> u64 {
+        u64::from(self.vcpu) * 1000
+    }
 }
 
 /// The nodes a pod runs on and what it takes of them.
@@ -452,7 +470,7 @@ pub fn deploy_documents(config: &DeployConfig) -> Vec<Value> {
         "name": "serve",
         "image": config.image,
         "command": ["qtier"],
-        "args": ["serve", ARTIFACT_DIR, "--port", config.port.to_string()],
+        "args": ["serve", ARTIFACT_DIR, "--port", config.port.to_string(), "--threads", placement.resources.vcpu.to_string()],
         "ports": [{"name": "http", "containerPort": config.port, "protocol": "TCP"}],
         "env": serve_env(config.spin_ms),
         "livenessProbe": {
@@ -567,8 +585,9 @@ pub fn bench_job_documents(config: &BenchJobsConfig) -> anyhow::Result<Vec<Value
         let pull = pull_container(&config.image, &config.artifact, &placement.resources);
         // The shell only redirects the report into a file; the report's URI is an argument ($1),
         // never part of the script.
+        let threads = placement.resources.vcpu;
         let script = format!(
-            "set -eu\nqtier bench model {ARTIFACT_DIR} --json > {BENCH_REPORT_FILE}\n\
+            "set -eu\nqtier --threads {threads} bench model {ARTIFACT_DIR} --json > {BENCH_REPORT_FILE}\n\
              exec qtier publish-report {BENCH_REPORT_FILE} \"$1\"\n"
         );
         let bench = json!({
@@ -645,8 +664,7 @@ fn pod_spec(
 /// The init container: `qtier pull <artifact> /models/artifact --force`. `--force` because a pod
 /// whose sandbox is recreated runs its init containers again on the same `emptyDir`, where the
 /// artifact already is. It gets the main container's CPU and memory (no GPU): a pod's request is
-/// the larger of its init containers' and the sum of its containers', so this costs nothing, and
-/// keeps the pod's QoS class Guaranteed.
+/// the larger of its init containers' and the sum of its containers', so this costs nothing.
 fn pull_container(image: &str, artifact: &str, resources_of_pod: &PodResources) -> Value {
     json!({
         "name": "pull",
@@ -660,15 +678,18 @@ fn pull_container(image: &str, artifact: &str, resources_of_pod: &PodResources) 
     })
 }
 
-/// Requests equal to limits (Guaranteed QoS); GPUs when `with_gpus` and the pod has any.
+/// Requests; limits equal to them but for the CPU, limited to the node's vCPUs
+/// ([`PodResources::cpu_limit_millicores`]); GPUs when `with_gpus` and the pod has any.
 fn resources(pod: &PodResources, with_gpus: bool) -> Value {
-    let mut amounts = Map::new();
-    amounts.insert("cpu".into(), json!(format!("{}m", pod.cpu_millicores)));
-    amounts.insert("memory".into(), json!(format!("{}Mi", pod.memory_mib)));
+    let mut requests = Map::new();
+    requests.insert("cpu".into(), json!(format!("{}m", pod.cpu_millicores)));
+    requests.insert("memory".into(), json!(format!("{}Mi", pod.memory_mib)));
     if with_gpus && pod.gpus > 0 {
-        amounts.insert(GPU_RESOURCE.into(), json!(pod.gpus));
+        requests.insert(GPU_RESOURCE.into(), json!(pod.gpus));
     }
-    json!({"requests": amounts, "limits": amounts})
+    let mut limits = requests.clone();
+    limits.insert("cpu".into(), json!(format!("{}m", pod.cpu_limit_millicores())));
+    json!({"requests": requests, "limits": limits})
 }
 
 fn container_env() -> Value {
@@ -738,11 +759,13 @@ mod tests {
     fn pod_resources_leave_the_nodes_share_and_refuse_tiny_nodes() {
         // c5.2xlarge: 8 vCPUs, 16 GiB.
         let r = pod_resources("c5.2xlarge", 8, 16.0, 0).unwrap();
-        assert_eq!(r.cpu_millicores, 8000 - 400 - 80);
+        assert_eq!((r.cpu_millicores, r.cpu_limit_millicores(), r.vcpu), (8000 - 400 - 80, 8000, 8));
         assert_eq!(r.memory_mib, 16384 - 1024 - 1311);
         // c5.large: 2 vCPUs, 4 GiB still fits.
         let r = pod_resources("c5.large", 2, 4.0, 0).unwrap();
         assert_eq!((r.cpu_millicores, r.memory_mib), (1580, 4096 - 1024 - 328));
+        // Limited to both vCPUs: a quota of 1.58 CPUs is one thread.
+        assert_eq!(r.cpu_limit_millicores(), 2000);
         let error = pod_resources("t4g.nano", 1, 0.5, 0).unwrap_err().to_string();
         assert!(error.contains("t4g.nano") && error.contains("too small"), "{error}");
     }
@@ -765,8 +788,10 @@ mod tests {
         assert!(pod["containers"][0]["resources"]["limits"].get(GPU_RESOURCE).is_none());
         assert!(pod.get("tolerations").is_none());
         assert_eq!(pod["nodeSelector"][CAPACITY_TYPE_LABEL], "SPOT");
-        assert_eq!(pod["containers"][0]["resources"]["limits"]["cpu"], "7520m");
+        assert_eq!(pod["containers"][0]["resources"]["requests"]["cpu"], "7520m");
+        assert_eq!(pod["containers"][0]["resources"]["limits"]["cpu"], "8000m");
         assert_eq!(pod["containers"][0]["resources"]["requests"]["memory"], "14049Mi");
+        assert_eq!(pod["containers"][0]["resources"]["limits"]["memory"], "14049Mi");
     }
 
     #[test]
@@ -780,7 +805,7 @@ mod tests {
         let pull = &pod["initContainers"][0];
         assert_eq!(pull["args"], json!(["pull", "s3://bucket/minilm/abc", "/models/artifact", "--force"]));
         let serve = &pod["containers"][0];
-        assert_eq!(serve["args"], json!(["serve", "/models/artifact", "--port", "8080"]));
+        assert_eq!(serve["args"], json!(["serve", "/models/artifact", "--port", "8080", "--threads", "8"]));
         assert_eq!(serve["readinessProbe"]["httpGet"]["path"], "/readyz");
         assert_eq!(serve["readinessProbe"]["initialDelaySeconds"], 60);
         assert_eq!(serve["livenessProbe"]["httpGet"]["path"], "/healthz");
@@ -836,7 +861,10 @@ mod tests {
         assert_eq!(pod["containers"][0]["resources"]["limits"][GPU_RESOURCE], 1);
         let args = pod["containers"][0]["args"].as_array().unwrap();
         assert!(
-            args[0].as_str().unwrap().contains("qtier bench model /models/artifact --json > /models/bench-report.json")
+            args[0]
+                .as_str()
+                .unwrap()
+                .contains("qtier --threads 4 bench model /models/artifact --json > /models/bench-report.json")
         );
         assert!(args[0].as_str().unwrap().contains("qtier publish-report /models/bench-report.json \"$1\""));
         assert_eq!(args[2], "s3://bucket/results/g4dn.xlarge.json");

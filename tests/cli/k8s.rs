@@ -18,6 +18,15 @@ const ARTIFACT: &str = "s3://qtier-models/minilm-w8a8/4f2a9c";
 /// A CPU and a GPU instance type of the built-in catalog.
 const CPU_TYPE: &str = "c5.2xlarge";
 const GPU_TYPE: &str = "g4dn.xlarge";
+
+/// vCPUs of the instance types these tests place pods on (the catalog's, as EC2 lists them).
+fn vcpus(instance_type: &str) -> u32 {
+    match instance_type {
+        "c5.2xlarge" => 8,
+        "g4dn.xlarge" | "g5.xlarge" => 4,
+        other => panic!("no vCPU count for {other} in this test"),
+    }
+}
 /// Fake AWS credentials in qtier's environment, which must never reach a manifest.
 const FAKE_KEY_ID: &str = "AKIAIOSFODNN7EXAMPLE";
 const FAKE_SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
@@ -116,14 +125,22 @@ fn assert_deployment_pod<'a>(deployment: &'a Value, instance_type: &str, capacit
     assert_eq!(pull["volumeMounts"][0], serde_json::json!({"name": "models", "mountPath": "/models"}));
     assert!(pod["volumes"].as_array().unwrap().iter().any(|v| v["name"] == "models" && v["emptyDir"].is_object()));
     let serve = &pod["containers"][0];
-    assert_eq!(serve["args"], serde_json::json!(["serve", "/models/artifact", "--port", "8080"]));
+    let vcpus = vcpus(instance_type);
+    // As many threads as the node has vCPUs, and a CPU limit that lets them run.
+    assert_eq!(
+        serve["args"],
+        serde_json::json!(["serve", "/models/artifact", "--port", "8080", "--threads", vcpus.to_string()])
+    );
     assert_eq!(serve["ports"][0]["containerPort"], 8080);
     assert_eq!(serve["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(serve["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(serve["readinessProbe"]["initialDelaySeconds"], 60);
     let resources = &serve["resources"];
-    assert_eq!(resources["requests"], resources["limits"]);
-    assert!(resources["limits"]["cpu"].as_str().unwrap().ends_with('m'));
+    assert_eq!(resources["limits"]["cpu"], format!("{}m", vcpus * 1000));
+    let requested_cpu = resources["requests"]["cpu"].as_str().unwrap();
+    let requested_millicores: u32 = requested_cpu.strip_suffix('m').unwrap().parse().unwrap();
+    assert!(requested_millicores < vcpus * 1000, "{requested_cpu}: the node keeps a share");
+    assert_eq!(resources["requests"]["memory"], resources["limits"]["memory"]);
     assert!(resources["limits"]["memory"].as_str().unwrap().ends_with("Mi"));
     if gpu {
         assert_eq!(resources["limits"]["nvidia.com/gpu"], 1);
@@ -307,7 +324,11 @@ fn bench_jobs_run_one_job_per_type_and_pass_strict_validation() {
         let bench = &pod["containers"][0];
         assert_eq!(bench["image"], "qtier:latest");
         let script = bench["args"][0].as_str().unwrap();
-        assert!(script.contains("qtier bench model /models/artifact --json > /models/bench-report.json"), "{script}");
+        let bench_line = format!(
+            "qtier --threads {} bench model /models/artifact --json > /models/bench-report.json",
+            vcpus(instance_type)
+        );
+        assert!(script.contains(&bench_line), "{script}");
         assert!(script.contains("qtier publish-report /models/bench-report.json \"$1\""), "{script}");
         assert_eq!(bench["args"][2], format!("s3://qtier-results/minilm/{instance_type}.json"));
         assert_eq!(bench["resources"]["limits"].get("nvidia.com/gpu").is_some(), gpu);
