@@ -59,6 +59,9 @@ pub const PROBE_FAILURE_THRESHOLD: u32 = 3;
 /// CPU utilization, percent of the request, the autoscaler keeps replicas at: the recommendation
 /// sizes replicas to run at [`qtier_profiles::recommend::TARGET_UTILIZATION`] of their capacity.
 pub const HPA_CPU_UTILIZATION_PERCENT: u32 = 70;
+/// The fraction of time busy encoding, thousandths, the autoscaler keeps replicas at when it goes by
+/// [`ENCODER_BUSY_METRIC`]: [`qtier_profiles::recommend::TARGET_UTILIZATION`], as for CPU.
+pub const HPA_ENCODER_BUSY_MILLI: u32 = 700;
 /// Memory utilization, percent of the request, above which the autoscaler adds replicas. The model's
 /// weights are a fixed part of it; growth beyond that is queued requests.
 pub const HPA_MEMORY_UTILIZATION_PERCENT: u32 = 85;
@@ -249,9 +252,22 @@ pub const LATENCY_CRITICAL_LIMIT_MS: f64 = 50.0;
 /// wake than a small GEMM, so after each idle gap a request ran partly on one core. MiniLM int8 b1
 /// x s128, open loop at 20 requests/s on the development host: p50/p99 9.73/30.08 ms with the
 /// default 2 ms spin, 7.47/15.72 ms with 100 ms. A second of spinning keeps a worker awake across
-/// the gaps of a tier's traffic at a cost of one busy core while idle, which a Guaranteed pod has
-/// paid for anyway.
+/// the gaps of a tier's traffic at a cost of one busy core per worker, which a pod that takes its
+/// node has paid for anyway; its autoscaler then cannot go by CPU ([`ENCODER_BUSY_METRIC`]).
 pub const LATENCY_CRITICAL_SPIN_MS: u32 = 1000;
+
+/// Spins longer than this, milliseconds (the kernels' default spin), make a pod's CPU time no
+/// measure of its load, and its autoscaler goes by [`ENCODER_BUSY_METRIC`] instead.
+pub const DEFAULT_SPIN_MS: u32 = 2;
+
+/// The per-pod metric, from the custom metrics API, that the autoscaler of a pod whose workers
+/// spin between requests scales on: the rate of `qtier serve`'s
+/// `qtier_encoder_busy_seconds_total`, the fraction of time the model is encoding, as a
+/// Prometheus adapter rule names it (README). CPU time is no measure of load there: a worker
+/// spinning through the gaps of even light traffic takes a whole core (MiniLM int8 at 5 requests/s
+/// with `QTIER_SPIN_MS=1000` and 2 threads: 1.01 cores, against 0.05 with the default 2 ms spin),
+/// so a CPU target of 70% of the request scaled such a Deployment towards its maximum at once.
+pub const ENCODER_BUSY_METRIC: &str = "qtier_encoder_busy_ratio";
 
 /// The serving container's `QTIER_SPIN_MS` for a tier with `choice`: `override_ms` when given,
 /// else [`LATENCY_CRITICAL_SPIN_MS`] for a latency-critical tier, else none (the default spin).
@@ -498,7 +514,15 @@ pub fn deploy_documents(config: &DeployConfig) -> Vec<Value> {
         "spec": {
             "selector": {"matchLabels": selector},
             "template": {
-                "metadata": {"labels": labels},
+                "metadata": {
+                    "labels": labels,
+                    // The common scrape convention, for the Prometheus that feeds ENCODER_BUSY_METRIC.
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": config.port.to_string(),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
                 "spec": pod_spec(placement, config.service_account.as_deref(), None, pull, serve),
             },
         },
@@ -526,6 +550,17 @@ pub fn deploy_documents(config: &DeployConfig) -> Vec<Value> {
             "resource": {"name": name, "target": {"type": "Utilization", "averageUtilization": percent}},
         })
     };
+    let load = if config.spin_ms.is_some_and(|ms| ms > DEFAULT_SPIN_MS) {
+        json!({
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": ENCODER_BUSY_METRIC},
+                "target": {"type": "AverageValue", "averageValue": format!("{HPA_ENCODER_BUSY_MILLI}m")},
+            },
+        })
+    } else {
+        utilization("cpu", HPA_CPU_UTILIZATION_PERCENT)
+    };
     let autoscaler = json!({
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -534,10 +569,7 @@ pub fn deploy_documents(config: &DeployConfig) -> Vec<Value> {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": config.name},
             "minReplicas": config.min_replicas,
             "maxReplicas": config.max_replicas,
-            "metrics": [
-                utilization("cpu", HPA_CPU_UTILIZATION_PERCENT),
-                utilization("memory", HPA_MEMORY_UTILIZATION_PERCENT),
-            ],
+            "metrics": [load, utilization("memory", HPA_MEMORY_UTILIZATION_PERCENT)],
         },
     });
 
@@ -917,6 +949,33 @@ mod tests {
         assert!(error.contains("unknown tier `platinum`") && error.contains("gold, silver, bronze"), "{error}");
         let error = tier_choice_from_tiers(&tiers, "gold", None, &catalog, false).unwrap_err().to_string();
         assert!(error.contains("no instance type for tier `gold`"), "{error}");
+    }
+
+    #[test]
+    fn spinning_pods_scale_on_the_encoders_busy_time_others_on_cpu() {
+        let metric_names = |spin_ms: Option<u32>| {
+            let config = DeployConfig { spin_ms, ..deploy_config("c5.2xlarge", Capacity::OnDemand) };
+            let docs = deploy_documents(&config);
+            let metrics = docs[2]["spec"]["metrics"].as_array().unwrap().clone();
+            metrics
+                .iter()
+                .map(|m| m["resource"]["name"].as_str().or(m["pods"]["metric"]["name"].as_str()).unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(metric_names(None), ["cpu", "memory"]);
+        assert_eq!(metric_names(Some(DEFAULT_SPIN_MS)), ["cpu", "memory"]);
+        assert_eq!(metric_names(Some(DEFAULT_SPIN_MS + 1)), [ENCODER_BUSY_METRIC, "memory"]);
+        let docs = deploy_documents(&deploy_config("c5.2xlarge", Capacity::OnDemand));
+        assert_eq!(
+            docs[2]["spec"]["metrics"][0]["pods"]["target"],
+            json!({"type": "AverageValue", "averageValue": "700m"})
+        );
+        // The busy target is the utilization the recommendation sizes replicas for.
+        assert_eq!(f64::from(HPA_ENCODER_BUSY_MILLI) / 1000.0, qtier_profiles::recommend::TARGET_UTILIZATION);
+        assert_eq!(f64::from(HPA_CPU_UTILIZATION_PERCENT) / 100.0, qtier_profiles::recommend::TARGET_UTILIZATION);
+        let annotations = &docs[0]["spec"]["template"]["metadata"]["annotations"];
+        assert_eq!(annotations["prometheus.io/port"], "8080");
+        assert_eq!(annotations["prometheus.io/path"], "/metrics");
     }
 
     #[test]

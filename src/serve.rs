@@ -20,6 +20,10 @@
 //!   same way into encodes of at most `--max-batch` texts.
 //! - **Limits**: body bytes (413), texts per request (413); texts longer than the model's maximum
 //!   length are truncated by the tokenizer, as `qtier embed` does.
+//! - **Metrics** (`/metrics`): request latency and batch-size histograms, requests in flight,
+//!   errors by status, and the wall time spent encoding (`qtier_encoder_busy_seconds_total`), whose
+//!   rate is the fraction of time the model is busy: the load signal for an autoscaler when the
+//!   kernels' workers spin between requests, which makes CPU time no measure of load.
 //! - **Shutdown**: on the signal the server stops accepting connections, `/readyz` turns 503, and
 //!   requests in flight are answered before [`serve`] returns.
 
@@ -28,7 +32,7 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -402,9 +406,13 @@ pub async fn run_batcher<E: TextEncoder + ?Sized>(
         let lengths: Vec<usize> = jobs.iter().map(|job| job.texts.len()).collect();
         let texts: Vec<String> = jobs.iter_mut().flat_map(|job| std::mem::take(&mut job.texts)).collect();
         let (encoder, batch_metrics) = (Arc::clone(&encoder), Arc::clone(&metrics));
-        let result =
-            tokio::task::spawn_blocking(move || encode_batch(encoder.as_ref(), &texts, max_batch, &batch_metrics))
-                .await;
+        let result = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let encoded = encode_batch(encoder.as_ref(), &texts, max_batch, &batch_metrics);
+            batch_metrics.observe_encoding(started.elapsed());
+            encoded
+        })
+        .await;
         match result {
             Ok(Ok(embedded)) => {
                 for (job, embedded) in jobs.into_iter().zip(split_by_lengths(embedded, &lengths)) {
@@ -470,6 +478,8 @@ struct MetricsState {
 pub struct Metrics {
     state: Mutex<MetricsState>,
     in_flight: AtomicI64,
+    /// Wall time the model spent encoding batches, nanoseconds.
+    encoding_ns: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -481,6 +491,7 @@ impl Default for Metrics {
                 errors: BTreeMap::new(),
             }),
             in_flight: AtomicI64::new(0),
+            encoding_ns: AtomicU64::new(0),
         }
     }
 }
@@ -516,6 +527,12 @@ impl Metrics {
         self.lock().batch.observe(texts as f64);
     }
 
+    /// Adds the wall time of one batched encode (its groups together).
+    fn observe_encoding(&self, elapsed: Duration) {
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.encoding_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
     /// The metrics in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -540,6 +557,13 @@ impl Metrics {
             let _ = writeln!(out, "qtier_request_errors_total{{status=\"{status}\"}} {count}");
         }
         state.batch.render("qtier_batch_size", "Texts per batched encode.", &mut out);
+        let _ = writeln!(
+            out,
+            "# HELP qtier_encoder_busy_seconds_total Wall time the model spent encoding, seconds; its rate is \
+             the fraction of time the model is busy.\n\
+             # TYPE qtier_encoder_busy_seconds_total counter\nqtier_encoder_busy_seconds_total {}",
+            self.encoding_ns.load(Ordering::Relaxed) as f64 / 1e9
+        );
         out
     }
 }
@@ -866,7 +890,10 @@ mod tests {
         metrics.observe_request(StatusCode::SERVICE_UNAVAILABLE, Duration::from_millis(1));
         metrics.observe_request(StatusCode::SERVICE_UNAVAILABLE, Duration::from_millis(1));
         metrics.observe_batch(3);
+        metrics.observe_encoding(Duration::from_millis(1500));
+        metrics.observe_encoding(Duration::from_micros(250));
         let text = metrics.render();
+        assert!(text.contains("qtier_encoder_busy_seconds_total 1.50025\n"), "{text}");
         assert!(text.contains("qtier_requests_in_flight 1\n"), "{text}");
         assert!(text.contains("qtier_request_errors_total{status=\"503\"} 2\n"), "{text}");
         assert!(!text.contains("status=\"200\""), "{text}");

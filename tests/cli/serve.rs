@@ -350,6 +350,14 @@ fn bad_requests_get_openai_style_json_errors_and_are_counted_in_metrics() {
     ] {
         assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
     }
+    // The successful request was encoded; the warm-up calls the model directly and is not counted.
+    let busy: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("qtier_encoder_busy_seconds_total "))
+        .unwrap_or_else(|| panic!("no busy seconds in:\n{text}"))
+        .parse()
+        .unwrap();
+    assert!(busy > 0.0 && busy < 60.0, "busy {busy} s");
 }
 
 #[test]
