@@ -538,7 +538,8 @@ mod tests {
     fn the_caller_runs_the_parts_of_workers_that_never_show_up() {
         // Two workers on the books, no threads and none parked: the caller must find every
         // unclaimed home part after its spins and run it itself, once, job after job.
-        let pool = SpinPool { shared: SpinPool::shared_state(2), busy: AtomicBool::new(false), workers: 2 };
+        let pool =
+            SpinPool { shared: SpinPool::shared_state(2), busy: AtomicBool::new(false), workers: 2, requested: 2 };
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let caller = std::thread::spawn(move || {
             for parts in [2, 3, 7, 3] {
