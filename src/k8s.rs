@@ -269,6 +269,12 @@ pub const DEFAULT_SPIN_MS: u32 = 2;
 /// so a CPU target of 70% of the request scaled such a Deployment towards its maximum at once.
 pub const ENCODER_BUSY_METRIC: &str = "qtier_encoder_busy_ratio";
 
+/// Whether a serving container with `QTIER_SPIN_MS` `spin_ms` (None: the default) spins long
+/// enough that its autoscaler goes by [`ENCODER_BUSY_METRIC`] instead of CPU.
+pub fn scales_on_busy_time(spin_ms: Option<u32>) -> bool {
+    spin_ms.is_some_and(|ms| ms > DEFAULT_SPIN_MS)
+}
+
 /// The serving container's `QTIER_SPIN_MS` for a tier with `choice`: `override_ms` when given,
 /// else [`LATENCY_CRITICAL_SPIN_MS`] for a latency-critical tier, else none (the default spin).
 pub fn serve_spin_ms(choice: &TierChoice, override_ms: Option<u32>) -> Option<u32> {
@@ -550,7 +556,7 @@ pub fn deploy_documents(config: &DeployConfig) -> Vec<Value> {
             "resource": {"name": name, "target": {"type": "Utilization", "averageUtilization": percent}},
         })
     };
-    let load = if config.spin_ms.is_some_and(|ms| ms > DEFAULT_SPIN_MS) {
+    let load = if scales_on_busy_time(config.spin_ms) {
         json!({
             "type": "Pods",
             "pods": {

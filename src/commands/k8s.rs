@@ -9,9 +9,10 @@ use qtier_profiles::recommend::RECOMMENDATION_SCHEMA_VERSION;
 use qtier_profiles::{InstanceCatalog, Recommendation, Tiers};
 
 use crate::k8s::{
-    BenchJobsConfig, DEFAULT_IMAGE, DEFAULT_MIN_REPLICAS, DEFAULT_PORT, DeployConfig, HPA_MAX_REPLICAS_FACTOR,
-    NodePlacement, bench_job_manifests, catalog_instance, check_dns_label, check_dns_subdomain, check_image,
-    check_s3_uri, deploy_manifests, serve_spin_ms, tier_choice_from_recommendation, tier_choice_from_tiers,
+    BenchJobsConfig, DEFAULT_IMAGE, DEFAULT_MIN_REPLICAS, DEFAULT_PORT, DeployConfig, ENCODER_BUSY_METRIC,
+    HPA_MAX_REPLICAS_FACTOR, NodePlacement, bench_job_manifests, catalog_instance, check_dns_label,
+    check_dns_subdomain, check_image, check_s3_uri, deploy_manifests, scales_on_busy_time, serve_spin_ms,
+    tier_choice_from_recommendation, tier_choice_from_tiers,
 };
 
 /// `qtier k8s ...`.
@@ -154,6 +155,16 @@ fn deploy(args: DeployArgs) -> anyhow::Result<String> {
     if max_replicas < min_replicas {
         bail!("--max-replicas {max_replicas} is below the minimum of {min_replicas} replicas");
     }
+    let spin_ms = serve_spin_ms(&choice, args.spin_ms);
+    if scales_on_busy_time(spin_ms) {
+        eprintln!(
+            "note: tier {}'s workers spin between requests (QTIER_SPIN_MS={}), so its autoscaler scales on \
+             the per-pod metric {ENCODER_BUSY_METRIC}, not CPU: the cluster needs Prometheus and the \
+             Prometheus adapter with the rule in qtier's README; without them it keeps {min_replicas} replicas",
+            args.tier,
+            spin_ms.unwrap_or_default()
+        );
+    }
     deploy_manifests(&DeployConfig {
         name,
         namespace: args.namespace,
@@ -166,7 +177,7 @@ fn deploy(args: DeployArgs) -> anyhow::Result<String> {
         placement,
         service_account: args.service_account,
         internet_facing: args.internet_facing,
-        spin_ms: serve_spin_ms(&choice, args.spin_ms),
+        spin_ms,
     })
 }
 

@@ -402,3 +402,19 @@ fn bad_k8s_flags_fail_naming_the_problem() {
     ]);
     assert_eq!(output.status.code(), Some(2));
 }
+
+#[test]
+fn deploy_says_when_the_autoscaler_needs_the_prometheus_adapter() {
+    for (tier, needs_adapter) in [("gold", true), ("silver", false), ("bronze", false)] {
+        let output = qtier()
+            .args(["k8s", "deploy", "--artifact", ARTIFACT, "--tier", tier, "--instance-type", CPU_TYPE])
+            .env("AWS_ACCESS_KEY_ID", FAKE_KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{tier}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.contains("qtier_encoder_busy_ratio") && stderr.contains("Prometheus adapter"), needs_adapter);
+        assert!(!needs_adapter || stderr.contains("keeps 2 replicas"), "{tier}: {stderr}");
+    }
+}
