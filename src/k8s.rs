@@ -256,10 +256,6 @@ pub const LATENCY_CRITICAL_LIMIT_MS: f64 = 50.0;
 /// node has paid for anyway; its autoscaler then cannot go by CPU ([`ENCODER_BUSY_METRIC`]).
 pub const LATENCY_CRITICAL_SPIN_MS: u32 = 1000;
 
-/// Spins longer than this, milliseconds (the kernels' default spin), make a pod's CPU time no
-/// measure of its load, and its autoscaler goes by [`ENCODER_BUSY_METRIC`] instead.
-pub const DEFAULT_SPIN_MS: u32 = 2;
-
 /// The per-pod metric, from the custom metrics API, that the autoscaler of a pod whose workers
 /// spin between requests scales on: the rate of `qtier serve`'s
 /// `qtier_encoder_busy_seconds_total`, the fraction of time the model is encoding, as a
@@ -269,10 +265,11 @@ pub const DEFAULT_SPIN_MS: u32 = 2;
 /// so a CPU target of 70% of the request scaled such a Deployment towards its maximum at once.
 pub const ENCODER_BUSY_METRIC: &str = "qtier_encoder_busy_ratio";
 
-/// Whether a serving container with `QTIER_SPIN_MS` `spin_ms` (None: the default) spins long
-/// enough that its autoscaler goes by [`ENCODER_BUSY_METRIC`] instead of CPU.
+/// Whether a serving container with `QTIER_SPIN_MS` `spin_ms` (None: the default) spins longer
+/// than the kernels' default ([`qtier_kernels::SPIN_BEFORE_PARK`], 2 ms), which makes its CPU time
+/// no measure of its load, so that its autoscaler goes by [`ENCODER_BUSY_METRIC`] instead.
 pub fn scales_on_busy_time(spin_ms: Option<u32>) -> bool {
-    spin_ms.is_some_and(|ms| ms > DEFAULT_SPIN_MS)
+    spin_ms.is_some_and(|ms| u128::from(ms) > qtier_kernels::SPIN_BEFORE_PARK.as_millis())
 }
 
 /// The serving container's `QTIER_SPIN_MS` for a tier with `choice`: `override_ms` when given,
@@ -492,7 +489,9 @@ pub fn deploy_documents(config: &DeployConfig) -> Vec<Value> {
         "name": "serve",
         "image": config.image,
         "command": ["qtier"],
-        "args": ["serve", ARTIFACT_DIR, "--port", config.port.to_string(), "--threads", placement.resources.vcpu.to_string()],
+        "args": [
+            "serve", ARTIFACT_DIR, "--port", config.port.to_string(), "--threads", placement.resources.vcpu.to_string(),
+        ],
         "ports": [{"name": "http", "containerPort": config.port, "protocol": "TCP"}],
         "env": serve_env(config.spin_ms),
         "livenessProbe": {
@@ -969,8 +968,10 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(metric_names(None), ["cpu", "memory"]);
-        assert_eq!(metric_names(Some(DEFAULT_SPIN_MS)), ["cpu", "memory"]);
-        assert_eq!(metric_names(Some(DEFAULT_SPIN_MS + 1)), [ENCODER_BUSY_METRIC, "memory"]);
+        let default_spin_ms = u32::try_from(qtier_kernels::SPIN_BEFORE_PARK.as_millis()).unwrap();
+        assert_eq!(default_spin_ms, 2);
+        assert_eq!(metric_names(Some(default_spin_ms)), ["cpu", "memory"]);
+        assert_eq!(metric_names(Some(default_spin_ms + 1)), [ENCODER_BUSY_METRIC, "memory"]);
         let docs = deploy_documents(&deploy_config("c5.2xlarge", Capacity::OnDemand));
         assert_eq!(
             docs[2]["spec"]["metrics"][0]["pods"]["target"],

@@ -60,7 +60,7 @@ pub use dispatch::{KERNEL_ENV_VAR, KernelKind, resolve_kernel, selected_kernel};
 pub use error::KernelError;
 pub use half_linear::{HalfLinear, HalfType};
 pub use linear::QuantizedLinear;
-pub use pool::{SPIN_ENV_VAR, parallelism, run_parts, set_threads};
+pub use pool::{SPIN_BEFORE_PARK, SPIN_ENV_VAR, parallelism, run_parts, set_threads};
 
 /// The reference Linear shapes `(m, k, n)` every kernel benchmark and check measures: MiniLM's
 /// FFN at batch 1 and 32, BERT-base's at 128 tokens, and Llama-7B's projections at decode (m = 1),

@@ -23,7 +23,7 @@ use crate::KernelError;
 
 /// How long an idle worker spins before parking: long enough to span the gap between the
 /// layers of one forward pass, short enough not to burn a core for long after the last one.
-pub(crate) const SPIN_BEFORE_PARK: Duration = Duration::from_millis(2);
+pub const SPIN_BEFORE_PARK: Duration = Duration::from_millis(2);
 
 /// Environment variable overriding the spin time (2 ms, `SPIN_BEFORE_PARK`) in milliseconds
 /// (read once, when the pool starts): a latency-critical server with gaps between requests can
